@@ -1,0 +1,103 @@
+"""Database access: where the database is, and the engines that talk to it.
+
+One driver (psycopg 3) for both the async engine of the server and the sync engine of
+the CLI, the ETL and the migrations.
+"""
+
+from functools import cache
+from pathlib import Path
+
+import psycopg
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from twin.cluster import Cluster, ClusterError
+from twin.settings import Settings, get_settings
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be used; the message says why and what to do."""
+
+
+def database_url(settings: Settings | None = None) -> str:
+    """The external URL when configured, else the managed cluster's."""
+    settings = settings or get_settings()
+    if settings.database_url:
+        return settings.database_url
+    try:
+        return Cluster(settings.data_dir).url()
+    except ClusterError as e:
+        raise DatabaseError(str(e)) from e
+
+
+def _sqlalchemy_url(url: str) -> str:
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    raise DatabaseError(f"Not a PostgreSQL URL: {url.split('@')[-1]!r} (expected postgresql://user:pw@host:port/db)")
+
+
+def _connect_args(settings: Settings) -> dict:
+    return {"options": f"-c statement_timeout={settings.statement_timeout_ms} -c timezone=UTC",
+            "application_name": "twin"}
+
+
+@cache
+def sync_engine() -> Engine:
+    settings = get_settings()
+    return create_engine(_sqlalchemy_url(database_url(settings)), pool_pre_ping=True,
+                         connect_args=_connect_args(settings))
+
+
+def async_engine(settings: Settings) -> AsyncEngine:
+    return create_async_engine(_sqlalchemy_url(database_url(settings)), pool_size=settings.pool_size,
+                               pool_pre_ping=True, connect_args=_connect_args(settings))
+
+
+def check_database(url: str | None = None) -> str:
+    """Reach the database and its PostGIS; return the PostGIS version or raise a clear error."""
+    url = url or database_url()
+    safe = url.split("@")[-1]
+    try:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'postgis'").fetchone()
+            if row:
+                return row[0]
+            available = conn.execute(
+                "SELECT 1 FROM pg_available_extensions WHERE name = 'postgis'").fetchone()
+    except psycopg.OperationalError as e:
+        raise DatabaseError(f"Cannot reach the database at {safe}: {str(e).strip().splitlines()[-1]}. "
+                            "Is it running? For the managed one: twin db up") from e
+    if not available:
+        raise DatabaseError(f"The database at {safe} lacks PostGIS: install PostGIS 3 on that server.")
+    return "not installed yet (run: twin db migrate)"
+
+
+def _alembic_config(url: str):
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def migrate(revision: str = "head", url: str | None = None) -> None:
+    from alembic import command
+
+    url = url or database_url()
+    check_database(url)
+    command.upgrade(_alembic_config(url), revision)
+
+
+def downgrade(revision: str, url: str | None = None) -> None:
+    from alembic import command
+
+    command.downgrade(_alembic_config(url or database_url()), revision)
+
+
+def current_revision(url: str | None = None) -> str | None:
+    with psycopg.connect(url or database_url()) as conn:
+        exists = conn.execute("SELECT to_regclass('public.alembic_version')").fetchone()[0]
+        return conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] if exists else None

@@ -1,0 +1,31 @@
+"""Settings from the environment (`TWIN_` prefix) or a `.env` file."""
+
+from functools import cache
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TWIN_", env_file=".env", extra="ignore")
+
+    # An external PostGIS; when unset, the managed local cluster in data_dir is used.
+    database_url: str | None = None
+    data_dir: Path = Path("var")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str | None = None
+    log_json: bool = False
+    log_level: str = "INFO"
+    statement_timeout_ms: int = 30_000
+    pool_size: int = 10
+    # Bundled real data; overridable so tests never depend on the checkout's neighbours.
+    real_data_dir: Path = REPO_ROOT / "data" / "real"
+    max_upload_mb: int = 200
+
+
+@cache
+def get_settings() -> Settings:
+    return Settings()
