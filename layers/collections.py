@@ -1,0 +1,100 @@
+"""OGC API landing page, conformance and the collections (the layer catalog)."""
+
+from fastapi import APIRouter, Request
+from sqlalchemy import text
+
+from layers.catalog import LayerSpec, catalog, get_layer
+from twin.errors import ApiError
+from twin.urls import base_url
+
+router = APIRouter(tags=["collections"])
+
+CONFORMANCE = [
+    "http://www.opengis.net/spec/ogcapi-common-1/1.0/conf/core",
+    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",
+    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
+    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/oas30",
+]
+CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
+
+
+@router.get("/")
+async def landing(request: Request):
+    base = base_url(request)
+    return {
+        "title": "OneMap Twin — 无锡新吴区一张图",
+        "description": "Digital-twin map of Wuxi Xinwu: layers as OGC API Features and tiles, with history.",
+        "links": [
+            {"rel": "self", "type": "application/json", "href": f"{base}/"},
+            {"rel": "service-desc", "type": "application/vnd.oai.openapi+json;version=3.0", "href": f"{base}/api"},
+            {"rel": "service-doc", "type": "text/html", "href": f"{base}/docs"},
+            {"rel": "conformance", "type": "application/json", "href": f"{base}/conformance"},
+            {"rel": "data", "type": "application/json", "href": f"{base}/collections"},
+        ],
+    }
+
+
+@router.get("/conformance")
+async def conformance():
+    return {"conformsTo": CONFORMANCE}
+
+
+def layer_or_404(layer_id: str) -> LayerSpec:
+    spec = get_layer(layer_id)
+    if spec is None:
+        raise ApiError(404, "unknown_layer", f"No layer '{layer_id}'. See /collections for the catalog.",
+                       where="path.layer")
+    return spec
+
+
+async def _extent(conn, spec: LayerSpec) -> dict:
+    extent = {}
+    if spec.geometry:
+        box = (await conn.execute(text(
+            f"SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) FROM (SELECT ST_Extent(geom) e FROM {spec.table}) s"
+        ))).first()
+        if box and box[0] is not None:
+            extent["spatial"] = {"bbox": [list(box)], "crs": CRS84}
+    if spec.time_field:
+        span = (await conn.execute(text(
+            f'SELECT min("{spec.time_field}"), max("{spec.time_field}") FROM {spec.table}'))).first()
+        if span and span[0] is not None:
+            extent["temporal"] = {"interval": [[span[0].isoformat(), span[1].isoformat()]],
+                                  "trs": "http://www.opengis.net/def/uom/ISO-8601/0/Gregorian"}
+    return extent
+
+
+async def _describe(request: Request, conn, spec: LayerSpec) -> dict:
+    base = f"{base_url(request)}/collections/{spec.id}"
+    description = {
+        "id": spec.id,
+        "title": spec.title.zh,
+        "description": spec.title.en,
+        "itemType": "feature" if spec.kind != "raster" else "coverage",
+        "links": [{"rel": "self", "type": "application/json", "href": base}],
+        "twin:kind": spec.kind,
+        "twin:group": spec.group,
+        "twin:department": spec.department,
+        "twin:zoom": [spec.minzoom, spec.maxzoom],
+    }
+    if spec.kind != "raster":
+        description["links"].append({"rel": "items", "type": "application/geo+json", "href": f"{base}/items"})
+        description["extent"] = await _extent(conn, spec)
+        description["crs"] = [CRS84]
+    return description
+
+
+@router.get("/collections")
+async def collections(request: Request):
+    async with request.app.state.engine.connect() as conn:
+        described = [await _describe(request, conn, spec) for spec in catalog().values()]
+    base = base_url(request)
+    return {"links": [{"rel": "self", "type": "application/json", "href": f"{base}/collections"}],
+            "collections": described}
+
+
+@router.get("/collections/{layer}")
+async def collection(layer: str, request: Request):
+    spec = layer_or_404(layer)
+    async with request.app.state.engine.connect() as conn:
+        return await _describe(request, conn, spec)

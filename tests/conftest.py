@@ -1,0 +1,109 @@
+"""Test fixtures: a throwaway PostGIS cluster, the migrated schema, a small district loaded
+through the ETL, and the real server over HTTP. Set TWIN_TEST_DATABASE_URL to test against
+an existing PostGIS instead (it must be disposable: tests write to it)."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from twin.cluster import Cluster
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_COMPONENTS = 3000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def reachable_tmpdir(prefix: str) -> Path:
+    """A temp dir the postgres OS user can enter (pytest's own tmp dirs are private to root)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    path = reachable_tmpdir("twin-test-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def database_url(data_dir):
+    external = os.environ.get("TWIN_TEST_DATABASE_URL")
+    cluster = None if external else Cluster(data_dir / "db")
+    url = external or (cluster.up() and cluster.url())
+    os.environ["TWIN_DATABASE_URL"] = url
+    os.environ["TWIN_DATA_DIR"] = str(data_dir)
+    from twin.db import migrate, sync_engine
+    from twin.settings import get_settings
+
+    get_settings.cache_clear()
+    sync_engine.cache_clear()
+    migrate(url=url)
+    yield url
+    sync_engine().dispose()
+    if cluster:
+        cluster.destroy()
+
+
+@pytest.fixture(scope="session")
+def engine(database_url):
+    from twin.db import sync_engine
+
+    return sync_engine()
+
+
+@pytest.fixture(scope="session")
+def loaded(engine):
+    """The bundled district (real data + a small generated sample) loaded through the ETL."""
+    from etl.bundle import load_bundle
+    from twin.settings import get_settings
+
+    results = load_bundle(engine, get_settings(), components=TEST_COMPONENTS)
+    failed = [(name, layer, r.error) for name, layer, r in results if r.status != "succeeded"]
+    assert not failed, failed
+    return results
+
+
+@pytest.fixture(scope="session")
+def server(loaded, database_url, data_dir):
+    """The real app under uvicorn on a free loopback port."""
+    port = _free_port()
+    env = os.environ | {"TWIN_DATABASE_URL": database_url, "TWIN_DATA_DIR": str(data_dir)}
+    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "twin.app:create_app",
+                                "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
+                               env=env, cwd=REPO, stdin=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError("the server did not start")
+        time.sleep(0.2)
+    yield base
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def http(server):
+    with httpx.Client(base_url=server, timeout=30) as client:
+        yield client

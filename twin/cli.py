@@ -1,0 +1,295 @@
+"""The `twin` command: the managed database, keys, layers, sample data, ETL and the server."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from twin.cluster import Cluster, ClusterError
+from twin.db import DatabaseError, check_database, database_url, migrate, sync_engine
+from twin.settings import get_settings
+
+app = typer.Typer(help="OneMap Twin — the one-map (一张图) server of Wuxi Xinwu.", no_args_is_help=True)
+db_app = typer.Typer(help="The database: the managed local PostGIS, or TWIN_DATABASE_URL.", no_args_is_help=True)
+keys_app = typer.Typer(help="Department API keys.", no_args_is_help=True)
+layers_app = typer.Typer(help="The layer catalog.", no_args_is_help=True)
+etl_app = typer.Typer(help="Load data into the layers.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
+app.add_typer(layers_app, name="layers")
+app.add_typer(etl_app, name="etl")
+console = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(1)
+
+
+def cluster() -> Cluster:
+    return Cluster(get_settings().data_dir)
+
+
+def managed() -> bool:
+    return not get_settings().database_url
+
+
+# -- database -----------------------------------------------------------------
+@db_app.command("up")
+def db_up():
+    """Start the managed PostGIS (initialising it the first time) and apply the migrations."""
+    if not managed():
+        console.print("TWIN_DATABASE_URL is set: using that database, no local cluster started.")
+    else:
+        try:
+            status = cluster().up()
+        except ClusterError as e:
+            fail(str(e))
+        console.print(f"PostGIS running on 127.0.0.1:{status.port} (data in {status.pgdata})")
+    db_migrate()
+
+
+@db_app.command("down")
+def db_down():
+    """Stop the managed PostGIS."""
+    try:
+        cluster().down()
+    except ClusterError as e:
+        fail(str(e))
+    console.print("stopped")
+
+
+@db_app.command("status")
+def db_status():
+    """Is the database up, where, and at which migration."""
+    if managed():
+        status = cluster().status()
+        console.print(f"managed cluster: {'running' if status.running else 'stopped'}"
+                      f"{'' if status.initialized else ' (not initialised)'}, port {status.port}, data {status.pgdata}")
+        if not status.running:
+            raise typer.Exit(3)
+    try:
+        console.print(f"PostGIS {check_database()}")
+    except DatabaseError as e:
+        fail(str(e))
+
+
+@db_app.command("url")
+def db_url():
+    """Print the database URL (with its password: treat it as a secret)."""
+    try:
+        print(database_url())
+    except DatabaseError as e:
+        fail(str(e))
+
+
+@db_app.command("psql")
+def db_psql(args: list[str] = typer.Argument(None, help="extra psql arguments")):
+    """Open psql on the database."""
+    try:
+        url = database_url()
+    except DatabaseError as e:
+        fail(str(e))
+    os.execvp("psql", ["psql", url, *(args or [])])
+
+
+@db_app.command("migrate")
+def db_migrate(revision: str = typer.Option("head", help="target revision")):
+    """Apply the Alembic migrations."""
+    try:
+        migrate(revision)
+    except DatabaseError as e:
+        fail(str(e))
+    console.print(f"database migrated to {revision}")
+
+
+# -- keys ---------------------------------------------------------------------
+@keys_app.command("create")
+def keys_create(department: str = typer.Option(..., help="the department, e.g. 生态环境局"),
+                layers: str = typer.Option("", help="comma-separated layers it may write"),
+                admin: bool = typer.Option(False, help="may manage the catalog and write every layer")):
+    """Create a key; it is printed once, on a line of its own, and stored only hashed."""
+    from layers.catalog import catalog
+    from twin.auth import create_key
+
+    names = [n.strip() for n in layers.split(",") if n.strip()]
+    unknown = [n for n in names if n not in catalog()]
+    if unknown:
+        fail(f"unknown layers: {', '.join(unknown)} (see: twin layers list)")
+    with sync_engine().begin() as conn:
+        key = create_key(conn, department, names, admin)
+    err.print(f"key for {department} ({', '.join(names) or 'no layers'}{', admin' if admin else ''}); "
+              "shown once, keep it safe:")
+    print(key)
+
+
+@keys_app.command("list")
+def keys_list():
+    """List keys (never their secrets)."""
+    from twin.auth import list_keys
+
+    with sync_engine().connect() as conn:
+        rows = list_keys(conn)
+    table = Table("prefix", "department", "layers", "admin", "created", "revoked")
+    for r in rows:
+        table.add_row(r["prefix"], r["department"], ",".join(r["layers"]), "yes" if r["is_admin"] else "",
+                      f"{r['created_at']:%Y-%m-%d %H:%M}", f"{r['revoked_at']:%Y-%m-%d %H:%M}" if r["revoked_at"] else "")
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(prefix: str = typer.Argument(..., help="the key's prefix (the part after twin_)")):
+    """Revoke a key at once."""
+    from twin.auth import revoke_key
+
+    with sync_engine().begin() as conn:
+        if not revoke_key(conn, prefix.removeprefix("twin_").split("_")[0]):
+            fail(f"no active key with prefix {prefix}")
+    console.print(f"revoked {prefix}")
+
+
+# -- layers -------------------------------------------------------------------
+@layers_app.command("list")
+def layers_list():
+    """Print the layer catalog."""
+    from layers.catalog import catalog
+
+    table = Table("id", "名称", "title", "kind", "geometry", "department", "group", "zoom", "fields")
+    for s in catalog().values():
+        table.add_row(s.id, s.title.zh, s.title.en, s.kind, s.geometry or "", s.department, s.group,
+                      f"{s.minzoom}–{s.maxzoom}", str(len(s.fields)))
+    console.print(table)
+
+
+# -- ETL ----------------------------------------------------------------------
+def _print_result(result) -> None:
+    table = Table(title=f"run {result.run_id}: {result.status}")
+    for name in ("read", "inserted", "updated", "unchanged", "deleted", "repaired", "quarantined"):
+        table.add_column(name, justify="right")
+    if result.counts:
+        table.add_row(*(str(result.counts.get(n, 0)) for n in ("read", "inserted", "updated", "unchanged",
+                                                               "deleted", "repaired", "quarantined")))
+    console.print(table)
+    if result.error:
+        err.print(f"[red]{result.error}[/]")
+    if result.counts.get("quarantined"):
+        console.print(f"see the rejected rows: twin etl quarantine {result.run_id}")
+
+
+@etl_app.command("run")
+def etl_run(job: str, file: Path, crs: str = typer.Option(None, help="source CRS: EPSG code, GCJ02 or BD09"),
+            layer: str = typer.Option(None, help="target layer (default: the job's first)"),
+            source_layer: str = typer.Option(None, help="layer inside a GeoPackage or zip"),
+            mode: str = typer.Option("upsert", help="upsert (never deletes) or replace (snapshot)"),
+            department: str = typer.Option(None, help="the department the data comes from")):
+    """Load FILE into a layer with JOB."""
+    from etl.run import JobError, run_file
+
+    with console.status("starting") as status:
+        try:
+            result = run_file(sync_engine(), job, file, layer=layer, crs=crs, mode=mode, department=department,
+                              actor=f"cli:{department or os.environ.get('USER', 'unknown')}",
+                              source_layer=source_layer, progress=lambda stage: status.update(stage))
+        except JobError as e:
+            fail(str(e))
+    _print_result(result)
+    if result.status != "succeeded":
+        raise typer.Exit(1)
+
+
+@etl_app.command("runs")
+def etl_runs(limit: int = 20):
+    """The latest runs."""
+    from sqlalchemy import text
+
+    with sync_engine().connect() as conn:
+        rows = conn.execute(text("SELECT * FROM twin.etl_run ORDER BY id DESC LIMIT :n"), {"n": limit}).mappings().all()
+    table = Table("id", "job", "layer", "file", "status", "read", "ins", "upd", "same", "del", "quar", "started")
+    for r in rows:
+        table.add_row(str(r["id"]), r["job"], r["layer"], r["file_name"] or "", r["status"], str(r["read"]),
+                      str(r["inserted"]), str(r["updated"]), str(r["unchanged"]), str(r["deleted"]),
+                      str(r["quarantined"]), f"{r['started_at']:%Y-%m-%d %H:%M:%S}")
+    console.print(table)
+
+
+@etl_app.command("quarantine")
+def etl_quarantine(run_id: int):
+    """The rows a run rejected, with the reasons."""
+    from sqlalchemy import text
+
+    with sync_engine().connect() as conn:
+        rows = conn.execute(text("SELECT row_number, reason, record FROM twin.quarantine WHERE run_id = :id "
+                                 "ORDER BY row_number"), {"id": run_id}).all()
+    table = Table("row", "reason", "record")
+    for row_number, reason, record in rows:
+        table.add_row(str(row_number), reason, str(record)[:120])
+    console.print(table)
+
+
+# -- sample data, demo, server ---------------------------------------------------
+@app.command()
+def sample(out: Path = typer.Option(Path("var/sample"), help="directory to write to"),
+           scale: int = typer.Option(20_000, help="number of city components"),
+           seed: int = typer.Option(42), days: int = typer.Option(90, help="days of hourly readings")):
+    """Generate the synthetic district data (streets, grids, roads, rivers, components, sources, stations)."""
+    from etl.sample import generate
+
+    with console.status("generating") as status:
+        files = generate(out, components=scale, seed=seed, days=days,
+                         progress=lambda stage, done, total: status.update(f"{stage} {done}/{total}"))
+    for layer, path in files.items():
+        console.print(f"{layer:22} {path}")
+
+
+@app.command()
+def demo(serve: bool = typer.Option(True, help="serve the API after loading"),
+         scale: int = typer.Option(20_000, help="number of city components to generate")):
+    """Load the bundled district dataset (idempotent), then serve it."""
+    from etl.bundle import load_bundle
+
+    settings = get_settings()
+    try:
+        migrate()
+        with console.status("loading the district") as status:
+            results = load_bundle(sync_engine(), settings, components=scale,
+                                  progress=lambda stage: status.update(stage))
+    except DatabaseError as e:
+        fail(str(e))
+    table = Table("file", "layer", "status", "inserted", "updated", "unchanged", "quarantined")
+    for name, layer, r in results:
+        table.add_row(name, layer, r.status, *(str(r.counts.get(k, 0)) for k in
+                                               ("inserted", "updated", "unchanged", "quarantined")))
+    console.print(table)
+    if any(r.status != "succeeded" for _, _, r in results):
+        fail("some bundled files did not load; see the table above")
+    if serve:
+        run_server(settings.host, settings.port, 1)
+
+
+def run_server(host: str, port: int, workers: int) -> None:
+    base = f"http://{host}:{port}"
+    console.print(f"OneMap Twin on {base}\n  API         {base}/\n  docs        {base}/docs\n"
+                  f"  collections {base}/collections\n  health      {base}/health")
+    argv = [sys.executable, "-m", "uvicorn", "--factory", "twin.app:create_app", "--host", host, "--port", str(port),
+            "--workers", str(workers), "--proxy-headers", "--no-access-log"]
+    raise typer.Exit(subprocess.call(argv))
+
+
+@app.command()
+def serve(host: str = typer.Option(None), port: int = typer.Option(None), workers: int = typer.Option(1)):
+    """Serve the API with uvicorn (migrating the database first when needed)."""
+    settings = get_settings()
+    try:
+        migrate()
+    except DatabaseError as e:
+        fail(str(e))
+    run_server(host or settings.host, port or settings.port, workers)
+
+
+if __name__ == "__main__":
+    app()
