@@ -1,8 +1,8 @@
 """The feature store: bulk upsert of validated features into a layer's table.
 
 Rows are staged with COPY and merged by the layer's natural key in set-based SQL:
-an unchanged row is left alone (no new version), a changed one is updated and its
-version bumped, a new one inserted; in replace mode, rows missing from the input are
+an unchanged row is left alone (no new version), a changed one is updated (the change
+tracking triggers bump its version), a new one inserted; in replace mode, rows missing from the input are
 deleted. Identifiers come from the catalog, never from user input, and are quoted.
 """
 
@@ -72,7 +72,7 @@ def merge(conn: Connection, spec: LayerSpec, frame: pd.DataFrame, replace: bool 
         _copy_frame(cur, frame, cols)
         cur.execute("ANALYZE pg_temp.stage")
         cur.execute(sql.SQL(
-            "UPDATE {table} t SET ({cols}) = ROW({s_cols}), version = t.version + 1, updated_at = now() "
+            "UPDATE {table} t SET ({cols}) = ROW({s_cols}) "
             "FROM pg_temp.stage s WHERE {match} AND ROW({t_cols}) IS DISTINCT FROM ROW({s_cols})").format(
             table=table, cols=col_list, s_cols=s_cols, t_cols=t_cols, match=key_match))
         updated = cur.rowcount

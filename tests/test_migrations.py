@@ -55,10 +55,11 @@ def test_every_layer_table_matches_its_spec(engine):
             if spec.kind == "raster":
                 continue
             columns = dict(conn.execute(text(
-                "SELECT column_name, data_type FROM information_schema.columns "
-                "WHERE table_schema = 'layers' AND table_name = :t"), {"t": spec.id}).all())
+                "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute "
+                "WHERE attrelid = CAST(:t AS regclass) AND attnum > 0 AND NOT attisdropped"), {"t": spec.table}).all())
             for field in spec.fields:
-                assert columns.get(field.name) == SQL_TYPES[field.type], (spec.id, field.name)
+                expected = conn.execute(text(f"SELECT format_type(CAST('{SQL_TYPES[field.type]}' AS regtype), NULL)")).scalar()
+                assert columns.get(field.name) == expected, (spec.id, field.name)
             assert ("geom" in columns) == (spec.geometry is not None), spec.id
             unique = conn.execute(text(
                 "SELECT array_agg(a.attname ORDER BY a.attnum) FROM pg_constraint c "

@@ -13,7 +13,8 @@ from twin.cluster import Cluster, ClusterError
 from twin.db import DatabaseError, check_database, database_url, migrate, sync_engine
 from twin.settings import get_settings
 
-app = typer.Typer(help="OneMap Twin — the one-map (一张图) server of Wuxi Xinwu.", no_args_is_help=True)
+app = typer.Typer(help="OneMap Twin — the one-map (一张图) server of Wuxi Xinwu.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
 db_app = typer.Typer(help="The database: the managed local PostGIS, or TWIN_DATABASE_URL.", no_args_is_help=True)
 keys_app = typer.Typer(help="Department API keys.", no_args_is_help=True)
 layers_app = typer.Typer(help="The layer catalog.", no_args_is_help=True)
@@ -51,7 +52,7 @@ def db_up():
         except ClusterError as e:
             fail(str(e))
         console.print(f"PostGIS running on 127.0.0.1:{status.port} (data in {status.pgdata})")
-    db_migrate()
+    db_migrate("head")
 
 
 @db_app.command("down")

@@ -100,4 +100,5 @@ def downgrade(revision: str, url: str | None = None) -> None:
 def current_revision(url: str | None = None) -> str | None:
     with psycopg.connect(url or database_url()) as conn:
         exists = conn.execute("SELECT to_regclass('public.alembic_version')").fetchone()[0]
-        return conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] if exists else None
+        row = conn.execute("SELECT version_num FROM alembic_version").fetchone() if exists else None
+        return row[0] if row else None

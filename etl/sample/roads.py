@@ -54,7 +54,7 @@ def roads(district: shapely.Polygon, rng: np.random.Generator) -> gpd.GeoDataFra
     lines.append(("快速路", "ew", _segment("ew", mid, -half, half)))
     lines.append(("快速路", "diag", np.array([[-0.7 * half, 0.75 * half], [0.6 * half, -0.8 * half]])))
 
-    warp = SmoothField(rng, amplitude=220.0, wavelength=6000.0)
+    warp = SmoothField(rng, amplitude=120.0, wavelength=10000.0)
     rotation = np.array([[np.cos(TURN), -np.sin(TURN)], [np.sin(TURN), np.cos(TURN)]])
     records, geoms = [], []
     names = _Names(rng)

@@ -1,0 +1,60 @@
+"""SQLAlchemy Core tables for the layers, built from the catalog, and the layer as of a moment.
+
+Queries are composed with these objects (never by pasting user input into SQL); items,
+spatial queries and tiles all read a layer through `source()` so `as_of` works everywhere.
+"""
+
+from datetime import datetime
+from geoalchemy2 import Geometry
+from sqlalchemy import (BigInteger, Boolean, Column, Date, DateTime, Float, Integer, MetaData, Table, Text, func,
+                        literal, select, union_all)
+from sqlalchemy.dialects.postgresql import TSTZRANGE
+from sqlalchemy.sql import Selectable
+
+from layers.catalog import SRID, LayerSpec
+
+metadata = MetaData()
+TYPES = {"text": Text, "integer": Integer, "real": Float, "boolean": Boolean, "date": Date,
+         "timestamptz": lambda: DateTime(timezone=True)}
+
+
+def _columns(spec: LayerSpec) -> list[Column]:
+    columns = [Column("fid", BigInteger, primary_key=True)]
+    columns += [Column(f.name, TYPES[f.type]()) for f in spec.fields]
+    if spec.geometry:
+        columns.append(Column("geom", Geometry(spec.geometry, srid=SRID, spatial_index=False)))
+    columns += [Column("version", Integer), Column("updated_at", DateTime(timezone=True))]
+    return columns
+
+
+def current(spec: LayerSpec) -> Table:
+    """The layer's current state: `layers.<id>`."""
+    known = metadata.tables.get(f"layers.{spec.id}")
+    return known if known is not None else Table(spec.id, metadata, *_columns(spec), schema="layers")
+
+
+def history(spec: LayerSpec) -> Table:
+    """Superseded versions with their validity range: `history.<id>`."""
+    known = metadata.tables.get(f"history.{spec.id}")
+    return known if known is not None else Table(spec.id, metadata, *_columns(spec), Column("valid", TSTZRANGE),
+                                                 schema="history")
+
+
+def source(spec: LayerSpec, as_of: datetime | None = None) -> Selectable:
+    """The layer now, or exactly as it was at `as_of`, as a FROM-able selectable with the same columns."""
+    table = current(spec)
+    if as_of is None:
+        return table
+    past = history(spec)
+    moment = literal(as_of, DateTime(timezone=True))
+    names = [c.name for c in table.columns]
+    then = union_all(
+        select(*table.columns).where(table.c.updated_at <= moment),
+        select(*(past.c[n] for n in names)).where(past.c.valid.op("@>")(moment)),
+    )
+    return then.subquery(f"{spec.id}_as_of")
+
+
+def bbox_filter(geom_column, bbox: tuple[float, float, float, float]):
+    """Index-using envelope test in the storage CRS."""
+    return geom_column.op("&&")(func.ST_MakeEnvelope(*bbox, SRID))
