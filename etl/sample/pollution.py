@@ -28,7 +28,7 @@ NEAR_RIVER_SHARE = 0.25
 PERMIT_CLASSES = ["重点管理", "简化管理", "登记管理"]
 # Heavy dischargers are mostly under 重点管理; the rest mostly only register.
 HEAVY = re.compile(r"^(C17|C19|C22|C26|C27|C3360|C384|C3973|C3974|C3982|D44|D4620|N7724)")
-PERMIT_MIX = {"heavy": [0.55, 0.35, 0.10], "other": [0.06, 0.34, 0.60]}
+PERMIT_MIX = {"heavy": [0.30, 0.45, 0.25], "other": [0.04, 0.30, 0.66]}
 # The 22nd character of the permit number (HJ 608): P for a permit, W for a registration receipt;
 # V and X also occur. This is the usual pattern, not a rule we could verify per case.
 PERMIT_LETTERS = {"重点管理": (["P"], [1.0]), "简化管理": (["P", "V"], [0.7, 0.3]), "登记管理": (["W", "X"], [0.8, 0.2])}
@@ -70,7 +70,7 @@ def sources(n: int, district: shapely.Polygon, rivers: list[River], roads: gpd.G
     industry = rng.choice(codes, n, p=weights / weights.sum())
     permit = np.array([rng.choice(PERMIT_CLASSES, p=PERMIT_MIX["heavy" if HEAVY.match(c) else "other"]) for c in industry])
     credit = _credit_codes(n, rng)
-    letters = [rng.choice(*PERMIT_LETTERS[p]) for p in permit]
+    letters = [rng.choice(PERMIT_LETTERS[p][0], p=PERMIT_LETTERS[p][1]) for p in permit]
     geoms = shapely.points(points)
     nearest_road = roads.name.values[shapely.STRtree(roads.geometry.values).query_nearest(geoms, all_matches=False)[1]]
     numbers = rng.integers(1, 900, n)
