@@ -50,9 +50,7 @@ def chunks(total: int, roads: gpd.GeoDataFrame, grids: gpd.GeoDataFrame, seed: i
     classes = component_classes()
     weights = np.array([WEIGHTS.get(c.minor_name, DEFAULT_WEIGHT) for c in classes])
     owners = [_owners(c) for c in classes]
-    parts = shapely.get_parts(roads.geometry.values)
-    part_class = np.repeat(roads.road_class.to_numpy(), shapely.get_num_geometries(roads.geometry.values))
-    along = shapely.length(parts) * np.array([ROAD_WEIGHT[c] for c in part_class])
+    segments = _segments(roads)
     grid_tree = shapely.STRtree(grids.geometry.values)
     serial = np.zeros(len(classes), dtype=np.int64)
     for index, start in enumerate(range(0, total, CHUNK)):
@@ -64,7 +62,7 @@ def chunks(total: int, roads: gpd.GeoDataFrame, grids: gpd.GeoDataFrame, seed: i
         serial += np.bincount(kind, minlength=len(classes))
         if serial.max() > SERIAL_LIMIT:
             raise ValueError(f"more than {SERIAL_LIMIT} components of one class: the 6-digit serial would overflow")
-        points = _along_roads(parts, along, n, rng)
+        points = _along_roads(segments, n, rng)
         hit_point, hit_grid = grid_tree.query(points, predicate="intersects")
         grid = np.full(n, -1)
         first = np.unique(hit_point, return_index=True)[1]  # a point on a shared border takes the first grid
@@ -72,7 +70,7 @@ def chunks(total: int, roads: gpd.GeoDataFrame, grids: gpd.GeoDataFrame, seed: i
         missing = grid < 0
         if missing.any():  # a few metres outside the district at its edge
             grid[missing] = grid_tree.query_nearest(points[missing], all_matches=False)[1]
-        day = FIRST_DAY + rng.integers(0, int(LAST_DAY - FIRST_DAY) + 1, n)
+        day = FIRST_DAY + rng.integers(0, (LAST_DAY - FIRST_DAY).astype(int) + 1, n)
         table = gpd.GeoDataFrame({
             "code": [f"{DISTRICT_CODE}{classes[k].major_code}{classes[k].minor_code}{s:06d}" for k, s in zip(kind, rank)],
             "major_class": [classes[k].major_code for k in kind],
@@ -93,15 +91,21 @@ def _owners(component) -> list[str]:
     return [MAJOR_OWNERS.get(component.major_code, DEFAULT_OWNER)]
 
 
-def _along_roads(parts: np.ndarray, weight: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n points beside the roads: a random spot on a random road (by weighted length), 3–12 m to one side."""
-    line = parts[rng.choice(len(parts), n, p=weight / weight.sum())]
-    length = shapely.length(line)
-    at = rng.uniform(0.0, 1.0, n) * length
-    a = shapely.get_coordinates(shapely.line_interpolate_point(line, at))
-    b = shapely.get_coordinates(shapely.line_interpolate_point(line, np.minimum(at + 5.0, length)))
-    c = shapely.get_coordinates(shapely.line_interpolate_point(line, np.maximum(at - 5.0, 0.0)))
-    direction = b - c
+def _segments(roads: gpd.GeoDataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Start, end and sampling weight (length times the road class's density) of every road segment."""
+    parts, road = shapely.get_parts(roads.geometry.values, return_index=True)
+    coords, part = shapely.get_coordinates(parts, return_index=True)
+    same = part[1:] == part[:-1]  # consecutive vertices of one part
+    start, end = coords[:-1][same], coords[1:][same]
+    density = np.array([ROAD_WEIGHT[c] for c in roads.road_class])[road[part[:-1][same]]]
+    return start, end, np.hypot(*(end - start).T) * density
+
+
+def _along_roads(segments: tuple[np.ndarray, np.ndarray, np.ndarray], n: int, rng: np.random.Generator) -> np.ndarray:
+    """n points beside the roads: a random spot on a random segment (by weight), 3–12 m to one side."""
+    start, end, weight = segments
+    pick = rng.choice(len(start), n, p=weight / weight.sum())
+    direction = end[pick] - start[pick]
     normal = np.column_stack([-direction[:, 1], direction[:, 0]]) / np.hypot(*direction.T)[:, None]
     side = rng.choice([-1.0, 1.0], n) * rng.uniform(3.0, 12.0, n)
-    return shapely.points(a + normal * side[:, None])
+    return shapely.points(start[pick] + direction * rng.uniform(0.0, 1.0, (n, 1)) + normal * side[:, None])

@@ -53,9 +53,12 @@ class SmoothField:
         self._amp = amplitude / np.sqrt(waves / 2)
 
     def __call__(self, x, y) -> tuple[np.ndarray, np.ndarray]:
-        x, y = np.asarray(x, dtype=float)[..., None], np.asarray(y, dtype=float)[..., None]
-        dx, dy = (self._amp * np.sin(self._kx[i] * x + self._ky[i] * y + self._phase[i]).sum(-1) for i in (0, 1))
-        return dx, dy
+        x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+        out = np.zeros((2, *x.shape))
+        for axis in (0, 1):
+            for kx, ky, phase in zip(self._kx[axis], self._ky[axis], self._phase[axis]):
+                out[axis] += np.sin(kx * x + ky * y + phase)
+        return self._amp * out[0], self._amp * out[1]
 
 
 def chaikin(points: np.ndarray, rounds: int = 2) -> np.ndarray:

@@ -4,12 +4,11 @@ little below it, and a few low hills in the south-east (鸿山) up to about 60 m
 from pathlib import Path
 
 import numpy as np
-import rasterio
 import shapely
 from rasterio.crs import CRS
 from rasterio.features import geometry_mask
 from rasterio.io import MemoryFile
-from rasterio.transform import from_bounds
+from rasterio.transform import Affine
 from rio_cogeo.cogeo import cog_translate
 from rio_cogeo.profiles import cog_profiles
 
@@ -24,21 +23,21 @@ HILLS = [(120.520, 31.494, 58.0, 650.0), (120.510, 31.503, 34.0, 500.0),
 
 def write(path: Path, district: shapely.Polygon, rivers: shapely.Geometry, rng: np.random.Generator) -> None:
     """`district` and `rivers` in the metric frame."""
-    bounds = to_degrees(district).bounds
-    transform = from_bounds(*bounds, WIDTH, HEIGHT)
-    cols, rows = np.meshgrid(np.arange(WIDTH) + 0.5, np.arange(HEIGHT) + 0.5)
-    lon, lat = transform * (cols, rows)
+    west, south, east, north = to_degrees(district).bounds
+    transform = Affine((east - west) / WIDTH, 0.0, west, 0.0, -(north - south) / HEIGHT, north)
+    lon, lat = np.meshgrid(transform.c + (np.arange(WIDTH) + 0.5) * transform.a,
+                           transform.f + (np.arange(HEIGHT) + 0.5) * transform.e)
     x, y = xy(lon, lat)
 
     dx, dy = SmoothField(rng, amplitude=1.0, wavelength=8000.0, waves=4)(x, y)
-    texture, _ = SmoothField(rng, amplitude=0.25, wavelength=900.0, waves=6)(x, y)
+    texture, _ = SmoothField(rng, amplitude=0.3, wavelength=1500.0, waves=16)(x, y)
     z = 5.0 + 1.6 * dx + 0.8 * dy + texture
     for hill_lon, hill_lat, height, radius in HILLS:
         hx, hy = xy(hill_lon, hill_lat)
         z += height * np.exp(-((x - hx) ** 2 + (y - hy) ** 2) / (2 * radius**2))
     z = np.clip(z, 2.0, None)
     river_pixels = ~geometry_mask([to_degrees(rivers)], (HEIGHT, WIDTH), transform, all_touched=True)
-    z = np.where(river_pixels, np.minimum(z, 2.0) - 1.0, z)
+    z = np.where(river_pixels, np.maximum(z - 1.5, 0.5), z)
     outside = geometry_mask([to_degrees(district)], (HEIGHT, WIDTH), transform)
     z = np.where(outside, NODATA, z).astype("float32")
 
@@ -50,4 +49,4 @@ def write(path: Path, district: shapely.Polygon, rivers: shapely.Geometry, rng: 
             band.update_tags(1, units="m", description="模拟高程（非实测）")
         with memory.open() as source:
             cog_translate(source, str(path), cog_profiles.get("deflate") | {"predictor": 3},
-                          in_memory=True, quiet=True, use_cog_driver=False)
+                          in_memory=True, quiet=True)

@@ -96,7 +96,7 @@ def _spikes(rng: np.random.Generator, n: int, hours: int, days: int) -> np.ndarr
     """Log-scale bumps of rare discharge events: a fast rise and a slower decay."""
     out = np.zeros((n, hours))
     for s in range(n):
-        for _ in range(rng.poisson(days / 60.0)):
+        for _ in range(rng.poisson(days / 90.0)):
             start, size = rng.integers(0, hours), rng.uniform(1.0, 2.5)
             t = np.arange(hours - start)
             out[s, start:] += size * (1 - np.exp(-t / 1.5)) * np.exp(-t / rng.uniform(3.0, 8.0))

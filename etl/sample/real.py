@@ -68,7 +68,7 @@ def water_stats(directory: Path) -> WaterStats:
         log_median[name] = float(np.median(logs))
         log_sigma[name] = float(1.4826 * np.median(np.abs(logs - np.median(logs))))
     temp = rows.dropna(subset=["water_temp_c"])
-    angle = 2 * np.pi * pd.to_datetime(temp["file_date"]).dt.dayofyear.to_numpy() / 365.25
+    angle = 2 * np.pi * pd.to_datetime(temp["file_date"]).dt.day_of_year.to_numpy() / 365.25
     design = np.column_stack([np.ones_like(angle), np.cos(angle), np.sin(angle)])
     (mean, a, b), *_ = np.linalg.lstsq(design, temp["water_temp_c"].to_numpy(), rcond=None)
     both = rows.dropna(subset=["water_temp_c", "do_mg_l"])

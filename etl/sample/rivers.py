@@ -61,10 +61,11 @@ def network(district: shapely.Polygon, canal: shapely.LineString, rng: np.random
     inner = district.buffer(-120.0)
     names = list(rng.permutation(BRANCH_NAMES))
     ditch_names = list(rng.permutation([f + k for f in DITCH_FAMILY for k in DITCH_KIND]))
-    for r in range(1, len(rivers)):
+    for r in range(1, len(TRUNKS) + 1):
         for _ in range(int(rivers[r].line.length // 2600) + 1):
             _add_tributary(rivers, r, rng, inner, str(names.pop()), "支河", (1500.0, 3500.0))
-    for r in range(len(TRUNKS) + 1, len(rivers)):
+    branches = range(len(TRUNKS) + 1, len(rivers))
+    for r in branches:
         if rng.random() < 0.6:
             _add_tributary(rivers, r, rng, inner, str(ditch_names.pop()), "沟渠", (700.0, 1500.0))
     return rivers
