@@ -2,22 +2,30 @@
 
 Returns raw attribute values (as text where the format has no types) and, separately,
 the geometries with the CRS the file declares, so nothing is interpreted before
-validation can say what was wrong with it.
+validation can say what was wrong with it. A table's coordinate columns stay among
+the attributes (the quarantine shows them as sent); rows whose coordinates cannot be
+read are listed with the reason.
 """
 
+import codecs
+import csv
 import io
 import re
-import zipfile
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import geopandas as gpd
 import pandas as pd
 import pyogrio
 import shapely
 
-TABLE_SUFFIXES = {".csv", ".txt", ".xlsx", ".xls"}
-LON_HEADERS = ["经度", "东经", "lon", "lng", "long", "longitude", "x", "x坐标", "横坐标", "point_x", "坐标x"]
-LAT_HEADERS = ["纬度", "北纬", "lat", "latitude", "y", "y坐标", "纵坐标", "point_y", "坐标y"]
+from etl import archive, formats
+
+LON_HEADERS = ["经度", "东经", "lon", "lng", "long", "longitude", "x", "x坐标", "横坐标", "point_x", "坐标x", "easting"]
+LAT_HEADERS = ["纬度", "北纬", "lat", "latitude", "y", "y坐标", "纵坐标", "point_y", "坐标y", "northing"]
+WKT_HEADERS = ["wkt", "geometry", "geom", "the_geom", "shape", "几何", "空间信息"]
+ENCODING_PROBE = 1 << 20
 
 
 class ReadError(ValueError):
@@ -30,98 +38,188 @@ class Dataset:
     geometry: pd.Series | None  # shapely geometries, same index, or None for a table without coordinates
     crs: str | None  # as declared by the file (WKT or authority code), None when it says nothing
     source: str
+    coordinates: list[str] = field(default_factory=list)  # a table's columns the geometry was built from
+    problems: dict = field(default_factory=dict)  # row label -> why its geometry could not be read
 
 
-def detect_encoding(data: bytes) -> str:
-    """UTF-8 (with or without BOM) when it decodes as such, otherwise GB18030 (a superset of GBK)."""
-    try:
-        data.decode("utf-8")
-        return "utf-8-sig"
-    except UnicodeDecodeError:
-        return "gb18030"
+def detect_encoding(data: bytes | Path) -> str:
+    """UTF-16 by its BOM, UTF-8 (with or without BOM) when it decodes as such, otherwise GB18030
+    (a superset of GBK and GB2312, what Chinese Windows writes)."""
+    if isinstance(data, Path):
+        with open(data, "rb") as f:
+            blocks = iter(lambda: f.read(ENCODING_PROBE), b"")
+            return _detect(blocks)
+    return _detect([data])
 
 
-def _header_key(name: str) -> str:
-    return re.sub(r"[\s_()（）°度]+$", "", str(name).strip().lower().lstrip("\ufeff"))
+def _detect(blocks) -> str:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    for n, block in enumerate(blocks):
+        if n == 0 and block.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            return "utf-16"
+        try:
+            decoder.decode(block, final=False)
+        except UnicodeDecodeError:
+            return "gb18030"
+    return "utf-8-sig"
+
+
+def header_key(name) -> str:
+    """A header as compared: lower case, without BOM, spaces, and a trailing unit or note in brackets."""
+    key = str(name).strip().lstrip("\ufeff").lower()
+    return re.sub(r"\s*[(（\[【][^)）\]】]*[)）\]】]\s*$", "", key).strip()
 
 
 def _find_column(columns, names: list[str]) -> str | None:
-    keys = {_header_key(c): c for c in columns}
+    keys = {}
+    for c in columns:
+        keys.setdefault(header_key(c), c)
     return next((keys[n] for n in names if n in keys), None)
 
 
-def _read_table(path: Path) -> Dataset:
-    if path.suffix.lower() in (".xlsx", ".xls"):
-        try:
-            frame = pd.read_excel(path, dtype=str)
-        except Exception as e:  # openpyxl raises many types for a file that is not a workbook
-            raise ReadError(f"{path.name} is not a readable Excel workbook: {e}") from e
-    else:
-        data = path.read_bytes()
-        frame = pd.read_csv(io.BytesIO(data), dtype=str, encoding=detect_encoding(data), keep_default_na=False)
+def _delimiter(text: str) -> str:
+    header = text.split("\n", 1)[0]
+    return max([",", "\t", ";", "|"], key=header.count)
+
+
+def _read_text_table(path: Path) -> pd.DataFrame:
+    data = path.read_bytes()
+    encoding = detect_encoding(data)
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise ReadError(f"{path.name} is neither UTF-8 nor GBK/GB18030 text ({e}); save it as UTF-8 CSV") from e
+    text = text.lstrip("\ufeff")
+    if not text.strip():
+        raise ReadError(f"{path.name} is empty")
+    try:
+        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, sep=_delimiter(text),
+                           skipinitialspace=True, quoting=csv.QUOTE_MINIMAL)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise ReadError(f"{path.name} is not a readable table: {e}") from e
+
+
+def _read_workbook(path: Path, sheet: str | None) -> pd.DataFrame:
+    if path.suffix.lower() == ".xls":
+        raise ReadError(f"{path.name} is an Excel 97-2003 workbook; save it as .xlsx or CSV (UTF-8)")
+    try:
+        book = pd.ExcelFile(path)
+    except Exception as e:  # openpyxl raises many types for a file that is not a workbook
+        raise ReadError(f"{path.name} is not a readable Excel workbook: {e}") from e
+    with book:
+        if sheet is not None and sheet not in book.sheet_names:
+            raise ReadError(f"{path.name} has no sheet {sheet!r}; its sheets: {', '.join(book.sheet_names)}")
+        frame = pd.read_excel(book, sheet_name=sheet if sheet is not None else 0, dtype=str)
+    return frame.fillna("")
+
+
+def _numbers(column: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Numeric values (NaN where unreadable) and which cells hold text at all."""
+    text = column.astype("string").str.strip().fillna("")
+    return pd.to_numeric(text, errors="coerce"), text.ne("")
+
+
+def _points(frame: pd.DataFrame, lon: str, lat: str) -> tuple[pd.Series, dict]:
+    x, x_given = _numbers(frame[lon])
+    y, y_given = _numbers(frame[lat])
+    points = shapely.points(x.to_numpy(dtype=float), y.to_numpy(dtype=float))
+    broken = (x.isna() | y.isna()).to_numpy()
+    points[broken] = None
+    problems = {}
+    for label in frame.index[broken]:
+        if not x_given[label] and not y_given[label]:
+            problems[label] = f"no coordinates: {lon} and {lat} are empty"
+        else:
+            column = next(c for c, v, given in ((lon, x, x_given), (lat, y, y_given)) if pd.isna(v[label]))
+            value = frame.at[label, column]
+            problems[label] = (f"coordinate {column} is empty" if not str(value).strip()
+                               else f"coordinate {column}: cannot read {value!r} as a number")
+    return pd.Series(points, index=frame.index, dtype=object), problems
+
+
+def _shapes(frame: pd.DataFrame, column: str) -> tuple[pd.Series, dict]:
+    text = frame[column].astype("string").str.strip().fillna("")
+    shapes = shapely.from_wkt(text.mask(text.eq("")).to_numpy(dtype=object), on_invalid="ignore")
+    problems = {label: (f"geometry column {column} is empty" if not text[label]
+                        else f"geometry column {column}: cannot read {text[label][:60]!r} as WKT")
+                for label in frame.index[pd.isna(shapes)]}
+    return pd.Series(shapes, index=frame.index, dtype=object), problems
+
+
+def _read_table(path: Path, sheet: str | None) -> Dataset:
+    suffix = path.suffix.lower()
+    frame = _read_workbook(path, sheet) if suffix in (".xlsx", ".xls") else _read_text_table(path)
     frame.columns = [str(c).strip().lstrip("\ufeff") for c in frame.columns]
     lon, lat = _find_column(frame.columns, LON_HEADERS), _find_column(frame.columns, LAT_HEADERS)
-    geometry = None
+    wkt = _find_column(frame.columns, WKT_HEADERS)
     if lon and lat:
-        x = pd.to_numeric(frame[lon].str.strip(), errors="coerce")
-        y = pd.to_numeric(frame[lat].str.strip(), errors="coerce")
-        points = shapely.points(x.to_numpy(), y.to_numpy())
-        points[x.isna().to_numpy() | y.isna().to_numpy()] = None
-        geometry = pd.Series(points, index=frame.index, dtype=object)
-        frame = frame.drop(columns=[lon, lat])
-    return Dataset(frame, geometry, None, path.name)
+        geometry, problems = _points(frame, lon, lat)
+        return Dataset(frame, geometry, None, path.name, [lon, lat], problems)
+    if wkt:
+        geometry, problems = _shapes(frame, wkt)
+        return Dataset(frame, geometry, None, path.name, [wkt], problems)
+    return Dataset(frame, None, None, path.name)
 
 
-def _zip_member(path: Path, layer: str | None) -> tuple[str, str | None]:
-    """The /vsizip/ path of the dataset inside a zip, and the encoding of its attribute table."""
-    with zipfile.ZipFile(path) as archive:
-        names = [n for n in archive.namelist() if not n.endswith("/")]
-        for name in names:
-            if name.startswith("/") or ".." in Path(name).parts:
-                raise ReadError(f"{path.name} contains an unsafe path {name!r}; refusing to read it")
-        shapefiles = [n for n in names if n.lower().endswith(".shp")]
-        others = [n for n in names if Path(n).suffix.lower() in (".gpkg", ".geojson", ".json", ".fgb", ".kml")]
-        if layer:
-            shapefiles = [n for n in shapefiles if Path(n).stem == layer] or shapefiles
-        if not shapefiles and not others:
-            raise ReadError(f"{path.name} holds no Shapefile or other vector dataset (found: {', '.join(names[:10])})")
-        member = (shapefiles or others)[0]
-        encoding = None
-        if member in shapefiles:
-            stem = member[:-4]
-            has_cpg = any(n.lower() == f"{stem.lower()}.cpg" for n in names)
-            dbf = next((n for n in names if n.lower() == f"{stem.lower()}.dbf"), None)
-            if dbf and not has_cpg:
-                encoding = detect_encoding(archive.read(dbf))
-    return f"/vsizip/{path}/{member}", encoding
+def _shapefile_encoding(shp: Path) -> str | None:
+    """The attribute encoding of a Shapefile without a .cpg whose DBF declares no code page."""
+    dbf, cpg = shp.with_suffix(".dbf"), shp.with_suffix(".cpg")
+    if cpg.exists() or not dbf.exists():
+        return None
+    with open(dbf, "rb") as f:
+        language_driver = f.read(32)[29:30]
+    if language_driver not in (b"", b"\x00"):
+        return None  # GDAL honours the DBF's own code page mark
+    return "UTF-8" if detect_encoding(dbf).startswith("utf-8") else "GB18030"
 
 
-def read(path: Path, layer: str | None = None) -> Dataset:
-    """Read any supported file: GeoJSON, (zipped) Shapefile, GeoPackage, FlatGeobuf, GeoParquet, CSV, XLSX."""
-    path = Path(path)
-    if not path.exists():
-        raise ReadError(f"{path} does not exist")
+def _read_vector(path: Path, name: str, layer: str | None) -> Dataset:
     suffix = path.suffix.lower()
-    if suffix in TABLE_SUFFIXES:
-        return _read_table(path)
-    source, encoding = str(path), None
-    if suffix == ".zip":
-        source, encoding = _zip_member(path, layer)
-        layer = None
-    elif suffix == ".shp":
-        cpg = path.with_suffix(".cpg")
-        dbf = path.with_suffix(".dbf")
-        if not cpg.exists() and dbf.exists():
-            encoding = detect_encoding(dbf.read_bytes())
-    elif suffix == ".gpkg" and layer is None:
-        layers = pyogrio.list_layers(path)
-        if len(layers) > 1:
-            raise ReadError(f"{path.name} has several layers ({', '.join(layers[:, 0])}); choose one with --layer")
+    encoding = _shapefile_encoding(path) if suffix == ".shp" else None
     try:
-        frame = pyogrio.read_dataframe(source, layer=layer, encoding=encoding)
-    except Exception as e:  # GDAL's errors for a file that is not what its name says
-        raise ReadError(f"{path.name} cannot be read as a vector dataset: {e}") from e
+        if suffix in (".parquet", ".geoparquet") and "Parquet" not in pyogrio.list_drivers():
+            frame = gpd.read_parquet(path)
+        else:
+            layers = [str(n) for n in pyogrio.list_layers(path)[:, 0]]
+            if layer is None and len(layers) > 1:
+                raise ReadError(f"{name} has several layers ({', '.join(layers)}); choose one with "
+                                "--source-layer (HTTP: source_layer)")
+            if layer is not None and layer not in layers:
+                if len(layers) > 1 or suffix == ".gpkg":
+                    raise ReadError(f"{name} has no layer {layer!r}; its layers: {', '.join(layers)}")
+                layer = None
+            frame = pyogrio.read_dataframe(path, layer=layer, encoding=encoding, use_arrow=True)
+    except ReadError:
+        raise
+    except Exception as e:  # GDAL's and pyarrow's errors for a file that is not what its name says
+        hint = " (a Shapefile needs its .shx and .dbf beside it: zip them together)" if suffix == ".shp" else ""
+        raise ReadError(f"{name} cannot be read as a {formats.NAMES.get(suffix, 'vector dataset')}: {e}{hint}") from e
     crs = frame.crs.to_wkt() if frame.crs is not None else None
     geometry = pd.Series(frame.geometry.to_numpy(), index=frame.index, dtype=object)
     attributes = pd.DataFrame(frame.drop(columns=frame.geometry.name))
-    return Dataset(attributes, geometry, crs, path.name)
+    return Dataset(attributes, geometry, crs, name)
+
+
+def read(path: Path, layer: str | None = None) -> Dataset:
+    """Read any supported file: GeoJSON, (zipped) Shapefile, GeoPackage, FlatGeobuf, GeoParquet, CSV, XLSX.
+    `layer` chooses a layer of a GeoPackage, a dataset inside a zip, or a workbook's sheet."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReadError(f"{path} does not exist or is not a file")
+    try:
+        formats.check_file(path)
+    except formats.ContentError as e:
+        raise ReadError(str(e)) from e
+    suffix = path.suffix.lower()
+    if suffix in formats.TABLES:
+        return _read_table(path, layer)
+    if suffix in formats.RASTERS:
+        raise ReadError(f"{path.name} is a raster; load it with: twin etl raster {path.name} --layer imagery")
+    if suffix != ".zip":
+        return _read_vector(path, path.name, layer)
+    with tempfile.TemporaryDirectory(prefix="twin-unzip-") as tmp:
+        try:
+            inner = archive.extract(path, layer, Path(tmp))
+        except archive.ArchiveError as e:
+            raise ReadError(str(e)) from e
+        return _read_vector(inner, path.name, layer)

@@ -1,31 +1,38 @@
 """Running an ETL job: read → map fields → convert CRS → validate → merge, all accounted for.
 
-Every run is recorded in `twin.etl_run`. The merge, the quarantine rows and the final
-counts commit in one transaction, so a run that fails or is killed leaves the layers
-as they were; running it again completes it.
+Every run is recorded in `twin.etl_run` (see `etl.records`). The merge, the quarantine
+and repair notes and the final counts commit in one transaction, so a run that fails or
+is killed leaves the layers as they were; running it again completes it. Nothing is
+dropped unsaid: rejected rows are quarantined with a reason, repaired geometries are
+noted, and source columns that map to no field are listed in the run.
 """
 
 import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import shapely
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from etl.crs import to_storage
-from etl.jobs import JOBS, get_job
+from etl import records
+from etl.crs import convert, misplaced, source_of
+from etl.jobs import JOBS, get_job, imagery
 from etl.readers import Dataset, read
+from etl.records import Run, open_run
 from layers.catalog import LayerSpec, get_layer
 from layers.store import merge, set_write_context
 from layers.validate import validate
 
 log = logging.getLogger("twin.etl")
 Progress = Callable[[str], None]
+MODES = ("upsert", "replace")
+DBF_NAME_BYTES = 10  # dBase field names are cut at 10 bytes
 
 
 class JobError(ValueError):
@@ -38,6 +45,7 @@ class RunResult:
     status: str
     counts: dict
     error: str | None = None
+    ignored: list[str] = field(default_factory=list)
 
 
 def resolve(job_name: str, layer: str | None) -> tuple[object, LayerSpec]:
@@ -58,22 +66,12 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def start_run(engine: Engine, job: str, layer: str, mode: str, file_name: str | None, sha: str | None,
-              department: str | None, actor: str) -> int:
-    with engine.begin() as conn:
-        return conn.execute(text(
-            "INSERT INTO twin.etl_run (job, layer, mode, file_name, file_sha256, department, actor) "
-            "VALUES (:job, :layer, :mode, :file, :sha, :department, :actor) RETURNING id"),
-            {"job": job, "layer": layer, "mode": mode, "file": file_name, "sha": sha,
-             "department": department, "actor": actor}).scalar_one()
-
-
-def _fail(engine: Engine, run_id: int, error: str) -> RunResult:
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE twin.etl_run SET status = 'failed', finished_at = clock_timestamp(), error = :e "
-                          "WHERE id = :id"), {"id": run_id, "e": error})
-    log.warning("ETL run %s failed: %s", run_id, error)
-    return RunResult(run_id, "failed", {}, error)
+def _truncated_match(column: str, aliases: dict[str, str]) -> str | None:
+    """The field a Shapefile column cut at 10 bytes stands for, when exactly one alias starts with it."""
+    if len(column.encode("gb18030")) not in (DBF_NAME_BYTES - 1, DBF_NAME_BYTES):
+        return None
+    targets = {target for alias, target in aliases.items() if alias.startswith(column) and alias != column}
+    return targets.pop() if len(targets) == 1 else None
 
 
 def _map_fields(job, spec: LayerSpec, frame: pd.DataFrame) -> pd.DataFrame:
@@ -81,89 +79,183 @@ def _map_fields(job, spec: LayerSpec, frame: pd.DataFrame) -> pd.DataFrame:
     aliases |= {k.lower(): v for k, v in job.ALIASES.items()}
     renamed, taken = {}, set()
     for column in frame.columns:
-        target = aliases.get(str(column).strip().lower())
+        key = str(column).strip().lower()
+        target = aliases.get(key) or _truncated_match(key, aliases)
         if target and target not in taken:
             renamed[column] = target
             taken.add(target)
     return frame.rename(columns=renamed)
 
 
-def _raw_record(dataset: Dataset, label) -> dict:
-    record = {k: (None if pd.isna(v) else v) for k, v in dataset.attributes.loc[label].items()}
-    if dataset.geometry is not None:
-        geom = dataset.geometry.loc[label]
-        record["geometry"] = None if geom is None else shapely.to_wkt(geom, rounding_precision=8)
-    return record
+def _plain(value):
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return None if value is None or value is pd.NA or value is pd.NaT else value
 
 
-def execute(engine: Engine, job_name: str, dataset: Dataset, run_id: int, *, layer: str | None = None,
-            crs: str | None = None, mode: str = "upsert", actor: str = "cli",
-            progress: Progress = lambda stage: None) -> RunResult:
-    """Load an already read dataset under an open run record."""
+def _records(rows: pd.DataFrame, geometry: pd.Series | None) -> list[str]:
+    """Rows as sent (JSON), geometry as WKT in the file's own coordinates."""
+    out = []
+    wkt = None if geometry is None else shapely.to_wkt(geometry.to_numpy(dtype=object), rounding_precision=8)
+    for n, row in enumerate(rows.to_dict("records")):
+        record = {str(k): _plain(v) for k, v in row.items()}
+        if wkt is not None:
+            record["geometry"] = wkt[n]
+        out.append(json.dumps(record, ensure_ascii=False, default=str))
+    return out
+
+
+def _note(conn, table: str, run_id: int, layer: str, dataset: Dataset, frame: pd.DataFrame, notes: dict) -> None:
+    """Write rejected (twin.quarantine) or repaired (twin.etl_repair) rows with their reasons, in file order."""
+    if not notes:
+        return
+    as_sent = frame.index.equals(dataset.attributes.index)  # False when the job reshaped the table
+    source = dataset.attributes if as_sent else frame
+    position = {label: n for n, label in enumerate(source.index, start=1)}
+    labels = sorted(notes, key=lambda label: position.get(label, 0))
+    geometry = dataset.geometry.loc[labels] if as_sent and dataset.geometry is not None else None
+    rows = [{"run": run_id, "layer": layer, "file": dataset.source, "row": position.get(label) if as_sent else None,
+             "record": record, "reason": notes[label]}
+            for label, record in zip(labels, _records(source.loc[labels], geometry))]
+    columns = "run_id, layer, source_file, row_number, record, reason" if table == "twin.quarantine" \
+        else "run_id, layer, row_number, record, reason"
+    values = ":run, :layer, :file, :row, CAST(:record AS jsonb), :reason" if table == "twin.quarantine" \
+        else ":run, :layer, :row, CAST(:record AS jsonb), :reason"
+    conn.execute(text(f"INSERT INTO {table} ({columns}) VALUES ({values})"), rows)
+
+
+def execute(run: Run, job_name: str, dataset: Dataset, *, layer: str | None = None, crs: str | None = None,
+            mode: str = "upsert", actor: str = "cli", progress: Progress = lambda stage: None) -> RunResult:
+    """Load an already read dataset under an open run."""
+    def stage(name: str) -> None:
+        records.set_stage(run, name)
+        progress(name)
+
     try:
         job, spec = resolve(job_name, layer)
-        progress("mapping fields")
-        frame = _map_fields(job, spec, dataset.attributes.copy())
+        stage("mapping fields")
+        frame = dataset.attributes
+        if spec.geometry:
+            frame = frame.drop(columns=dataset.coordinates)
+        frame = _map_fields(job, spec, frame.copy())
         if hasattr(job, "prepare"):
             frame = job.prepare(frame)
+        names = {f.name for f in spec.fields}
+        ignored = [str(c) for c in frame.columns if c not in names]
+        rejects: dict = {}
         geometry = None
         if spec.geometry:
             if dataset.geometry is None:
                 raise JobError(f"{dataset.source} has no geometry or recognisable coordinate columns "
-                               "(e.g. 经度/纬度, lon/lat, x/y)")
-            progress("converting coordinates")
-            geometry = to_storage(dataset.geometry.reindex(frame.index), dataset.crs, crs)
-        progress("validating")
-        checked = validate(spec, frame, geometry)
-        with engine.begin() as conn:
-            rejects = dict(checked.rejects)
+                               "(e.g. 经度/纬度, lon/lat, x/y, or WKT in a geometry column)")
+            stage("converting coordinates")
+            raw = dataset.geometry.reindex(frame.index)
+            if shapely.has_z(raw.to_numpy(dtype=object)).any():
+                ignored.append("z (heights; the layer is 2D)")
+            source = source_of(dataset.crs, crs)
+            geometry = convert(raw, source)
+            rejects.update({k: v for k, v in dataset.problems.items() if k in frame.index})
+            rejects.update(misplaced(raw, geometry, source))
+        stage("validating")
+        keep = frame.index.difference(list(rejects), sort=False)
+        checked = validate(spec, frame.loc[keep], None if geometry is None else geometry.loc[keep])
+        rejects.update(checked.rejects)
+        stage("loading")
+        with run.conn.begin():
+            run.conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
+            run.conn.exec_driver_sql("SET LOCAL client_connection_check_interval = '1s'")  # stop if we die
             usable = checked.frame
             if hasattr(job, "enrich"):
-                usable, more = job.enrich(conn, usable)
+                usable, more = job.enrich(run.conn, usable)
                 rejects.update(more)
-            progress("loading")
-            set_write_context(conn, actor=actor, run_id=run_id)
-            counts = merge(conn, spec, usable, replace=(mode == "replace"))
-            _quarantine(conn, run_id, spec.id, dataset, rejects)
+            if mode == "replace" and usable.empty:
+                raise JobError(f"{dataset.source} has no usable features ({len(rejects)} rejected); replace mode "
+                               f"would delete every feature of '{spec.id}', so nothing was changed")
+            set_write_context(run.conn, actor=actor, run_id=run.id)
+            counts = merge(run.conn, spec, usable, replace=(mode == "replace"))
+            _note(run.conn, "twin.quarantine", run.id, spec.id, dataset, frame, rejects)
+            _note(run.conn, "twin.etl_repair", run.id, spec.id, dataset, frame, checked.repairs)
             totals = {"read": len(dataset.attributes), "inserted": counts.inserted, "updated": counts.updated,
                       "unchanged": counts.unchanged, "deleted": counts.deleted, "repaired": checked.repaired,
                       "quarantined": len(rejects)}
-            conn.execute(text(
-                "UPDATE twin.etl_run SET status = 'succeeded', finished_at = clock_timestamp(), read = :read, "
-                "inserted = :inserted, updated = :updated, unchanged = :unchanged, deleted = :deleted, "
-                "repaired = :repaired, quarantined = :quarantined WHERE id = :id"), totals | {"id": run_id})
+            records.succeed(run.conn, run.id, totals, ignored)
     except (ValueError, OSError) as e:  # the input or the request is at fault: say so, keep the layer as it was
-        return _fail(engine, run_id, str(e))
-    log.info("ETL run %s (%s → %s) succeeded: %s", run_id, job_name, spec.id, totals)
-    return RunResult(run_id, "succeeded", totals)
+        records.fail(run, str(e))
+        return RunResult(run.id, "failed", {}, str(e))
+    log.info("ETL run %s (%s → %s) succeeded: %s; ignored columns: %s", run.id, job_name, spec.id, totals, ignored)
+    return RunResult(run.id, "succeeded", totals, ignored=ignored)
 
 
-def _quarantine(conn, run_id: int, layer: str, dataset: Dataset, rejects: dict) -> None:
-    if not rejects:
-        return
-    position = {label: n for n, label in enumerate(dataset.attributes.index, start=1)}
-    conn.execute(text(
-        "INSERT INTO twin.quarantine (run_id, layer, source_file, row_number, record, reason) "
-        "VALUES (:run, :layer, :file, :row, CAST(:record AS jsonb), :reason)"),
-        [{"run": run_id, "layer": layer, "file": dataset.source, "row": position.get(label),
-          "record": json.dumps(_raw_record(dataset, label), ensure_ascii=False, default=str), "reason": reason}
-         for label, reason in sorted(rejects.items(), key=lambda item: position.get(item[0], 0))])
+def load_file(run: Run, job_name: str, path: Path, *, layer: str | None = None, crs: str | None = None,
+              mode: str = "upsert", actor: str = "cli", source_layer: str | None = None,
+              progress: Progress = lambda stage: None) -> RunResult:
+    """Read `path` and load it under an open run."""
+    try:
+        records.set_stage(run, "reading")
+        progress("reading")
+        dataset = read(path, source_layer)
+    except (ValueError, OSError) as e:
+        records.fail(run, str(e))
+        return RunResult(run.id, "failed", {}, str(e))
+    return execute(run, job_name, dataset, layer=layer, crs=crs, mode=mode, actor=actor, progress=progress)
+
+
+def check_request(job_name: str, layer: str | None, mode: str) -> LayerSpec:
+    _, spec = resolve(job_name, layer)
+    if mode not in MODES:
+        raise JobError(f"mode must be upsert or replace, not {mode!r}")
+    return spec
 
 
 def run_file(engine: Engine, job_name: str, path: Path, *, layer: str | None = None, crs: str | None = None,
              mode: str = "upsert", department: str | None = None, actor: str = "cli",
              source_layer: str | None = None, progress: Progress = lambda stage: None) -> RunResult:
     """Record a run for `path`, read it and load it."""
-    job, spec = resolve(job_name, layer)
-    if mode not in ("upsert", "replace"):
-        raise JobError(f"mode must be upsert or replace, not {mode!r}")
+    spec = check_request(job_name, layer, mode)
+    if spec.kind == "raster":
+        raise JobError(f"'{spec.id}' is a raster layer: load it with twin etl raster FILE --layer {spec.id}")
     path = Path(path)
-    run_id = start_run(engine, job_name, spec.id, mode, path.name, sha256_of(path) if path.is_file() else None,
-                       department, actor)
+    sha = sha256_of(path) if path.is_file() else None
+    with open_run(engine, job_name, spec.id, mode, path.name, sha, department, actor, crs, source_layer) as run:
+        return load_file(run, job_name, path, layer=spec.id, crs=crs, mode=mode, actor=actor,
+                         source_layer=source_layer, progress=progress)
+
+
+def run_dataset(engine: Engine, job_name: str, dataset: Dataset, *, layer: str, file_name: str, sha: str,
+                crs: str | None = None, mode: str = "upsert", actor: str = "cli") -> RunResult:
+    """Record a run for a dataset read (and adapted) by the caller, and load it."""
+    spec = check_request(job_name, layer, mode)
+    with open_run(engine, job_name, spec.id, mode, file_name, sha, None, actor, crs) as run:
+        return execute(run, job_name, dataset, layer=spec.id, crs=crs, mode=mode, actor=actor)
+
+
+def load_raster(run: Run, path: Path, layer: str, raster_dir: Path, sha: str) -> RunResult:
+    """Convert a raster to a COG and register it for `layer`, under an open run."""
     try:
-        progress("reading")
-        dataset = read(path, source_layer)
-    except (ValueError, OSError) as e:
-        return _fail(engine, run_id, str(e))
-    return execute(engine, job_name, dataset, run_id, layer=spec.id, crs=crs, mode=mode, actor=actor,
-                   progress=progress)
+        records.set_stage(run, "converting to COG")
+        with run.conn.begin():
+            target = imagery.register(run.conn, path, layer, raster_dir, run.id, sha)
+            totals = {"read": 1, "inserted": 1}
+            records.succeed(run.conn, run.id, totals, [])
+    except Exception as e:  # rasterio and GDAL raise many kinds for a file that is not a usable raster
+        error = f"{path.name} cannot be loaded as a raster: {e}"
+        records.fail(run, error)
+        return RunResult(run.id, "failed", {}, error)
+    log.info("ETL run %s registered %s for %s", run.id, target, layer)
+    return RunResult(run.id, "succeeded", totals)
+
+
+def run_raster(engine: Engine, path: Path, *, layer: str, raster_dir: Path, department: str | None = None,
+               actor: str = "cli") -> RunResult:
+    """Record a run that makes `path` the raster of `layer`."""
+    spec = get_layer(layer)
+    if spec is None or spec.kind != "raster":
+        raise JobError(f"{layer!r} is not a raster layer")
+    path = Path(path)
+    if not path.is_file():
+        raise JobError(f"{path} does not exist or is not a file")
+    sha = sha256_of(path)
+    with open_run(engine, "imagery", layer, "replace", path.name, sha, department, actor) as run:
+        return load_raster(run, path, layer, raster_dir, sha)

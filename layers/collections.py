@@ -3,6 +3,7 @@
 from fastapi import APIRouter, Request
 from sqlalchemy import text
 
+from layers import crs
 from layers.catalog import LayerSpec, catalog, get_layer
 from twin.errors import ApiError
 from twin.urls import base_url
@@ -14,6 +15,13 @@ CONFORMANCE = [
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/oas30",
+    "http://www.opengis.net/spec/ogcapi-features-2/1.0/conf/crs",
+    "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/queryables",
+    "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/filter",
+    "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/features-filter",
+    *(f"http://www.opengis.net/spec/cql2/1.0/conf/{c}" for c in (
+        "cql2-text", "cql2-json", "basic-cql2", "advanced-comparison-operators", "case-insensitive-comparison",
+        "basic-spatial-functions", "basic-spatial-functions-plus", "spatial-functions", "temporal-functions")),
 ]
 CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
 
@@ -79,8 +87,14 @@ async def _describe(request: Request, conn, spec: LayerSpec) -> dict:
     }
     if spec.kind != "raster":
         description["links"].append({"rel": "items", "type": "application/geo+json", "href": f"{base}/items"})
+        description["links"].append({"rel": "http://www.opengis.net/def/rel/ogc/1.0/queryables",
+                                     "type": "application/schema+json", "href": f"{base}/queryables"})
         description["extent"] = await _extent(conn, spec)
-        description["crs"] = [CRS84]
+        description["crs"] = list(crs.SUPPORTED) if spec.geometry else [CRS84]
+        if spec.geometry:
+            description["storageCrs"] = crs.STORAGE.uri
+            description["links"].append({"rel": "http://www.opengis.net/def/rel/ogc/1.0/tilesets-vector",
+                                         "type": "application/json", "href": f"{base}/tiles"})
     return description
 
 

@@ -29,6 +29,7 @@ class Validated:
     frame: pd.DataFrame  # usable rows, typed, with a `geom` column of shapely geometries when spatial
     rejects: dict[int, str] = field(default_factory=dict)  # row label -> reason
     repaired: int = 0
+    repairs: dict[int, str] = field(default_factory=dict)  # row label -> what was wrong with its geometry
 
 
 def _blank(column: pd.Series) -> pd.Series:
@@ -91,8 +92,10 @@ def _check_fields(spec: LayerSpec, frame: pd.DataFrame, rejects: dict[int, str])
             low = present & (value < f.min) if f.min is not None else pd.Series(False, index=frame.index)
             high = present & (value > f.max) if f.max is not None else pd.Series(False, index=frame.index)
             unit = f" {f.unit}" if f.unit else ""
-            _reject(rejects, frame.index[(low | high).fillna(False)], lambda i, f=f, label=label:
-                    f"{label}: {value[i]}{unit} is outside the plausible range {f.min}–{f.max}{unit}")
+            span = (f"{f.min:g}–{f.max:g}" if f.min is not None and f.max is not None
+                    else f"≥ {f.min:g}" if f.min is not None else f"≤ {f.max:g}")
+            _reject(rejects, frame.index[(low | high).fillna(False)], lambda i, label=label, unit=unit, span=span:
+                    f"{label}: {value[i]}{unit} is outside the plausible range {span}{unit}")
         if f.check:
             check = CHECKS[f.check]
             for i, v in zip(frame.index[present], value[present].tolist()):
@@ -123,7 +126,7 @@ def _extent_reason(geom) -> str:
     return f"geometry {where}: check the coordinate system (WGS84, CGCS2000, GCJ02, BD09 or a projected CRS)"
 
 
-def _check_geometry(spec: LayerSpec, geoms: pd.Series, rejects: dict[int, str]) -> tuple[pd.Series, int]:
+def _check_geometry(spec: LayerSpec, geoms: pd.Series, rejects: dict[int, str]) -> tuple[pd.Series, dict[int, str]]:
     values = np.array(geoms, dtype=object)
     missing = shapely.is_missing(values) | shapely.is_empty(values)
     _reject(rejects, geoms.index[missing], "geometry is missing or empty")
@@ -133,14 +136,19 @@ def _check_geometry(spec: LayerSpec, geoms: pd.Series, rejects: dict[int, str]) 
     nonfinite[np.flatnonzero(ok)[np.unique(owner[~np.isfinite(coords).all(axis=1)])]] = True
     _reject(rejects, geoms.index[nonfinite], "geometry has NaN or infinite coordinates")
     ok &= ~nonfinite
+    values[ok] = shapely.force_2d(values[ok])  # layers are 2D; callers report dropped heights
+    if spec.geometry == "Point":  # a one-point MultiPoint (common in Shapefiles) is that point
+        lone = ok & (shapely.get_type_id(values) == shapely.GeometryType.MULTIPOINT.value) \
+            & (shapely.get_num_geometries(values) == 1)
+        values[lone] = shapely.get_geometry(values[lone], 0)
     wanted = {spec.geometry, _MULTI.get(spec.geometry)} - {None}
-    names = np.array([g.geom_type if g is not None else None for g in values], dtype=object)
-    wrong = ok & ~np.isin(names, list(wanted))
+    wanted_ids = [shapely.GeometryType[name.upper()].value for name in wanted]
+    wrong = ok & ~np.isin(shapely.get_type_id(values), wanted_ids)
     _reject(rejects, geoms.index[wrong], lambda i: f"geometry is a {geoms[i].geom_type}; layer '{spec.id}' "
             f"holds {spec.geometry} features")
     ok &= ~wrong
     invalid = ok & ~shapely.is_valid(values)
-    repaired = 0
+    repairs = {}
     for pos in np.flatnonzero(invalid):
         fixed = shapely.make_valid(values[pos])
         # keep the repair only if it is still the layer's kind of geometry
@@ -152,18 +160,18 @@ def _check_geometry(spec: LayerSpec, geoms: pd.Series, rejects: dict[int, str]) 
                                f"its kind ({shapely.is_valid_reason(values[pos])})")
             ok[pos] = False
         else:
+            repairs[geoms.index[pos]] = f"invalid geometry repaired by make_valid ({shapely.is_valid_reason(values[pos])})"
             values[pos] = fixed
-            repaired += 1
     bounds = shapely.bounds(values[ok]) if ok.any() else np.empty((0, 4))
     ex0, ey0, ex1, ey1 = PLAUSIBLE_EXTENT
     far = (bounds[:, 2] < ex0) | (bounds[:, 0] > ex1) | (bounds[:, 3] < ey0) | (bounds[:, 1] > ey1)
     for pos in np.flatnonzero(ok)[far]:
         rejects.setdefault(geoms.index[pos], _extent_reason(values[pos]))
     if spec.geometry in _MULTI:
-        single = np.array([g is not None and g.geom_type == _MULTI[spec.geometry] for g in values])
+        single = shapely.get_type_id(values) == shapely.GeometryType[_MULTI[spec.geometry].upper()].value
         for pos in np.flatnonzero(single):
             values[pos] = getattr(shapely, spec.geometry)([values[pos]])
-    return pd.Series(values, index=geoms.index, dtype=object), repaired
+    return pd.Series(values, index=geoms.index, dtype=object), repairs
 
 
 def validate(spec: LayerSpec, frame: pd.DataFrame, geometry: pd.Series | None = None) -> Validated:
@@ -171,10 +179,11 @@ def validate(spec: LayerSpec, frame: pd.DataFrame, geometry: pd.Series | None = 
     rejects: dict[int, str] = {}
     typed = _check_fields(spec, frame, rejects)
     _check_keys(spec, typed, rejects)
-    repaired = 0
+    repairs: dict[int, str] = {}
     if spec.geometry:
         if geometry is None:
             geometry = pd.Series(None, index=frame.index, dtype=object)
-        typed["geom"], repaired = _check_geometry(spec, geometry, rejects)
+        typed["geom"], repairs = _check_geometry(spec, geometry, rejects)
+    repairs = {label: why for label, why in repairs.items() if label not in rejects}
     usable = typed.drop(index=list(rejects))
-    return Validated(usable, rejects, repaired)
+    return Validated(usable, rejects, len(repairs), repairs)

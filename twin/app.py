@@ -5,8 +5,17 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from layers import collections as collection_routes
+from layers import changes as change_routes, diff as diff_routes, edits as edit_routes, revert as revert_routes
+from layers import items as item_routes
+from layers import series as series_routes
+from layers import queries as query_routes
 from layers.catalog import catalog
+from tiles import server as tile_server
+from etl.water_class import classify_frame
+from etl import routes as etl_routes
 from twin import errors, health
+from twin import styles as style_routes
+from twin import viewer
 from twin.db import async_engine
 from twin.logs import configure
 from twin.settings import Settings, get_settings
@@ -19,7 +28,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.engine = async_engine(settings)
-        yield
+        async with tile_server.following_changes(app):
+            yield
         await app.state.engine.dispose()
 
     app = FastAPI(
@@ -31,7 +41,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.classify_water = classify_frame  # layers.series classifies aggregates without importing etl
     errors.install(app)
     app.include_router(health.router(lambda: [s for s in catalog().values() if s.kind != "raster"]))
     app.include_router(collection_routes.router)
+    for history_router in (change_routes.router, diff_routes.router, edit_routes.router, revert_routes.router):
+        app.include_router(history_router)
+    app.include_router(item_routes.router)
+    app.include_router(series_routes.router)
+    app.include_router(query_routes.router)
+    app.include_router(style_routes.router)
+    app.include_router(etl_routes.router)
+    tile_server.install(app)
+    viewer.install(app)
     return app

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tiles import cli as tiles_cli
 from twin.cluster import Cluster, ClusterError
 from twin.db import DatabaseError, check_database, database_url, migrate, sync_engine
 from twin.settings import get_settings
@@ -23,6 +24,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(layers_app, name="layers")
 app.add_typer(etl_app, name="etl")
+app.add_typer(tiles_cli.app, name="tiles")
 console = Console()
 err = Console(stderr=True)
 
@@ -180,6 +182,8 @@ def _print_result(result) -> None:
         err.print(f"[red]{result.error}[/]")
     if result.counts.get("quarantined"):
         console.print(f"see the rejected rows: twin etl quarantine {result.run_id}")
+    if result.ignored:
+        console.print(f"[yellow]source columns not loaded (no matching field):[/] {', '.join(result.ignored)}")
 
 
 @etl_app.command("run")
@@ -218,6 +222,24 @@ def etl_runs(limit: int = 20):
     console.print(table)
 
 
+@etl_app.command("raster")
+def etl_raster(file: Path, layer: str = typer.Option("imagery", help="the raster layer"),
+               department: str = typer.Option(None, help="the department the data comes from")):
+    """Convert FILE to a Cloud-Optimized GeoTIFF and make it the raster of LAYER (recorded as a run)."""
+    from etl.run import JobError, run_raster
+
+    with console.status("converting to COG"):
+        try:
+            result = run_raster(sync_engine(), file, layer=layer, raster_dir=get_settings().data_dir / "rasters",
+                                department=department,
+                                actor=f"cli:{department or os.environ.get('USER', 'unknown')}")
+        except JobError as e:
+            fail(str(e))
+    _print_result(result)
+    if result.status != "succeeded":
+        raise typer.Exit(1)
+
+
 @etl_app.command("quarantine")
 def etl_quarantine(run_id: int):
     """The rows a run rejected, with the reasons."""
@@ -230,6 +252,25 @@ def etl_quarantine(run_id: int):
     for row_number, reason, record in rows:
         table.add_row(str(row_number), reason, str(record)[:120])
     console.print(table)
+
+
+@etl_app.command("revert")
+def etl_revert(run_id: int):
+    """Undo everything run RUN_ID did, unless later changes touched the same features (then nothing changes)."""
+    from layers.revert import RevertError, revert_run
+
+    try:
+        with sync_engine().begin() as conn:
+            result = revert_run(conn, run_id)
+    except RevertError as e:
+        if e.conflicts:
+            table = Table("fid", "change", "operation", "version", "time", "actor", title="later changes")
+            for c in e.conflicts:
+                table.add_row(str(c["fid"]), str(c["change"]), c["operation"], str(c["version"]), c["time"], c["actor"])
+            console.print(table)
+        fail(str(e))
+    console.print(f"run {run_id} reverted on {result.layer} as '{result.actor}': " +
+                  ", ".join(f"{n} {what}" for what, n in result.counts.items()))
 
 
 # -- sample data, demo, server ---------------------------------------------------

@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     # Bundled real data; overridable so tests never depend on the checkout's neighbours.
     real_data_dir: Path = REPO_ROOT / "data" / "real"
     max_upload_mb: int = 200
+    # MapLibre style documents (`styles/`); read per request, so an edit is served at once.
+    styles_dir: Path = REPO_ROOT / "styles"
 
 
 @cache

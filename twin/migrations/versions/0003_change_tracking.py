@@ -7,6 +7,13 @@ range and append one `twin.change` row per feature, so no write path (ETL, API, 
 SQL) can bypass it and bulk loads stay set-based. Each writing statement also sends a
 NOTIFY on channel `twin_change` (payload: the layer), delivered when it commits.
 
+Writers are serialised: a BEFORE statement trigger takes a transaction-scoped advisory
+lock and stamps the transaction with the clock time it got the lock. So change ids are
+allocated in commit order (a client following the feed by change id never skips a change
+that commits late), and every change of a transaction carries one moment, later than the
+moments of all transactions committed before it (as-of queries see whole transactions,
+in commit order). TRUNCATE, which would bypass the history, is refused.
+
 Revision ID: 0003
 Revises: 0002
 """
@@ -22,20 +29,51 @@ LAYERS = ["city_components", "districts", "grids", "metro_lines", "metro_station
 SPATIAL = [name for name in LAYERS if name != "water_quality"]
 
 FUNCTIONS = r"""
+CREATE FUNCTION twin.claim_change_log() RETURNS timestamptz LANGUAGE plpgsql AS $$
+DECLARE
+    stamp text := current_setting('twin.change_time', true);
+BEGIN
+    IF coalesce(stamp, '') = '' THEN
+        PERFORM pg_advisory_xact_lock(1953982830);  -- 'twin' in ASCII; held until commit
+        stamp := clock_timestamp()::text;
+        PERFORM set_config('twin.change_time', stamp, true);
+    END IF;
+    RETURN stamp::timestamptz;
+END $$;
+
+CREATE FUNCTION twin.change_time() RETURNS timestamptz LANGUAGE sql STABLE AS $$
+    SELECT coalesce(nullif(current_setting('twin.change_time', true), '')::timestamptz, now())
+$$;
+
+CREATE FUNCTION twin.begin_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM twin.claim_change_log();
+    RETURN NULL;
+END $$;
+
+CREATE FUNCTION twin.refuse_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'TRUNCATE of %.% would bypass the change history; use DELETE', TG_TABLE_SCHEMA, TG_TABLE_NAME;
+END $$;
+
 CREATE FUNCTION twin.bump_version() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF (to_jsonb(NEW) - 'version' - 'updated_at') = (to_jsonb(OLD) - 'version' - 'updated_at') THEN
+    NEW.version := OLD.version;
+    NEW.updated_at := OLD.updated_at;
+    IF NEW IS NOT DISTINCT FROM OLD THEN  -- exact, column by column (geometry `=` compares coordinates)
         RETURN NULL;  -- nothing changed: no new version, no change record
     END IF;
     NEW.version := OLD.version + 1;
-    NEW.updated_at := now();
+    NEW.updated_at := greatest(twin.change_time(), OLD.updated_at);  -- never before the version it supersedes
     RETURN NEW;
 END $$;
 
+-- A fid re-inserted (a restored deletion) continues its version sequence, so an old ETag never matches again.
 CREATE FUNCTION twin.stamp_insert() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    NEW.version := 1;
-    NEW.updated_at := now();
+    NEW.version := 1 + coalesce((SELECT max(c.version) FROM twin.change c
+                                 WHERE c.layer = TG_TABLE_NAME AND c.fid = NEW.fid), 0);
+    NEW.updated_at := twin.change_time();
     RETURN NEW;
 END $$;
 
@@ -53,26 +91,37 @@ DECLARE
     spatial boolean := TG_NARGS > 0 AND TG_ARGV[0] = 'spatial';
     geom_of text := CASE WHEN spatial THEN '%s.geom' ELSE 'NULL::geometry' END;
     props text := '(to_jsonb(%s) - ''fid'' - ''geom'' - ''version'' - ''updated_at'')';
+    recorded bigint;
 BEGIN
-    IF TG_OP IN ('UPDATE', 'DELETE') THEN
-        EXECUTE format('INSERT INTO history.%I SELECT o.*, tstzrange(o.updated_at, now()) FROM old_rows o', layer);
+    IF TG_OP = 'UPDATE' THEN
+        EXECUTE format('INSERT INTO history.%I SELECT o.*, tstzrange(o.updated_at, n.updated_at) '
+                       'FROM old_rows o JOIN new_rows n USING (fid)', layer);
+    ELSIF TG_OP = 'DELETE' THEN
+        EXECUTE format('INSERT INTO history.%I SELECT o.*, tstzrange(o.updated_at, '
+                       'greatest(twin.change_time(), o.updated_at)) FROM old_rows o', layer);
     END IF;
     IF TG_OP = 'INSERT' THEN
-        EXECUTE format('INSERT INTO twin.change (layer, fid, operation, version, actor, run_id, after, geom_after) '
-                       'SELECT %L, n.fid, ''insert'', n.version, twin.write_actor(), twin.write_run(), %s, %s '
-                       'FROM new_rows n ORDER BY n.fid', layer, format(props, 'n'), format(geom_of, 'n'));
+        EXECUTE format('INSERT INTO twin.change (layer, fid, operation, version, changed_at, actor, run_id, after, '
+                       'geom_after) '
+                       'SELECT %L, n.fid, ''insert'', n.version, n.updated_at, twin.write_actor(), twin.write_run(), '
+                       '%s, %s FROM new_rows n ORDER BY n.fid', layer, format(props, 'n'), format(geom_of, 'n'));
     ELSIF TG_OP = 'UPDATE' THEN
-        EXECUTE format('INSERT INTO twin.change (layer, fid, operation, version, actor, run_id, before, after, '
-                       'geom_before, geom_after) '
-                       'SELECT %L, n.fid, ''update'', n.version, twin.write_actor(), twin.write_run(), %s, %s, %s, %s '
-                       'FROM new_rows n JOIN old_rows o USING (fid) ORDER BY n.fid', layer,
+        EXECUTE format('INSERT INTO twin.change (layer, fid, operation, version, changed_at, actor, run_id, before, '
+                       'after, geom_before, geom_after) '
+                       'SELECT %L, n.fid, ''update'', n.version, n.updated_at, twin.write_actor(), twin.write_run(), '
+                       '%s, %s, %s, %s FROM new_rows n JOIN old_rows o USING (fid) ORDER BY n.fid', layer,
                        format(props, 'o'), format(props, 'n'), format(geom_of, 'o'), format(geom_of, 'n'));
     ELSE
-        EXECUTE format('INSERT INTO twin.change (layer, fid, operation, version, actor, run_id, before, geom_before) '
-                       'SELECT %L, o.fid, ''delete'', o.version + 1, twin.write_actor(), twin.write_run(), %s, %s '
-                       'FROM old_rows o ORDER BY o.fid', layer, format(props, 'o'), format(geom_of, 'o'));
+        EXECUTE format('INSERT INTO twin.change (layer, fid, operation, version, changed_at, actor, run_id, before, '
+                       'geom_before) '
+                       'SELECT %L, o.fid, ''delete'', o.version + 1, greatest(twin.change_time(), o.updated_at), '
+                       'twin.write_actor(), twin.write_run(), %s, %s FROM old_rows o ORDER BY o.fid',
+                       layer, format(props, 'o'), format(geom_of, 'o'));
     END IF;
-    PERFORM pg_notify('twin_change', layer);  -- delivered at commit: caches listen and evict
+    GET DIAGNOSTICS recorded = ROW_COUNT;
+    IF recorded > 0 THEN
+        PERFORM pg_notify('twin_change', layer);  -- delivered at commit: caches listen and evict
+    END IF;
     RETURN NULL;
 END $$;
 """
@@ -106,6 +155,10 @@ def upgrade() -> None:
         if name in SPATIAL:
             op.execute(f"CREATE INDEX {name}_geom_idx ON history.{name} USING gist (geom)")
         kind = "'spatial'" if name in SPATIAL else ""
+        op.execute(f"CREATE TRIGGER begin_change BEFORE INSERT OR UPDATE OR DELETE ON layers.{name} "
+                   "FOR EACH STATEMENT EXECUTE FUNCTION twin.begin_change()")
+        op.execute(f"CREATE TRIGGER refuse_truncate BEFORE TRUNCATE ON layers.{name} "
+                   "FOR EACH STATEMENT EXECUTE FUNCTION twin.refuse_truncate()")
         op.execute(f"CREATE TRIGGER stamp_insert BEFORE INSERT ON layers.{name} "
                    "FOR EACH ROW EXECUTE FUNCTION twin.stamp_insert()")
         op.execute(f"CREATE TRIGGER bump_version BEFORE UPDATE ON layers.{name} "
@@ -119,10 +172,12 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     for name in LAYERS:
-        for trigger in ("stamp_insert", "bump_version", "record_insert", "record_update", "record_delete"):
+        for trigger in ("begin_change", "refuse_truncate", "stamp_insert", "bump_version", "record_insert",
+                        "record_update", "record_delete"):
             op.execute(f"DROP TRIGGER {trigger} ON layers.{name}")
         op.execute(f"DROP TABLE history.{name}")
     op.execute("DROP FUNCTION twin.record_changes(), twin.write_run(), twin.write_actor(), "
-               "twin.stamp_insert(), twin.bump_version()")
+               "twin.stamp_insert(), twin.bump_version(), twin.refuse_truncate(), twin.begin_change(), "
+               "twin.change_time(), twin.claim_change_log()")
     op.execute("DROP TABLE twin.change")
     op.execute("DROP SCHEMA history")

@@ -1,0 +1,170 @@
+"""Features of a layer as GeoJSON (OGC API Features Parts 1-3): items, one item, queryables.
+
+PostgreSQL writes the JSON: each feature is one json_build_object with ST_AsGeoJSON for its
+geometry, the page is one string_agg, and the count of matches comes in the same statement,
+so a page is one round trip and Python only wraps it. water_quality readings have no
+geometry of their own and are served with "geometry": null (join monitoring_stations by
+station_code for locations).
+"""
+
+from datetime import datetime, timezone
+from itertools import chain
+from urllib.parse import urlencode
+
+import orjson
+from fastapi import APIRouter, Depends, Request, Response
+from sqlalchemy import JSON, Text, cast, func, literal, null, select
+from sqlalchemy.dialects.postgresql import aggregate_order_by
+
+from layers import crs as crs_
+from layers import params, queryables
+from layers.catalog import LayerSpec
+from layers.collections import layer_or_404
+from layers.filters import Filter
+from layers.statements import fetch_one
+from layers.tables import source
+from twin.errors import ApiError
+from twin.urls import base_url
+
+router = APIRouter(tags=["features"])
+GEOJSON = "application/geo+json"
+
+
+def feature_layer(layer: str) -> LayerSpec:
+    """A layer that has features (vector or series); 404 otherwise."""
+    spec = layer_or_404(layer)
+    if spec.kind == "raster":
+        raise ApiError(404, "not_a_feature_layer", f"Layer '{layer}' is raster: it has tiles, not items. "
+                       f"See /raster/{layer}/", where="path.layer")
+    return spec
+
+
+def time_field(spec: LayerSpec) -> str | None:
+    """The property `datetime` selects on: the layer's time_field, else its only date/time field."""
+    if spec.time_field:
+        return spec.time_field
+    temporal = [f.name for f in spec.fields if f.type in ("date", "timestamptz")]
+    return temporal[0] if len(temporal) == 1 else None
+
+
+def _feature(spec: LayerSpec, columns, names: list[str], out: crs_.Crs):
+    """One feature's GeoJSON as a json expression."""
+    properties = func.json_build_object(*chain.from_iterable((literal(n, Text), columns[n]) for n in names))
+    geometry = (cast(func.ST_AsGeoJSON(crs_.output(columns.geom, out), out.decimals, 0), JSON)
+                if spec.geometry else null())
+    return func.json_build_object(literal("type", Text), literal("Feature", Text), literal("id", Text), columns.fid,
+                                  literal("geometry", Text), geometry, literal("properties", Text), properties)
+
+
+def _where(spec: LayerSpec, columns, box, moment, cql: Filter | None) -> list:
+    clauses = []
+    if box is not None:
+        if not spec.geometry:
+            raise ApiError(400, "invalid_parameter", f"Layer '{spec.id}' has no geometry to filter by bbox",
+                           where="query.bbox")
+        clauses.append(box.intersects(columns.geom))
+    if moment is not None:
+        name = time_field(spec)
+        if name is None:
+            raise ApiError(400, "invalid_parameter", f"Layer '{spec.id}' has no temporal property for datetime",
+                           where="query.datetime")
+        clauses.append(moment.clause(columns[name]))
+    if cql is not None:
+        clauses.append(cql.clause(spec, columns))
+    return clauses
+
+
+def _url(request: Request, **changes) -> str:
+    query = [(k, v) for k, v in request.query_params.multi_items() if k not in changes]
+    query += [(k, str(v)) for k, v in changes.items()]
+    return f"{base_url(request)}{request.url.path}?{urlencode(query)}"
+
+
+def _links(request: Request, spec: LayerSpec, page: params.Page, matched: int, returned: int) -> list[dict]:
+    collection = f"{base_url(request)}/collections/{spec.id}"
+    links = [{"rel": "self", "type": GEOJSON, "href": _url(request)},
+             {"rel": "collection", "type": "application/json", "href": collection}]
+    if page.offset + returned < matched:
+        links.append({"rel": "next", "type": GEOJSON,
+                      "href": _url(request, offset=page.offset + page.limit, limit=page.limit)})
+    if page.offset > 0:
+        links.append({"rel": "prev", "type": GEOJSON,
+                      "href": _url(request, offset=max(page.offset - page.limit, 0), limit=page.limit)})
+    return links
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@router.get("/collections/{layer}/items", response_class=Response,
+            responses={200: {"content": {GEOJSON: {}}, "description": "A GeoJSON FeatureCollection"}})
+async def items(
+    request: Request,
+    spec: LayerSpec = Depends(feature_layer),
+    page: params.Page = Depends(params.page),
+    box: params.BBox | None = Depends(params.bbox),
+    out: crs_.Crs = Depends(params.output_crs),
+    moment: params.Period | None = Depends(params.period),
+    cql: Filter | None = Depends(params.cql_filter),
+    wanted: params.Properties = Depends(params.properties),
+    order: params.SortBy = Depends(params.sortby),
+    as_of: datetime | None = Depends(params.as_of),
+):
+    src = source(spec, as_of)
+    columns = src.c
+    where = _where(spec, columns, box, moment, cql)
+    keys = order.checked(spec)
+    names = wanted.fields(spec)
+    sort = [columns[name] for name, _ in keys] + [columns.fid]
+    labelled = [c.label(f"sort_{i}") for i, c in enumerate(sort)]
+    chosen = select(*labelled, _feature(spec, columns, names, out).label("feature")).where(*where)
+    ordered = chosen.order_by(*(c.desc() if desc else c for c, (_, desc) in zip(sort, keys)), columns.fid)
+    rows = ordered.limit(page.limit).offset(page.offset).subquery("page")
+    in_page = [rows.c[c.name] for c in labelled]
+    page_order = [c.desc() if desc else c for c, (_, desc) in zip(in_page, keys)] + [in_page[-1]]
+    agg = select(func.count().label("returned"),
+                 func.string_agg(cast(rows.c.feature, Text), aggregate_order_by(literal(",", Text), *page_order))
+                 .label("features")).subquery("agg")
+    matched = select(func.count()).select_from(src).where(*where).scalar_subquery()
+    statement = select(matched.label("matched"), agg.c.returned, agg.c.features)
+    async with request.app.state.engine.connect() as conn:
+        row = await fetch_one(conn, statement)
+    head = orjson.dumps({"type": "FeatureCollection", "numberMatched": row.matched, "numberReturned": row.returned,
+                         "timeStamp": _now(), "links": _links(request, spec, page, row.matched, row.returned)})
+    body = head[:-1] + b',"features":[' + (row.features or "").encode() + b"]}"
+    return Response(body, media_type=GEOJSON, headers={"Content-Crs": out.header})
+
+
+@router.get("/collections/{layer}/items/{fid}", response_class=Response,
+            responses={200: {"content": {GEOJSON: {}}, "description": "A GeoJSON Feature"}})
+async def item(
+    fid: str,
+    request: Request,
+    spec: LayerSpec = Depends(feature_layer),
+    out: crs_.Crs = Depends(params.output_crs),
+    wanted: params.Properties = Depends(params.properties),
+    as_of: datetime | None = Depends(params.as_of),
+):
+    missing = ApiError(404, "unknown_feature", f"Layer '{spec.id}' has no feature {fid[:40]!r}"
+                       + (f" as of {as_of.isoformat()}" if as_of else ""), where="path.fid")
+    if not fid.isdigit() or int(fid) >= 2**63:
+        raise missing
+    columns = source(spec, as_of).c
+    statement = select(cast(_feature(spec, columns, wanted.fields(spec), out), Text)).where(columns.fid == int(fid))
+    async with request.app.state.engine.connect() as conn:
+        row = await fetch_one(conn, statement)
+    if row is None:
+        raise missing
+    collection = f"{base_url(request)}/collections/{spec.id}"
+    links = orjson.dumps([{"rel": "self", "type": GEOJSON, "href": _url(request)},
+                          {"rel": "collection", "type": "application/json", "href": collection}])
+    body = row[0].encode()[:-1] + b', "links" : ' + links + b"}"
+    return Response(body, media_type=GEOJSON, headers={"Content-Crs": out.header})
+
+
+@router.get("/collections/{layer}/queryables", response_class=Response,
+            responses={200: {"content": {"application/schema+json": {}}}})
+async def layer_queryables(request: Request, spec: LayerSpec = Depends(feature_layer)):
+    url = f"{base_url(request)}/collections/{spec.id}/queryables"
+    return Response(orjson.dumps(queryables.schema(spec, url)), media_type="application/schema+json")

@@ -1,0 +1,102 @@
+"""Water-quality time series of one station: mean/min/max per parameter per hour or day.
+
+Periods are hours or days of China Standard Time (Asia/Shanghai), the clock the readings are
+published on. Only normal readings (status 正常) enter the aggregates, as only they get a
+class. The class of a period is the GB 3838 class of its mean values, computed by the
+classifier the composition root puts in `app.state.classify_water` (etl.water_class.classify_frame:
+`layers` does not import `etl`); without one, classes are null.
+"""
+
+from datetime import datetime
+from typing import Literal
+
+import orjson
+import pandas as pd
+from fastapi import APIRouter, Depends, Query, Request, Response
+from sqlalchemy import func, literal, select
+
+from layers import params
+from layers.catalog import get_layer
+from layers.statements import fetch_one
+from layers.tables import source
+from twin.errors import ApiError
+from twin.urls import base_url
+
+router = APIRouter(tags=["features"])
+LAYER = "water_quality"
+TIME_ZONE = params.LOCAL_TIME.key
+NORMAL = "正常"
+MAX_PERIODS = 20_000
+UNITS = {"hourly": "hour", "daily": "day"}
+
+
+def _parameters() -> list:
+    return [f for f in get_layer(LAYER).fields if f.type == "real"]
+
+
+async def _station(conn, code: str, as_of: datetime | None):
+    stations = source(get_layer("monitoring_stations"), as_of).c
+    row = await fetch_one(conn, select(stations.code, stations.name, stations.evaluation_type)
+                          .where(stations.code == code))
+    if row is None:
+        raise ApiError(404, "unknown_station", f"No monitoring station '{code[:40]}'"
+                       + (f" as of {as_of.isoformat()}" if as_of else "") + ". See /collections/monitoring_stations/items",
+                       where="query.station")
+    return row
+
+
+def _classes(request: Request, means: pd.DataFrame, evaluation_type: str | None) -> pd.DataFrame | None:
+    classify = getattr(request.app.state, "classify_water", None)
+    if classify is None or evaluation_type is None or means.empty:
+        return None
+    return classify(means, evaluation_type)
+
+
+@router.get(f"/collections/{LAYER}/series")
+async def series(
+    request: Request,
+    station: str = Query(..., max_length=64, description="Station code (monitoring_stations.code)"),
+    aggregate: Literal["hourly", "daily"] = Query("daily", description="Period length (China Standard Time)"),
+    moment: params.Period | None = Depends(params.period),
+    as_of: datetime | None = Depends(params.as_of),
+):
+    spec = get_layer(LAYER)
+    readings = source(spec, as_of).c
+    fields = _parameters()
+    start = func.date_trunc(UNITS[aggregate], readings.observed_at, TIME_ZONE).label("start")
+    measures = [agg(readings[f.name]).label(f"{f.name}_{name}") for f in fields
+                for name, agg in (("mean", func.avg), ("min", func.min), ("max", func.max))]
+    where = [readings.station_code == station, readings.status == literal(NORMAL)]
+    if moment is not None:
+        where.append(moment.clause(readings.observed_at))
+    grouped = (select(start, func.count().label("count"), *measures).where(*where)
+               .group_by(start).order_by(start).limit(MAX_PERIODS + 1))
+    async with request.app.state.engine.connect() as conn:
+        found = await _station(conn, station, as_of)
+        rows = (await conn.execute(grouped)).mappings().all()
+    if len(rows) > MAX_PERIODS:
+        raise ApiError(400, "too_many_periods", f"More than {MAX_PERIODS} periods: narrow datetime or aggregate "
+                       "daily", where="query.datetime")
+    means = pd.DataFrame([{f.name: row[f"{f.name}_mean"] for f in fields} for row in rows], dtype=float)
+    classes = _classes(request, means, found.evaluation_type)
+    step = pd.Timedelta(hours=1) if aggregate == "hourly" else pd.Timedelta(days=1)
+    periods = []
+    for i, row in enumerate(rows):
+        begin = pd.Timestamp(row["start"]).tz_convert(TIME_ZONE)
+        period = {"start": begin.isoformat(), "end": (begin + step).isoformat(), "count": row["count"],
+                  "values": {f.name: {s: row[f"{f.name}_{s}"] for s in ("mean", "min", "max")} for f in fields
+                             if row[f"{f.name}_mean"] is not None}}
+        if classes is not None:
+            water_class, limiting = classes.iloc[i]
+            period["water_class"] = None if pd.isna(water_class) else int(water_class)
+            period["limiting"] = limiting
+        periods.append(period)
+    body = {
+        "station": {"code": found.code, "name": found.name, "evaluation_type": found.evaluation_type},
+        "aggregate": aggregate, "timeZone": TIME_ZONE,
+        "parameters": {f.name: {"title": f.zh, "unit": f.unit} for f in fields},
+        "periods": periods,
+        "links": [{"rel": "self", "type": "application/json", "href": f"{base_url(request)}{request.url.path}?{request.url.query}"},
+                  {"rel": "collection", "type": "application/json", "href": f"{base_url(request)}/collections/{LAYER}"}],
+    }
+    return Response(orjson.dumps(body), media_type="application/json")

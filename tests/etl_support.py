@@ -1,0 +1,118 @@
+"""Helpers for the ETL tests: a private, migrated database per test module (the ETL tests write to
+layers that other modules count), component codes, and what a load stored."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psycopg
+import pyproj
+from sqlalchemy import create_engine, text
+
+from layers.codes import component_classes
+from twin.db import migrate
+
+GEOD = pyproj.Geod(ellps="WGS84")
+REPO = Path(__file__).resolve().parent.parent
+COUNTY = "320214"  # 新吴区
+
+
+def private_database(database_url: str, name: str) -> str:
+    """A fresh database `name` in the test cluster, migrated to head."""
+    base, _ = database_url.rsplit("/", 1)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"{base}/{name}"
+    migrate(url=url)
+    return url
+
+
+def drop_database(database_url: str, name: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def engine_for(url: str):
+    return create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1),
+                         connect_args={"options": "-c timezone=UTC"})
+
+
+def component_codes(first: int, n: int) -> list[str]:
+    """n valid 16-digit component ids with serials from `first`."""
+    classes = component_classes()
+    return [f"{COUNTY}{classes[i % len(classes)].major_code}{classes[i % len(classes)].minor_code}{first + i:06d}"
+            for i in range(n)]
+
+
+def district_points(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(120.33, 120.57, n), rng.uniform(31.46, 31.61, n)
+
+
+def stored_points(engine, codes: list[str]) -> dict[str, tuple[float, float]]:
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT code, ST_X(geom), ST_Y(geom) FROM layers.city_components "
+                                 "WHERE code = ANY(:codes)"), {"codes": codes}).all()
+    return {code: (x, y) for code, x, y in rows}
+
+
+def max_offset_m(engine, codes: list[str], lon: np.ndarray, lat: np.ndarray) -> float:
+    """The largest distance between the stored points of `codes` and the expected lon/lat (all must be stored)."""
+    stored = stored_points(engine, codes)
+    assert set(stored) == set(codes), f"missing: {sorted(set(codes) - set(stored))[:5]}"
+    x = np.array([stored[c][0] for c in codes])
+    y = np.array([stored[c][1] for c in codes])
+    return float(np.max(GEOD.inv(x, y, lon, lat)[2]))
+
+
+def run_row(engine, run_id: int) -> dict:
+    with engine.connect() as conn:
+        return dict(conn.execute(text("SELECT * FROM twin.etl_run WHERE id = :id"), {"id": run_id}).mappings().one())
+
+
+def quarantine(engine, run_id: int) -> dict[int, tuple[str, dict]]:
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT row_number, reason, record FROM twin.quarantine WHERE run_id = :id"),
+                            {"id": run_id}).all()
+    return {row: (reason, record) for row, reason, record in rows}
+
+
+def change_count(engine, run_id: int) -> int:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT count(*) FROM twin.change WHERE run_id = :id"), {"id": run_id}).scalar_one()
+
+
+@contextmanager
+def serve(database_url: str, data_dir: Path, **settings: str):
+    """The real app under uvicorn on a free port, on the given database, with extra TWIN_ settings."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = os.environ | {"TWIN_DATABASE_URL": database_url, "TWIN_DATA_DIR": str(data_dir)}
+    env |= {f"TWIN_{k.upper()}": v for k, v in settings.items()}
+    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "twin.app:create_app",
+                                "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
+                               env=env, cwd=REPO, stdin=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.2)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -1,0 +1,85 @@
+"""Following the change log: LISTEN on `twin_change`, read `twin.change` past a cursor, evict tiles.
+
+Every write appends `twin.change` rows and NOTIFYs at commit. The follower keeps a dedicated
+connection listening; on each notice (and every few seconds anyway) it reads the rows after
+the last change_id seen and evicts the tiles the ST_Envelope of each row's geometry before
+and after touches. change_ids are handed out before commit, so a slow transaction can commit
+a lower id after a higher one was read: such gaps are re-read until they fill or grow old
+(a rolled-back transaction never fills its gap). If the connection drops, the cache stops
+serving and is cleared, and the follower reconnects.
+"""
+
+import asyncio
+import logging
+import time
+
+import psycopg
+
+from tiles.cache import TileCache
+from tiles.settings import TileSettings
+
+log = logging.getLogger("twin.tiles.changes")
+CHANNEL = "twin_change"
+BATCH = 5000
+ROWS = """
+SELECT change_id, layer, changed_at,
+       ST_XMin(b), ST_YMin(b), ST_XMax(b), ST_YMax(b), ST_XMin(a), ST_YMin(a), ST_XMax(a), ST_YMax(a)
+FROM (SELECT change_id, layer, changed_at, ST_Envelope(geom_before) b, ST_Envelope(geom_after) a
+      FROM twin.change WHERE {where} ORDER BY change_id LIMIT %(limit)s) c
+"""
+
+
+class ChangeFollower:
+    def __init__(self, url: str, cache: TileCache, settings: TileSettings):
+        self.url, self.cache, self.settings = url, cache, settings
+        self.cursor = 0  # every change_id up to here was read, except the gaps
+        self.gaps: dict[int, float] = {}  # change_id not yet seen → when it was first missed
+        self.connected = asyncio.Event()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                        self.url, autocommit=True, application_name="twin-tile-listener") as conn:
+                    await self._follow(conn)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a dropped connection or a failed read: stop serving, start over
+                log.warning("tile change listener lost its connection (%s); tile cache cleared, reconnecting", e)
+            self.cache.live = False
+            self.cache.clear()
+            self.connected.clear()
+            await asyncio.sleep(1)
+
+    async def _follow(self, conn: psycopg.AsyncConnection) -> None:
+        await conn.execute(f"LISTEN {CHANNEL}")
+        row = await (await conn.execute("SELECT coalesce(max(change_id), 0) FROM twin.change")).fetchone()
+        self.cursor, self.gaps = row[0], {}
+        self.cache.clear()  # whatever was cached before this connection may have missed changes
+        self.cache.live = True
+        self.connected.set()
+        log.info("tile change listener connected at change %s", self.cursor)
+        while True:
+            async for _ in conn.notifies(timeout=self.settings.poll_seconds, stop_after=1):
+                pass
+            await self.catch_up(conn)
+
+    async def catch_up(self, conn: psycopg.AsyncConnection) -> None:
+        now = time.monotonic()
+        self.gaps = {cid: t for cid, t in self.gaps.items() if now - t < self.settings.gap_seconds}
+        if self.gaps:
+            await self._read(conn, "change_id = ANY(%(ids)s)", {"ids": list(self.gaps)}, now)
+        while await self._read(conn, "change_id > %(after)s", {"after": self.cursor}, now) == BATCH:
+            pass
+
+    async def _read(self, conn: psycopg.AsyncConnection, where: str, params: dict, now: float) -> int:
+        rows = await (await conn.execute(ROWS.format(where=where), params | {"limit": BATCH})).fetchall()
+        for change_id, layer, changed_at, *boxes in rows:
+            self.gaps.pop(change_id, None)
+            if change_id > self.cursor:
+                self.gaps.update((missing, now) for missing in range(self.cursor + 1, change_id))
+                self.cursor = change_id
+            for box in (boxes[:4], boxes[4:]):
+                if box[0] is not None:
+                    self.cache.evict_area(layer, tuple(box), changed_at)
+        return len(rows)

@@ -1,0 +1,46 @@
+"""Tile request parameters: the tile and its layers (properties, as_of and filter come from layers.params)."""
+
+from datetime import datetime, timedelta, timezone
+
+from fastapi import Path
+
+from layers.catalog import LayerSpec, catalog, get_layer
+from tiles.tms import TileAddress, address
+from twin.errors import ApiError
+
+PAST_MARGIN = timedelta(minutes=5)  # a moment older than this has all its writes committed
+
+
+def tile_address(tms: str = Path(description="Tile matrix set id, e.g. WebMercatorQuad"),
+                 z: int = Path(description="Tile matrix (zoom level)"),
+                 y: int = Path(description="Tile row"),
+                 x: int = Path(description="Tile column")) -> TileAddress:
+    return address(tms, z, x, y)
+
+
+def vector_layer(layer: str) -> LayerSpec:
+    spec = get_layer(layer)
+    if spec is None or spec.kind != "vector":
+        known = ", ".join(s.id for s in catalog().values() if s.kind == "vector")
+        raise ApiError(404, "unknown_layer", f"No vector layer '{layer}'. Vector layers: {known}.", where="path.layer")
+    return spec
+
+
+def is_past(moment: datetime | None) -> bool:
+    """A moment whose tiles can never change (every write before it has committed)."""
+    return moment is not None and moment < datetime.now(timezone.utc) - PAST_MARGIN
+
+
+def onemap_layers(layers: str | None, z: int) -> list[LayerSpec]:
+    """The composite's layers: those asked for, else every vector layer; only those visible at zoom z."""
+    if layers is None or not layers.strip():
+        chosen = [s for s in catalog().values() if s.kind == "vector"]
+    else:
+        chosen = []
+        for name in dict.fromkeys(n.strip() for n in layers.split(",") if n.strip()):
+            spec = get_layer(name)
+            if spec is None or spec.kind != "vector":
+                raise ApiError(400, "unknown_layer", f"'{name[:80]}' is not a vector layer of the catalog.",
+                               where="query.layers")
+            chosen.append(spec)
+    return [s for s in chosen if s.minzoom <= z <= s.maxzoom]

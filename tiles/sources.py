@@ -1,0 +1,125 @@
+"""Tile sources: the SQL that makes a layer's Mapbox Vector Tile for one tile, in PostGIS.
+
+A layer's part of a tile is one scalar subquery giving bytea (`ST_AsMVT` over the features in the
+tile); a tile is those parts joined with `||`, so a composite tile of many layers is one SELECT
+and one database round trip. The feature test is index-using in the storage CRS (the buffered
+tile envelope transformed to EPSG:4490 once, `geom && envelope`); geometries are then
+transformed to the grid's CRS, simplified to the tile's resolution and clipped by
+`ST_AsMVTGeom`. Dense point layers become clusters: one feature per grid cell with its
+`point_count` and the cell's most common category.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+from functools import reduce
+
+from sqlalchemy import BigInteger, LargeBinary, cast, func, null, select, union_all
+from sqlalchemy.sql import ColumnElement, Select, Selectable
+
+from layers.catalog import SRID, LayerSpec
+from layers.filters import Filter
+from layers.tables import source
+from tiles.settings import TileSettings
+from tiles.tms import BUFFER, EXTENT, TileAddress
+
+POINT_COUNT = "point_count"
+SIMPLIFY_UNITS = 4  # simplification tolerance in MVT units: half a pixel of a tile drawn 512 px wide
+SCREEN_PIXELS = 512  # polygons smaller than one such pixel of the tile are dropped
+FIELD_KINDS = {"text": "String", "integer": "Number", "real": "Number", "boolean": "Boolean", "date": "String",
+               "timestamptz": "String"}
+
+
+@dataclass(frozen=True)
+class LayerRequest:
+    """What shapes one layer's part of a tile besides the tile itself."""
+    spec: LayerSpec
+    properties: tuple[str, ...]
+    as_of: datetime | None = None
+    filter: Filter | None = None
+
+
+def category(spec: LayerSpec) -> str | None:
+    """The attribute a cluster reports (its most common value): the first enumerated field, else class_name."""
+    enumerated = next((f.name for f in spec.fields if f.values), None)
+    return enumerated or (spec.field("class_name") and "class_name")
+
+
+def clusters(spec: LayerSpec) -> bool:
+    return spec.geometry == "Point"
+
+
+def field_kinds(spec: LayerSpec) -> dict[str, str]:
+    """TileJSON's vector_layers fields: attribute → String | Number | Boolean."""
+    kinds = {f.name: FIELD_KINDS[f.type] for f in spec.fields}
+    return kinds | ({POINT_COUNT: "Number"} if clusters(spec) else {})
+
+
+def _envelope(tile: TileAddress) -> ColumnElement:
+    return func.ST_MakeEnvelope(*tile.bounds, tile.srid)
+
+
+def _storage_envelope(tile: TileAddress) -> ColumnElement:
+    return func.ST_Transform(func.ST_Expand(_envelope(tile), tile.span * BUFFER / EXTENT), SRID)
+
+
+def _mvt_geom(geom: ColumnElement, tile: TileAddress) -> ColumnElement:
+    return func.ST_AsMVTGeom(geom, _envelope(tile), EXTENT, BUFFER, True)
+
+
+def _features(request: LayerRequest, src: Selectable, where: list, tile: TileAddress) -> Select:
+    geom = func.ST_Transform(src.c.geom, tile.srid)
+    if not clusters(request.spec):
+        geom = func.ST_SimplifyPreserveTopology(geom, tile.span * SIMPLIFY_UNITS / EXTENT)
+    columns = [src.c[name] for name in request.properties]
+    return select(src.c.fid, *columns, _mvt_geom(geom, tile).label("geom")).where(*where)
+
+
+def _points(request: LayerRequest, src: Selectable, where: list, tile: TileAddress, settings: TileSettings):
+    """Points as they are, or clustered when the zoom is low for the layer or the tile is dense."""
+    spec, names = request.spec, request.properties
+    candidates = select(src.c.fid, *(src.c[n] for n in names),
+                        func.ST_Transform(src.c.geom, tile.srid).label("g")).where(*where).cte(f"{spec.id}_points")
+    as_is = select(candidates.c.fid, *(candidates.c[n] for n in names), cast(null(), BigInteger).label(POINT_COUNT),
+                   _mvt_geom(candidates.c.g, tile).label("geom"))
+    shown = category(spec)
+    cell = tile.span / settings.cluster_cells
+    xmin, ymax = tile.bounds[0], tile.bounds[3]
+    # Cells are aligned to the tile's edges (grid origin at the first cell's centre), and only points
+    # inside the tile itself are counted, so each point is in exactly one cluster of one tile.
+    clustered = select(
+        cast(null(), BigInteger).label("fid"),
+        *(func.mode().within_group(candidates.c[n]).label(n) if n == shown
+          else cast(null(), candidates.c[n].type).label(n) for n in names),
+        func.count().label(POINT_COUNT),
+        _mvt_geom(func.ST_Centroid(func.ST_Collect(candidates.c.g)), tile).label("geom"),
+    ).where(candidates.c.g.op("&&")(_envelope(tile))).group_by(
+        func.ST_SnapToGrid(candidates.c.g, xmin + cell / 2, ymax - cell / 2, cell, cell))
+    if tile.z < spec.minzoom + settings.cluster_zooms:
+        return clustered
+    limit = settings.dense_points
+    dense = (select(func.count() > limit)
+             .select_from(select(candidates.c.fid).limit(limit + 1).subquery(f"{spec.id}_sample"))
+             .scalar_subquery())
+    return union_all(as_is.where(~dense), clustered.where(dense))
+
+
+def layer_part(request: LayerRequest, tile: TileAddress, settings: TileSettings) -> ColumnElement:
+    """A scalar subquery: the layer's MVT layer (bytea) for the tile, empty when nothing is there."""
+    spec = request.spec
+    src = source(spec, request.as_of)
+    where = [src.c.geom.op("&&")(_storage_envelope(tile))]
+    if request.filter is not None:
+        where.append(request.filter.clause(spec, src.c))
+    if spec.geometry == "MultiPolygon":
+        west, south, east, north = tile.lonlat_bounds
+        where.append(func.ST_Area(src.c.geom) >= (east - west) * (north - south) / SCREEN_PIXELS ** 2)
+    rows = _points(request, src, where, tile, settings) if clusters(spec) else _features(request, src, where, tile)
+    shaped = rows.subquery(f"{spec.id}_tile")
+    return (select(func.ST_AsMVT(shaped.table_valued(), spec.id, EXTENT, "geom", "fid"))
+            .select_from(shaped).where(shaped.c.geom.is_not(None)).scalar_subquery())
+
+
+def tile_statement(requests: list[LayerRequest], tile: TileAddress, settings: TileSettings) -> Select:
+    """One SELECT giving the whole tile: every layer's part concatenated (MVT layers concatenate as bytes)."""
+    parts = [layer_part(r, tile, settings) for r in requests]
+    return select(reduce(lambda a, b: a.op("||", return_type=LargeBinary)(b), parts).label("mvt"))
