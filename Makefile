@@ -3,17 +3,20 @@ SHELL := /bin/bash
 VENV ?= .venv
 PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := postgresql postgresql-postgis python3-venv
+APT_PACKAGES := postgresql postgresql-postgis python3-venv nodejs npm chromium fonts-noto-cjk
 INSTALLED := $(VENV)/.installed
+WEB_INSTALLED := node_modules/.installed
 
-.PHONY: setup system python demo test clean
+.PHONY: setup system python web demo test clean
 
-setup: system python
+setup: system python web
 
 # Debian packages, installed only when something is missing.
 system:
 	@if ! ls /usr/share/postgresql/*/extension/postgis.control >/dev/null 2>&1 \
-	    || ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1; then \
+	    || ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1 \
+	    || ! command -v npm >/dev/null || ! command -v chromium >/dev/null \
+	    || ! ls /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc >/dev/null 2>&1; then \
 	  echo "installing Debian packages: $(APT_PACKAGES)"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) </dev/null; \
@@ -25,6 +28,13 @@ $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+# MapLibre GL JS for the viewer and the style validator for the tests, from the npm registry.
+web: $(WEB_INSTALLED)
+
+$(WEB_INSTALLED): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 demo: setup

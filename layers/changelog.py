@@ -55,7 +55,7 @@ def change_columns() -> list:
 def geometry_json(wkb) -> dict | None:
     if wkb is None:
         return None
-    return mapping(shapely.set_precision(shapely.from_wkb(bytes(getattr(wkb, "data", wkb))), 1e-8))
+    return mapping(shapely.from_wkb(bytes(getattr(wkb, "data", wkb))))
 
 
 def ordered(spec: LayerSpec | None, properties: dict) -> dict:

@@ -22,6 +22,8 @@ CONFORMANCE = [
     *(f"http://www.opengis.net/spec/cql2/1.0/conf/{c}" for c in (
         "cql2-text", "cql2-json", "basic-cql2", "advanced-comparison-operators", "case-insensitive-comparison",
         "basic-spatial-functions", "basic-spatial-functions-plus", "spatial-functions", "temporal-functions")),
+    *(f"http://www.opengis.net/spec/ogcapi-features-4/1.0/conf/{c}" for c in (
+        "create-replace-delete", "update", "optimistic-locking-etags")),
 ]
 CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
 

@@ -116,15 +116,16 @@ async def items(
     where = _where(spec, columns, box, moment, cql)
     keys = order.checked(spec)
     names = wanted.fields(spec)
-    sort = [columns[name] for name, _ in keys] + [columns.fid]
-    labelled = [c.label(f"sort_{i}") for i, c in enumerate(sort)]
-    chosen = select(*labelled, _feature(spec, columns, names, out).label("feature")).where(*where)
-    ordered = chosen.order_by(*(c.desc() if desc else c for c, (_, desc) in zip(sort, keys)), columns.fid)
-    rows = ordered.limit(page.limit).offset(page.offset).subquery("page")
-    in_page = [rows.c[c.name] for c in labelled]
-    page_order = [c.desc() if desc else c for c, (_, desc) in zip(in_page, keys)] + [in_page[-1]]
+    sort = [columns[name].label(f"sort_{i}") for i, (name, _) in enumerate(keys)]
+    carried = [columns.fid, *(columns[n] for n in names), *([columns.geom] if spec.geometry else [])]
+    # the page is cut from plain columns; JSON is written only for its rows, not for the skipped ones
+    rows = (select(*sort, *carried).where(*where)
+            .order_by(*(columns[n].desc() if desc else columns[n] for n, desc in keys), columns.fid)
+            .limit(page.limit).offset(page.offset).subquery("page"))
+    page_order = [rows.c[c.name].desc() if desc else rows.c[c.name] for c, (_, desc) in zip(sort, keys)]
+    feature = cast(_feature(spec, rows.c, names, out), Text)
     agg = select(func.count().label("returned"),
-                 func.string_agg(cast(rows.c.feature, Text), aggregate_order_by(literal(",", Text), *page_order))
+                 func.string_agg(feature, aggregate_order_by(literal(",", Text), *page_order, rows.c.fid))
                  .label("features")).subquery("agg")
     matched = select(func.count()).select_from(src).where(*where).scalar_subquery()
     statement = select(matched.label("matched"), agg.c.returned, agg.c.features)

@@ -30,8 +30,8 @@ def credit_code(n: int) -> str:
 
 def source_feature(n: int, lon: float, lat: float, name: str | None = None, **props) -> dict:
     return {"type": "Feature", "geometry": {"type": "Point", "coordinates": [lon, lat]},
-            "properties": {"credit_code": credit_code(n), "name": name or f"测试企业{n}", "permit_class": "登记管理",
-                           "key_unit": False} | props}
+            "properties": {"credit_code": credit_code(n), "name": name or f"测试企业{n}",
+                           "permit_class": "登记管理", "key_unit": False} | props}
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:

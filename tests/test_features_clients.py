@@ -34,6 +34,9 @@ def test_gdal_attribute_and_spatial_filters(server, engine):
     url = f"OAPIF:{server}/collections/city_components"
     broken = pyogrio.read_dataframe(url, where="status = '破损'", PAGE_SIZE="200")
     assert len(broken) == len(stored(engine, "city_components", "status = '破损'")) > 0
+    installed = pyogrio.read_dataframe(url, where="installed_on >= '2015-01-01' AND installed_on <= '2016-01-01'")
+    assert len(installed) == len(stored(engine, "city_components",
+                                        "installed_on BETWEEN '2015-01-01' AND '2016-01-01'")) > 0
     boxed = pyogrio.read_dataframe(url, bbox=BOX, PAGE_SIZE="500")
     inside = stored(engine, "city_components", "ST_Intersects(geom, ST_MakeEnvelope({}, {}, {}, {}, 4490))"
                     .format(*BOX))

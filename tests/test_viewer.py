@@ -124,6 +124,10 @@ def test_toggling_a_layer_hides_it_and_keeps_it_in_the_link(viewer):
     viewer.page.locator("input[type=checkbox][data-layer=roads]").check()
     viewer.idle()
     assert viewer.rendered().get("roads", 0) > 0
+    # Opacity scales the style's own: the rivers line is opaque in the style, half now.
+    viewer.page.eval_on_selector(".layer[data-layer=rivers] .opacity",
+                                 "s => { s.value = 50; s.dispatchEvent(new Event('input')); }")
+    assert viewer.page.evaluate("window.twinMap.getPaintProperty('rivers-line', 'line-opacity')") == 0.5
 
 
 def _latest_classes(engine) -> dict[str, int]:
@@ -176,6 +180,7 @@ def test_search_finds_a_feature_by_name(viewer, engine):
     viewer.page.press("#search-input", "Enter")
     hit = viewer.page.locator(".search-hit[data-layer=monitoring_stations]", has_text=name)
     hit.first.wait_for(timeout=10_000)
+    assert "null" not in viewer.page.locator("#search-results").inner_text()
     hit.first.click()
     popup = viewer.page.locator(".maplibregl-popup")
     popup.wait_for(timeout=10_000)

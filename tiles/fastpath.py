@@ -17,13 +17,13 @@ class TileFastPath:
         self.app, self.cache = app, cache
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD") and TILE_PATH.match(scope["path"]):
+        if scope["type"] == "http" and scope["method"] == "GET" and TILE_PATH.match(scope["path"]):
             tile = self.cache.get(cache_key(scope["path"], scope["query_string"]))
             if tile is not None:
                 if_none_match = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"if-none-match"), None)
                 status, headers, body = tile_response(tile, if_none_match, "hit")
                 await send({"type": "http.response.start", "status": status,
                             "headers": [(k.encode(), v.encode()) for k, v in headers.items()]})
-                await send({"type": "http.response.body", "body": body if scope["method"] == "GET" else b""})
+                await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)

@@ -22,7 +22,8 @@ def vector_layer(layer: str) -> LayerSpec:
     spec = get_layer(layer)
     if spec is None or spec.kind != "vector":
         known = ", ".join(s.id for s in catalog().values() if s.kind == "vector")
-        raise ApiError(404, "unknown_layer", f"No vector layer '{layer}'. Vector layers: {known}.", where="path.layer")
+        raise ApiError(404, "unknown_layer", f"No vector layer '{layer[:80]}'. Vector layers: {known}.",
+                       where="path.layer")
     return spec
 
 

@@ -11,9 +11,9 @@ from datetime import datetime
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from layers.catalog import LayerSpec
-from tiles.cache import CachedTile, cache_key, etag_of
 from layers.filters import Filter
 from layers.params import Properties, as_of, cql_filter, properties
+from tiles.cache import CachedTile, cache_key, etag_of
 from tiles.params import is_past, onemap_layers, tile_address, vector_layer
 from tiles.responses import MVT, tile_response
 from tiles.settings import tile_settings
@@ -38,8 +38,9 @@ async def serve(request: Request, requests: list[LayerRequest], tile: TileAddres
         mark = cache.generation(names)
         data = b""
         if requests:
+            statement = tile_statement(requests, tile, settings)
             async with request.app.state.engine.connect() as conn:
-                data = bytes((await conn.execute(tile_statement(requests, tile, settings))).scalar_one())
+                data = bytes((await conn.execute(statement)).scalar_one())
         control = settings.past_cache_control if is_past(moment) else settings.live_cache_control
         rendered = CachedTile(data, etag_of(data), control, names, tile.tms, tile.z, tile.x, tile.y, moment)
         cache.put(key, rendered, mark)

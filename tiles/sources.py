@@ -110,7 +110,7 @@ def layer_part(request: LayerRequest, tile: TileAddress, settings: TileSettings)
     where = [src.c.geom.op("&&")(_storage_envelope(tile))]
     if request.filter is not None:
         where.append(request.filter.clause(spec, src.c))
-    if spec.geometry == "MultiPolygon":
+    if spec.geometry == "MultiPolygon":  # drop polygons smaller than a pixel (both in square degrees)
         west, south, east, north = tile.lonlat_bounds
         where.append(func.ST_Area(src.c.geom) >= (east - west) * (north - south) / SCREEN_PIXELS ** 2)
     rows = _points(request, src, where, tile, settings) if clusters(spec) else _features(request, src, where, tile)

@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from layers import collections as collection_routes
 from layers import changes as change_routes, diff as diff_routes, edits as edit_routes, revert as revert_routes
 from layers import items as item_routes
+from layers import export as export_routes
 from layers import series as series_routes
 from layers import queries as query_routes
 from layers.catalog import catalog
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for history_router in (change_routes.router, diff_routes.router, edit_routes.router, revert_routes.router):
         app.include_router(history_router)
     app.include_router(item_routes.router)
+    app.include_router(export_routes.router)
     app.include_router(series_routes.router)
     app.include_router(query_routes.router)
     app.include_router(style_routes.router)

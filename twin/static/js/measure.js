@@ -1,7 +1,7 @@
 // Draw a polygon: its perimeter and area, and what lies inside it per visible layer
 // (POST /query/intersects, counts only).
 import {postJSON} from './api.js';
-import {el, notify, openPanel} from './ui.js';
+import {el, hideNotice, notify, openPanel} from './ui.js';
 
 const R = 6378137;
 const rad = d => d * Math.PI / 180;
@@ -54,6 +54,7 @@ export function setupMeasure(map, {titles, visibleLayers, asOf}) {
   }
 
   function stop() {
+    hideNotice();
     vertices = null;
     pointer = null;
     button.classList.remove('active');

@@ -26,6 +26,12 @@ function bounds(geometry) {
   return box;
 }
 
+function hitLabel(feature) {
+  const title = featureTitle(feature.properties) || String(feature.id);
+  const code = feature.properties.code ?? feature.properties.credit_code;
+  return [title, code && code !== title ? el('span', {class: 'muted'}, ` ${code}`) : null];
+}
+
 export function setupSearch(map, titles, fieldsByLayer, asOf) {
   const form = document.getElementById('search');
   const input = document.getElementById('search-input');
@@ -45,13 +51,14 @@ export function setupSearch(map, titles, fieldsByLayer, asOf) {
     if (signal.aborted) return;
     const found = answers.filter(([, features]) => Array.isArray(features) && features.length);
     const failed = answers.filter(([, result]) => result instanceof Error && result.name !== 'AbortError');
-    list.replaceChildren(
+    list.replaceChildren(...[
       ...found.map(([layer, features]) => el('div', {class: 'search-group'},
         el('div', {class: 'search-layer'}, titles.get(layer)?.title ?? layer),
         features.map(feature => el('button', {type: 'button', class: 'search-hit', 'data-layer': layer,
-          onclick: () => choose(layer, feature)}, featureTitle(feature.properties) || String(feature.id))))),
+          onclick: () => choose(layer, feature)}, hitLabel(feature))))),
       found.length ? null : el('div', {class: 'search-note'}, `没有找到“${text}”`),
-      failed.length ? el('div', {class: 'search-note warn'}, `${failed.length} 个图层无法搜索：${failed[0][1].message}`) : null);
+      failed.length ? el('div', {class: 'search-note warn'}, `${failed.length} 个图层无法搜索：${failed[0][1].message}`) : null,
+    ].filter(Boolean));
   }
 
   function choose(layer, feature) {

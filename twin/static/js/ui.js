@@ -23,6 +23,11 @@ export function notify(message, seconds = 5) {
   statusTimer = setTimeout(() => { status.hidden = true; }, seconds * 1000);
 }
 
+export function hideNotice() {
+  clearTimeout(statusTimer);
+  document.getElementById('status').hidden = true;
+}
+
 export function openPanel(...content) {
   const body = document.getElementById('panel-body');
   body.replaceChildren(...content);
