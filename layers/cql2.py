@@ -32,8 +32,8 @@ _EXTENSION = r"""
                  | "S_DWITHIN"i "(" expression "," expression "," full_number ")" -> dwithin
 %extend condition_1: "NOT"i "(" condition ")" -> not_
 %extend interval: "INTERVAL" "(" SINGLE_QUOTED "," SINGLE_QUOTED ")" -> open_interval
-%extend spatial_predicate: _binary_spatial_predicate_func "(" expression "," bbox_literal ")" -> binary_spatial_predicate
-                         | _binary_spatial_predicate_func "(" bbox_literal "," expression ")" -> binary_spatial_predicate
+%extend spatial_predicate: _binary_spatial_predicate_func "(" _with_bbox ")" -> binary_spatial_predicate
+_with_bbox: expression "," bbox_literal | bbox_literal "," expression
 bbox_literal: "BBOX" "(" full_number "," full_number "," full_number "," full_number ")"
 TEMPORAL_2024.2: "T_STARTS"i | "T_STARTEDBY"i | "T_FINISHES"i | "T_FINISHEDBY"i | "T_DISJOINT"i
 """

@@ -13,8 +13,8 @@ from geoalchemy2 import Geometry
 from pygeofilter import ast, values
 from pygeofilter.backends.evaluator import Evaluator, handle
 from shapely.geometry import shape
-from sqlalchemy import Boolean, Date, DateTime, Float, Integer, String, Text, and_, false, func, literal, not_, or_, true
-from sqlalchemy import type_coerce
+from sqlalchemy import (Boolean, Date, DateTime, Float, Integer, String, Text, and_, false, func, literal, not_, or_,
+                        true, type_coerce)
 from sqlalchemy.sql.elements import ColumnElement
 
 from layers import crs as crs_
@@ -232,6 +232,8 @@ class _Compiler(Evaluator):
 
     @handle(str, int, float, bool, date, datetime, type(None))
     def literal(self, node):
+        if isinstance(node, datetime) and node.tzinfo is None:
+            raise _bad(f"TIMESTAMP('{node.isoformat()}') needs an offset, e.g. Z or +08:00")
         return node
 
     @handle(values.Interval)

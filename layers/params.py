@@ -6,8 +6,8 @@ plain values back; a bad value is a 400 naming the parameter, before any SQL is 
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 from datetime import date, datetime, time, timedelta
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 from fastapi import Query
@@ -159,8 +159,8 @@ def period(datetime: str | None = Query(
 
 
 def as_of(as_of: str | None = Query(
-        None, description="Read the layer as it was at this moment (RFC 3339; without an offset: China Standard Time).")
-          ) -> datetime | None:
+        None, description="Read the layer as it was at this moment (RFC 3339; without an offset: China "
+                          "Standard Time).")) -> datetime | None:
     if as_of is None:
         return None
     moment = parse_moment(as_of, "query.as_of")

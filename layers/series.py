@@ -40,7 +40,8 @@ async def _station(conn, code: str, as_of: datetime | None):
                           .where(stations.code == code))
     if row is None:
         raise ApiError(404, "unknown_station", f"No monitoring station '{code[:40]}'"
-                       + (f" as of {as_of.isoformat()}" if as_of else "") + ". See /collections/monitoring_stations/items",
+                       + (f" as of {as_of.isoformat()}" if as_of else "")
+                       + ". See /collections/monitoring_stations/items",
                        where="query.station")
     return row
 
@@ -96,7 +97,9 @@ async def series(
         "aggregate": aggregate, "timeZone": TIME_ZONE,
         "parameters": {f.name: {"title": f.zh, "unit": f.unit} for f in fields},
         "periods": periods,
-        "links": [{"rel": "self", "type": "application/json", "href": f"{base_url(request)}{request.url.path}?{request.url.query}"},
-                  {"rel": "collection", "type": "application/json", "href": f"{base_url(request)}/collections/{LAYER}"}],
+        "links": [{"rel": "self", "type": "application/json",
+                   "href": f"{base_url(request)}{request.url.path}?{request.url.query}"},
+                  {"rel": "collection", "type": "application/json",
+                   "href": f"{base_url(request)}/collections/{LAYER}"}],
     }
     return Response(orjson.dumps(body), media_type="application/json")

@@ -3,13 +3,17 @@
 Rows are staged with COPY and merged by the layer's natural key in set-based SQL:
 an unchanged row is left alone (no new version), a changed one is updated (the change
 tracking triggers bump its version), a new one inserted; in replace mode, rows missing from the input are
-deleted. Identifiers come from the catalog, never from user input, and are quoted.
+deleted. Into an empty layer the rows are copied straight in (the triggers still record
+every insert). Identifiers come from the catalog, never from user input, and are quoted.
 """
 
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 import shapely
 from psycopg import sql
 from sqlalchemy.engine import Connection
@@ -17,6 +21,7 @@ from sqlalchemy.engine import Connection
 from layers.catalog import SRID, LayerSpec
 
 COPY_CHUNK = 50_000
+CSV_OPTIONS = pa_csv.WriteOptions(include_header=False)
 
 
 @dataclass
@@ -41,18 +46,27 @@ def set_write_context(conn: Connection, actor: str, run_id: int | None = None) -
                          {"actor": actor, "run": "" if run_id is None else str(run_id)})
 
 
-def _copy_frame(cursor, frame: pd.DataFrame, cols: list[str]) -> None:
-    statement = sql.SQL("COPY pg_temp.stage ({}) FROM STDIN WITH (FORMAT csv)").format(
-        sql.SQL(", ").join(map(_ident, cols)))
+def _csv(frame: pd.DataFrame, cols: list[str]) -> Iterator[bytes]:
+    """The frame as CSV for COPY, in chunks: NULL as an empty field, geometries as hex EWKB.
+    Arrow's writer (C++) is several times faster than pandas' for a million rows."""
+    for start in range(0, len(frame), COPY_CHUNK):
+        chunk = frame.iloc[start:start + COPY_CHUNK]
+        data = {c: chunk[c] for c in cols if c != "geom"}
+        if "geom" in cols:
+            data["geom"] = shapely.to_wkb(shapely.set_srid(chunk["geom"].to_numpy(), SRID), hex=True,
+                                          include_srid=True)
+        table = pa.Table.from_pandas(pd.DataFrame(data, index=chunk.index)[cols], preserve_index=False)
+        out = io.BytesIO()
+        pa_csv.write_csv(table, out, CSV_OPTIONS)
+        yield out.getvalue()
+
+
+def _copy(cursor, target: sql.Composable, frame: pd.DataFrame, cols: list[str]) -> None:
+    statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(
+        target, sql.SQL(", ").join(map(_ident, cols)))
     with cursor.copy(statement) as copy:
-        for start in range(0, len(frame), COPY_CHUNK):
-            chunk = frame.iloc[start:start + COPY_CHUNK][cols].copy()
-            if "geom" in cols:
-                chunk["geom"] = shapely.to_wkb(shapely.set_srid(chunk["geom"].to_numpy(), SRID),
-                                               hex=True, include_srid=True)
-            buffer = io.StringIO()
-            chunk.to_csv(buffer, header=False, index=False)
-            copy.write(buffer.getvalue())
+        for block in _csv(frame, cols):
+            copy.write(block)
 
 
 def merge(conn: Connection, spec: LayerSpec, frame: pd.DataFrame, replace: bool = False) -> MergeCounts:
@@ -67,9 +81,15 @@ def merge(conn: Connection, spec: LayerSpec, frame: pd.DataFrame, replace: bool 
 
     raw = conn.connection.driver_connection
     with raw.cursor() as cur:
+        # Writers queue on the change log's lock; holding it first keeps "the layer is empty" true until commit.
+        cur.execute("SELECT twin.claim_change_log()")
+        cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(table))
+        if not cur.fetchone()[0]:
+            _copy(cur, table, frame, cols)
+            return MergeCounts(inserted=len(frame))
         cur.execute(sql.SQL("CREATE TEMP TABLE stage ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA")
                     .format(col_list, table))
-        _copy_frame(cur, frame, cols)
+        _copy(cur, sql.SQL("pg_temp.stage"), frame, cols)
         cur.execute("ANALYZE pg_temp.stage")
         cur.execute(sql.SQL(
             "UPDATE {table} t SET ({cols}) = ROW({s_cols}) "

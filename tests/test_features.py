@@ -267,6 +267,37 @@ def test_cql2_equal_dates_and_timestamps(http, components, readings):
     assert matched(http, "water_quality", filter="do IS NULL") == int(readings["do"].isna().sum())
 
 
+def test_cql2_temporal_relations_of_instants(http, components):
+    day = components.installed_on.iloc[0].isoformat()
+    on_day = int((components.installed_on.astype(str) == day).sum())
+    relations = {  # an instant [t, t] against an interval, per the CQL2 1.0 definitions
+        f"T_STARTS(installed_on, INTERVAL('{day}', '2030-01-01'))": on_day,
+        f"T_FINISHES(installed_on, INTERVAL('2000-01-01', '{day}'))": on_day,
+        f"T_MEETS(installed_on, INTERVAL('{day}', '..'))": on_day,
+        f"T_METBY(installed_on, INTERVAL('2000-01-01', '{day}'))": on_day,
+        "T_CONTAINS(installed_on, INTERVAL('2000-01-01', '2030-01-01'))": 0,
+        "T_OVERLAPS(installed_on, INTERVAL('2000-01-01', '2030-01-01'))": 0,
+        "T_INTERSECTS(installed_on, INTERVAL('2000-01-01', '2030-01-01'))": len(components),
+    }
+    for cql, expected in relations.items():
+        assert matched(http, "city_components", filter=cql) == expected, cql
+
+
+@pytest.fixture(scope="module")
+def grids(engine, loaded) -> gpd.GeoDataFrame:
+    return frame(engine, "SELECT fid, geom FROM layers.grids ORDER BY fid")
+
+
+@pytest.mark.parametrize("operator", ["S_INTERSECTS", "S_CONTAINS", "S_WITHIN", "S_TOUCHES", "S_OVERLAPS",
+                                      "S_EQUALS", "S_DISJOINT"])
+def test_cql2_spatial_relations_on_polygons(http, grids, operator):
+    other = grids.geometry.iloc[len(grids) // 2]
+    for probe in (shapely.from_wkt(POLYGON), other, other.representative_point()):
+        predicate = {"S_EQUALS": "geom_equals"}.get(operator, operator[2:].lower())
+        expected = int(getattr(grids, predicate)(probe).sum())
+        assert matched(http, "grids", filter=f"{operator}(geometry, {probe.wkt})") == expected, (operator, probe)
+
+
 def test_cql2_spatial_on_lines_and_distances(http, components, roads):
     polygon = shapely.from_wkt(POLYGON)
     assert matched(http, "roads", filter=f"S_INTERSECTS(geometry, {POLYGON})") == int(roads.intersects(polygon).sum())
@@ -324,7 +355,8 @@ def test_queryables_schema(http):
     schema = response.json()
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema" and schema["type"] == "object"
     props = schema["properties"]
-    assert props["status"] == {"title": "部件状态", "type": "string", "enum": ["完好", "破损", "丢失", "废弃", "占用"]}
+    assert props["status"] == {"title": "部件状态", "type": "string",
+                               "enum": ["完好", "破损", "丢失", "废弃", "占用"]}
     assert props["installed_on"] == {"title": "设置日期", "type": "string", "format": "date"}
     assert props["geometry"]["format"] == "geometry-point"
     assert http.get("/collections/rivers/queryables").json()["properties"]["width_m"] == {

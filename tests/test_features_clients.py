@@ -53,7 +53,7 @@ def test_owslib_lists_collections_and_fetches_with_bbox_and_cql2(server, engine)
     assert boxed["numberMatched"] == len(boxed["features"]) == len(inside)
     assert {f["id"] for f in boxed["features"]} == set(inside)
     wanted = stored(engine, "city_components", "status = '破损' AND installed_on >= '2015-01-01'")
-    filtered = api.collection_items("city_components", filter="status = '破损' AND installed_on >= DATE('2015-01-01')",
-                                    limit=10_000)
+    filtered = api.collection_items("city_components", limit=10_000,
+                                    filter="status = '破损' AND installed_on >= DATE('2015-01-01')")
     assert {f["id"] for f in filtered["features"]} == set(wanted) and wanted
     assert "status" in api.collection_queryables("city_components")["properties"]

@@ -57,6 +57,7 @@ CASES = [
     (ITEMS, {"filter": "status > 5"}, 400, "invalid_filter", ["'status' (string)", "number"]),
     (ITEMS, {"filter": "installed_on = 'abc'"}, 400, "invalid_filter", ["installed_on"]),
     (ITEMS, {"filter": "S_INTERSECTS(status, POINT(1 2))"}, 400, "invalid_filter", ["geometries"]),
+    (ITEMS, {"filter": "installed_on > TIMESTAMP('2020-01-01T00:00:00')"}, 400, "invalid_filter", ["offset"]),
     (ITEMS, {"filter": "T_BEFORE(status, DATE('2020-01-01'))"}, 400, "invalid_filter", ["Temporal"]),
     (ITEMS, {"filter": "status = geometry"}, 400, "invalid_filter", ["spatial functions"]),
     (ITEMS, {"filter": "upper(status) = 'X'"}, 400, "invalid_filter", ["Unknown function"]),

@@ -4,9 +4,10 @@ Every write appends `twin.change` rows and NOTIFYs at commit. The follower keeps
 connection listening; on each notice (and every few seconds anyway) it reads the rows after
 the last change_id seen and evicts the tiles the ST_Envelope of each row's geometry before
 and after touches. change_ids are handed out before commit, so a slow transaction can commit
-a lower id after a higher one was read: such gaps are re-read until they fill or grow old
-(a rolled-back transaction never fills its gap). If the connection drops, the cache stops
-serving and is cleared, and the follower reconnects.
+a lower id after a higher one was read: such gaps (and, on connecting, the ids missing just
+below the cursor) are re-read until they fill or grow old (a rolled-back transaction never
+fills its gap). If the connection drops, the cache stops serving and is cleared, and the
+follower reconnects.
 """
 
 import asyncio
@@ -21,6 +22,7 @@ from tiles.settings import TileSettings
 log = logging.getLogger("twin.tiles.changes")
 CHANNEL = "twin_change"
 BATCH = 5000
+MAX_GAP_IDS = 10_000  # gaps are watched id by id: only the latest this many ids of a gap
 ROWS = """
 SELECT change_id, layer, changed_at,
        ST_XMin(b), ST_YMin(b), ST_XMax(b), ST_YMax(b), ST_XMin(a), ST_YMin(a), ST_XMax(a), ST_YMax(a)
@@ -54,7 +56,13 @@ class ChangeFollower:
     async def _follow(self, conn: psycopg.AsyncConnection) -> None:
         await conn.execute(f"LISTEN {CHANNEL}")
         row = await (await conn.execute("SELECT coalesce(max(change_id), 0) FROM twin.change")).fetchone()
-        self.cursor, self.gaps = row[0], {}
+        self.cursor = row[0]
+        # ids below the cursor not committed yet may belong to transactions still running: watch them too
+        missing = await (await conn.execute(
+            "SELECT s FROM generate_series(greatest(%(top)s - %(window)s, 1), %(top)s) s "
+            "WHERE NOT EXISTS (SELECT 1 FROM twin.change WHERE change_id = s)",
+            {"top": self.cursor, "window": MAX_GAP_IDS})).fetchall()
+        self.gaps = {change_id: time.monotonic() for (change_id,) in missing}
         self.cache.clear()  # whatever was cached before this connection may have missed changes
         self.cache.live = True
         self.connected.set()
@@ -77,7 +85,8 @@ class ChangeFollower:
         for change_id, layer, changed_at, *boxes in rows:
             self.gaps.pop(change_id, None)
             if change_id > self.cursor:
-                self.gaps.update((missing, now) for missing in range(self.cursor + 1, change_id))
+                skipped = range(max(self.cursor + 1, change_id - MAX_GAP_IDS), change_id)
+                self.gaps.update((missing, now) for missing in skipped)
                 self.cursor = change_id
             for box in (boxes[:4], boxes[4:]):
                 if box[0] is not None:

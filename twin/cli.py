@@ -111,6 +111,22 @@ def db_migrate(revision: str = typer.Option("head", help="target revision")):
     console.print(f"database migrated to {revision}")
 
 
+@db_app.command("analyst-role")
+def db_analyst_role(name: str = typer.Option("twin_analyst", help="the role's name")):
+    """Create or refresh a read-only role for analysts (layers, history, change log; never the API keys)
+    with a new password, and print its connection URL (a secret)."""
+    from twin.analyst import AnalystRoleError, analyst_url, grant_analyst_role
+
+    try:
+        with sync_engine().begin() as conn:
+            password = grant_analyst_role(conn, name)
+        url = analyst_url(database_url(), name, password)
+    except (AnalystRoleError, DatabaseError) as e:
+        fail(str(e))
+    err.print(f"read-only role {name} ready; its URL (shown once, keep it safe):")
+    print(url)
+
+
 # -- keys ---------------------------------------------------------------------
 @keys_app.command("create")
 def keys_create(department: str = typer.Option(..., help="the department, e.g. 生态环境局"),

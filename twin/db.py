@@ -103,3 +103,9 @@ def current_revision(url: str | None = None) -> str | None:
         exists = conn.execute("SELECT to_regclass('public.alembic_version')").fetchone()[0]
         row = conn.execute("SELECT version_num FROM alembic_version").fetchone() if exists else None
         return row[0] if row else None
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config("postgresql://unused")).get_current_head()
