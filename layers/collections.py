@@ -24,6 +24,8 @@ CONFORMANCE = [
         "basic-spatial-functions", "basic-spatial-functions-plus", "spatial-functions", "temporal-functions")),
     *(f"http://www.opengis.net/spec/ogcapi-features-4/1.0/conf/{c}" for c in (
         "create-replace-delete", "update", "optimistic-locking-etags")),
+    *(f"http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/{c}" for c in (
+        "core", "tileset", "tilesets-list", "geodata-tilesets", "mvt", "png", "jpeg")),
 ]
 CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
 

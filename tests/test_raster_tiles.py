@@ -91,7 +91,7 @@ def test_raster_errors(http, path, status, code):
 
 def test_only_tiffs_are_served(tmp_path, cog):
     vrt = tmp_path / "trap.vrt"
-    vrt.write_text(f'<VRTDataset rasterXSize="1" rasterYSize="1"><VRTRasterBand dataType="Byte" band="1">'
-                   f'<SimpleSource><SourceFilename>/etc/passwd</SourceFilename></SimpleSource>'
-                   f'</VRTRasterBand></VRTDataset>')
+    vrt.write_text('<VRTDataset rasterXSize="1" rasterYSize="1"><VRTRasterBand dataType="Byte" band="1">'
+                   '<SimpleSource><SourceFilename>/etc/passwd</SourceFilename></SimpleSource>'
+                   '</VRTRasterBand></VRTDataset>')
     assert is_tiff(cog) and not is_tiff(str(vrt)) and not is_tiff(str(tmp_path / "missing.tif"))

@@ -275,3 +275,22 @@ def test_gdal_reads_the_ogc_api_tiles(server, engine, components):
     with engine.connect() as conn:
         codes = set(conn.execute(text("SELECT code FROM layers.city_components")).scalars())
     assert set(frame["code"]) == codes
+
+
+def test_polygons_smaller_than_a_pixel_are_left_out(http, engine):
+    """A 0.1 m grid cell is invisible at zoom 11 and drawn at zoom 22."""
+    lon, lat = 120.4321, 31.5123
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO layers.grids (code, name, geom) VALUES ('TEST-TINY', 'tiny', "
+                          "ST_Multi(ST_MakeEnvelope(:lon, :lat, :lon + 1e-6, :lat + 1e-6, 4490)))"),
+                     {"lon": lon, "lat": lat})
+    try:
+        def names(z: int) -> set:
+            tile = mercator_tile(lon, lat, z)
+            response = http.get(tile_url("grids", tile), params={"properties": "code"})
+            return {f["properties"].get("code") for f in decode(response.content).get("grids", [])}
+        assert "TEST-TINY" not in names(11)
+        assert "TEST-TINY" in names(22)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM layers.grids WHERE code = 'TEST-TINY'"))

@@ -3,16 +3,13 @@
 Every write appends `twin.change` rows and NOTIFYs at commit. The follower keeps a dedicated
 connection listening; on each notice (and every few seconds anyway) it reads the rows after
 the last change_id seen and evicts the tiles the ST_Envelope of each row's geometry before
-and after touches. change_ids are handed out before commit, so a slow transaction can commit
-a lower id after a higher one was read: such gaps (and, on connecting, the ids missing just
-below the cursor) are re-read until they fill or grow old (a rolled-back transaction never
-fills its gap). If the connection drops, the cache stops serving and is cleared, and the
-follower reconnects.
+and after touches. Writers are serialised on the change log (migration 0003), so change ids
+are allocated in commit order and a cursor never skips a change that commits late. If the
+connection drops, the cache stops serving and is cleared, and the follower reconnects.
 """
 
 import asyncio
 import logging
-import time
 
 import psycopg
 
@@ -22,20 +19,18 @@ from tiles.settings import TileSettings
 log = logging.getLogger("twin.tiles.changes")
 CHANNEL = "twin_change"
 BATCH = 5000
-MAX_GAP_IDS = 10_000  # gaps are watched id by id: only the latest this many ids of a gap
 ROWS = """
 SELECT change_id, layer, changed_at,
        ST_XMin(b), ST_YMin(b), ST_XMax(b), ST_YMax(b), ST_XMin(a), ST_YMin(a), ST_XMax(a), ST_YMax(a)
 FROM (SELECT change_id, layer, changed_at, ST_Envelope(geom_before) b, ST_Envelope(geom_after) a
-      FROM twin.change WHERE {where} ORDER BY change_id LIMIT %(limit)s) c
+      FROM twin.change WHERE change_id > %(after)s ORDER BY change_id LIMIT %(limit)s) c
 """
 
 
 class ChangeFollower:
     def __init__(self, url: str, cache: TileCache, settings: TileSettings):
         self.url, self.cache, self.settings = url, cache, settings
-        self.cursor = 0  # every change_id up to here was read, except the gaps
-        self.gaps: dict[int, float] = {}  # change_id not yet seen → when it was first missed
+        self.cursor = 0  # every change up to this change_id has been seen
         self.connected = asyncio.Event()
 
     async def run(self) -> None:
@@ -57,12 +52,6 @@ class ChangeFollower:
         await conn.execute(f"LISTEN {CHANNEL}")
         row = await (await conn.execute("SELECT coalesce(max(change_id), 0) FROM twin.change")).fetchone()
         self.cursor = row[0]
-        # ids below the cursor not committed yet may belong to transactions still running: watch them too
-        missing = await (await conn.execute(
-            "SELECT s FROM generate_series(greatest(%(top)s - %(window)s, 1), %(top)s) s "
-            "WHERE NOT EXISTS (SELECT 1 FROM twin.change WHERE change_id = s)",
-            {"top": self.cursor, "window": MAX_GAP_IDS})).fetchall()
-        self.gaps = {change_id: time.monotonic() for (change_id,) in missing}
         self.cache.clear()  # whatever was cached before this connection may have missed changes
         self.cache.live = True
         self.connected.set()
@@ -73,22 +62,13 @@ class ChangeFollower:
             await self.catch_up(conn)
 
     async def catch_up(self, conn: psycopg.AsyncConnection) -> None:
-        now = time.monotonic()
-        self.gaps = {cid: t for cid, t in self.gaps.items() if now - t < self.settings.gap_seconds}
-        if self.gaps:
-            await self._read(conn, "change_id = ANY(%(ids)s)", {"ids": list(self.gaps)}, now)
-        while await self._read(conn, "change_id > %(after)s", {"after": self.cursor}, now) == BATCH:
-            pass
-
-    async def _read(self, conn: psycopg.AsyncConnection, where: str, params: dict, now: float) -> int:
-        rows = await (await conn.execute(ROWS.format(where=where), params | {"limit": BATCH})).fetchall()
-        for change_id, layer, changed_at, *boxes in rows:
-            self.gaps.pop(change_id, None)
-            if change_id > self.cursor:
-                skipped = range(max(self.cursor + 1, change_id - MAX_GAP_IDS), change_id)
-                self.gaps.update((missing, now) for missing in skipped)
+        """Evict for every change after the cursor, in batches."""
+        while True:
+            rows = await (await conn.execute(ROWS, {"after": self.cursor, "limit": BATCH})).fetchall()
+            for change_id, layer, changed_at, *boxes in rows:
                 self.cursor = change_id
-            for box in (boxes[:4], boxes[4:]):
-                if box[0] is not None:
-                    self.cache.evict_area(layer, tuple(box), changed_at)
-        return len(rows)
+                for box in (boxes[:4], boxes[4:]):
+                    if box[0] is not None:
+                        self.cache.evict_area(layer, tuple(box), changed_at)
+            if len(rows) < BATCH:
+                return

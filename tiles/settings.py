@@ -18,7 +18,6 @@ class TileSettings(BaseSettings):
     live_cache_control: str = "public, no-cache"
     past_cache_control: str = "public, max-age=31536000, immutable"
     poll_seconds: float = 5.0  # the change listener also polls, in case a NOTIFY is missed
-    gap_seconds: float = 900.0  # how long a change-id gap may wait for its (slow) transaction to commit
 
 
 @cache

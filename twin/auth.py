@@ -2,11 +2,16 @@
 
 A key is `twin_<prefix>_<secret>`: the prefix finds the row, the secret is checked
 against its SHA-256 in constant time. Keys are random 256-bit values, so a plain
-SHA-256 (no slow hash) is the right tool.
+SHA-256 (no slow hash) is the right tool. Every request reads the key's row, so a
+revocation holds from the next request on. A refused key is logged with the client's
+address and the key's prefix; secrets never reach a log (`KeyRedaction` scrubs any that a
+message or traceback would carry).
 """
 
 import hashlib
 import hmac
+import logging
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -15,6 +20,14 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from twin.errors import ApiError
+
+log = logging.getLogger("twin.auth")
+PREFIX = re.compile(r"[0-9A-Za-z]{1,32}")
+SECRETS = [  # (pattern, replacement) for what may carry a key in a log line
+    (re.compile(r"\b(twin_[0-9A-Za-z]{1,64}_)[A-Za-z0-9_-]{6,}"), r"\1[redacted]"),
+    (re.compile(r"(?i)\b(bearer|basic)(\s+)[^\s'\",;)\]}]+"), r"\1\2[redacted]"),
+    (re.compile(r"(?i)\b(authorization\s*[:=]\s*)(?!bearer\b|basic\b)[^\s'\",;)\]}]+"), r"\1[redacted]"),
+]
 
 
 @dataclass(frozen=True)
@@ -58,11 +71,41 @@ def revoke_key(conn: Connection, prefix: str) -> bool:
     return result.rowcount == 1
 
 
+def redact(message: str) -> str:
+    for pattern, replacement in SECRETS:
+        message = pattern.sub(replacement, message)
+    return message
+
+
+class KeyRedaction(logging.Filter):
+    """A handler filter that scrubs keys and Authorization values from every record it passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: redact(a) if isinstance(a, str) else a for k, a in record.args.items()}
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
 def _parse(key: str) -> tuple[str, str] | None:
     parts = key.split("_", 2)
-    if len(parts) != 3 or parts[0] != "twin" or not parts[1] or not parts[2]:
+    if len(parts) != 3 or parts[0] != "twin" or not PREFIX.fullmatch(parts[1]) or not parts[2]:
         return None
     return parts[1], parts[2]
+
+
+def _refuse(request: Request, code: str, detail: str, reason: str, prefix: str | None = None) -> ApiError:
+    client = request.client.host if request.client else "unknown"
+    log.warning("refused API key from %s: %s (key prefix %s) on %s %s", client, reason, prefix or "-",
+                request.method, request.url.path)
+    return ApiError(401, code, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
 async def authenticate(request: Request) -> Principal:
@@ -70,22 +113,29 @@ async def authenticate(request: Request) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
-        raise ApiError(401, "missing_key", "This request needs a department API key: "
-                       "send 'Authorization: Bearer <key>'.")
+        raise _refuse(request, "missing_key", "This request needs a department API key: "
+                      "send 'Authorization: Bearer <key>'.", "no bearer key")
+    invalid = "The API key is unknown or revoked."
     parsed = _parse(key.strip())
-    row = None
-    if parsed:
-        async with request.app.state.engine.connect() as conn:
-            row = (await conn.execute(text(
-                "SELECT id, prefix, secret_hash, department, layers, is_admin FROM twin.api_key "
-                "WHERE prefix = :prefix AND revoked_at IS NULL"), {"prefix": parsed[0]})).first()
-    if row is None or not hmac.compare_digest(row.secret_hash, _hash(parsed[1])):
-        raise ApiError(401, "invalid_key", "The API key is unknown or revoked.")
+    if parsed is None:
+        raise _refuse(request, "invalid_key", invalid, "not a key of the form twin_<prefix>_<secret>")
+    prefix, secret = parsed
+    async with request.app.state.engine.connect() as conn:
+        row = (await conn.execute(text(
+            "SELECT id, prefix, secret_hash, department, layers, is_admin, revoked_at IS NOT NULL AS revoked "
+            "FROM twin.api_key WHERE prefix = :prefix"), {"prefix": prefix})).first()
+    if row is None:
+        raise _refuse(request, "invalid_key", invalid, "unknown prefix", prefix)
+    if not hmac.compare_digest(row.secret_hash, _hash(secret)):
+        raise _refuse(request, "invalid_key", invalid, "wrong secret", prefix)
+    if row.revoked:
+        raise _refuse(request, "invalid_key", invalid, "revoked key", prefix)
     return Principal(row.id, row.prefix, row.department, tuple(row.layers), row.is_admin)
 
 
 def require_layer_write(principal: Principal, layer: str) -> None:
     if not principal.may_write(layer):
+        log.warning("key %s of %s refused a write to layer %s", principal.prefix, principal.department, layer)
         raise ApiError(403, "forbidden_layer",
                        f"The key of {principal.department} may not write layer '{layer}'; "
                        f"it may write: {', '.join(principal.layers) or 'no layers'}.")

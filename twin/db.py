@@ -38,22 +38,25 @@ def _sqlalchemy_url(url: str) -> str:
     raise DatabaseError(f"Not a PostgreSQL URL: {url.split('@')[-1]!r} (expected postgresql://user:pw@host:port/db)")
 
 
-def _connect_args(settings: Settings) -> dict:
+def _pool_args(settings: Settings) -> dict:
+    """A database that is down fails a request within seconds (a 503, see twin.errors) instead of
+    letting it wait: bounded connect and pool waits; stale connections are replaced on checkout."""
     # jit off: PostGIS row estimates make the planner JIT-compile cheap queries for ~0.4 s each
-    return {"options": f"-c statement_timeout={settings.statement_timeout_ms} -c timezone=UTC -c jit=off",
-            "application_name": "twin"}
+    options = f"-c statement_timeout={settings.statement_timeout_ms} -c timezone=UTC -c jit=off"
+    return {"pool_pre_ping": True, "pool_timeout": settings.pool_timeout_s,
+            "connect_args": {"options": options, "application_name": "twin",
+                             "connect_timeout": settings.connect_timeout_s}}
 
 
 @cache
 def sync_engine() -> Engine:
     settings = get_settings()
-    return create_engine(_sqlalchemy_url(database_url(settings)), pool_pre_ping=True,
-                         connect_args=_connect_args(settings))
+    return create_engine(_sqlalchemy_url(database_url(settings)), **_pool_args(settings))
 
 
 def async_engine(settings: Settings) -> AsyncEngine:
     return create_async_engine(_sqlalchemy_url(database_url(settings)), pool_size=settings.pool_size,
-                               pool_pre_ping=True, connect_args=_connect_args(settings))
+                               **_pool_args(settings))
 
 
 def check_database(url: str | None = None) -> str:

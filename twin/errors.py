@@ -1,13 +1,29 @@
-"""Errors as JSON: every 4xx says what was wrong and where, and nothing leaks as a bare 500."""
+"""Errors as JSON: every 4xx says what was wrong and where, and nothing leaks as a bare 500.
+
+A database that is down, restarting, out of connections or too slow is the one place a
+request becomes a 503 with `Retry-After`: the handlers below turn the driver's and the
+pool's exceptions into that answer for every endpoint. Errors the database raises about
+values (DataError, ProgrammingError) are not mapped here: a router that can meet them
+turns them into 4xx itself, anywhere else they are bugs and stay 500s.
+"""
 
 import logging
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("twin.errors")
+
+# The database cannot answer now (refused, shut down, restarting, connection lost, pool exhausted,
+# statement timeout); psycopg's OperationalError covers the server-side states (08*, 53*, 57*).
+UNAVAILABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError,
+               psycopg.OperationalError, psycopg.InterfaceError)
+RETRY_AFTER_S = 5
+QUERY_TIMEOUT = "57014"
 
 
 class ApiError(Exception):
@@ -23,10 +39,33 @@ def _body(code: str, detail: str, where=None) -> dict:
     return body
 
 
+def _sqlstate(exc: Exception) -> str | None:
+    return getattr(getattr(exc, "orig", exc), "sqlstate", None)
+
+
+def unavailable(exc: Exception) -> ApiError:
+    """The 503 for a database that cannot answer now."""
+    if _sqlstate(exc) == QUERY_TIMEOUT:
+        return ApiError(503, "query_timeout", "The query ran longer than the server allows and was stopped; "
+                        "retry later or ask for less (bbox, filter, limit).", headers={"Retry-After": "10"})
+    return ApiError(503, "database_unavailable", "The database is not reachable right now (restarting or "
+                    "overloaded); retry shortly.", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
         return JSONResponse(_body(exc.code, exc.detail, exc.where), status_code=exc.status, headers=exc.headers)
+
+    async def database_unavailable(request: Request, exc: Exception):
+        error, cause = unavailable(exc), getattr(exc, "orig", None) or exc
+        reason = str(cause).strip().splitlines()
+        log.warning("503 %s for %s %s (%s: %s)", error.code, request.method, request.url.path,
+                    type(cause).__name__, reason[0] if reason else "")
+        return await api_error(request, error)
+
+    for kind in UNAVAILABLE:
+        app.add_exception_handler(kind, database_unavailable)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):

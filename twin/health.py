@@ -5,6 +5,9 @@ from collections.abc import Callable
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from twin.errors import RETRY_AFTER_S, UNAVAILABLE
 
 
 def router(tables: Callable[[], list]) -> APIRouter:
@@ -19,9 +22,10 @@ def router(tables: Callable[[], list]) -> APIRouter:
                 counts = {}
                 for spec in tables():
                     counts[spec.id] = (await conn.execute(text(f"SELECT count(*) FROM {spec.table}"))).scalar()
-        except Exception as e:  # any database failure means "not healthy", reported, not raised
-            return JSONResponse({"status": "unavailable", "database": "unreachable",
-                                   "reason": type(e).__name__}, status_code=503, headers={"Retry-After": "5"})
+        except (DBAPIError, *UNAVAILABLE) as e:  # unreachable, or reachable but not migrated
+            cause = getattr(e, "orig", None) or e
+            return JSONResponse({"status": "unavailable", "database": "unreachable", "reason": type(cause).__name__},
+                                status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
         version = postgis.split('"')[1] if '"' in postgis else postgis
         return {"status": "ok", "database": "ok", "postgis": version, "features": counts}
 

@@ -5,7 +5,10 @@ import logging
 import sys
 import time
 
+from twin.auth import KeyRedaction
 from twin.settings import Settings
+
+REDACTION = KeyRedaction()
 
 
 class JsonFormatter(logging.Formatter):
@@ -18,7 +21,7 @@ class JsonFormatter(logging.Formatter):
         }
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
@@ -29,3 +32,7 @@ def configure(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
+    # uvicorn's loggers have their own handlers: no API key may pass those either
+    for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access"):
+        for each in logging.getLogger(name).handlers:
+            each.addFilter(REDACTION)

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     statement_timeout_ms: int = 30_000
     pool_size: int = 10
+    # How long a request waits for a database connection before it gets a 503 (seconds).
+    pool_timeout_s: float = 5
+    connect_timeout_s: int = 3
     # Bundled real data; overridable so tests never depend on the checkout's neighbours.
     real_data_dir: Path = REPO_ROOT / "data" / "real"
     max_upload_mb: int = 200

@@ -1,0 +1,47 @@
+"""A private server whose log the test reads: the real app under uvicorn, stderr kept in a file."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def logged_server(database_url: str, data_dir: Path, log: Path, access_log: bool = False, **settings: str):
+    """The base URL of a server on `database_url`, its stderr written to `log`, extra TWIN_ settings applied."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = os.environ | {"TWIN_DATABASE_URL": database_url, "TWIN_DATA_DIR": str(data_dir)}
+    env |= {f"TWIN_{k.upper()}": str(v) for k, v in settings.items()}
+    argv = [sys.executable, "-m", "uvicorn", "--factory", "twin.app:create_app", "--host", "127.0.0.1",
+            "--port", str(port)] + ([] if access_log else ["--no-access-log"])
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(argv, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start:\n{log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.2)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
