@@ -148,9 +148,8 @@ async def _geojson_body(chunks) -> AsyncIterator[bytes]:
     separator = b""
     async with _closing(chunks):
         async for part in chunks:
-            if part:
-                yield separator + ",".join(row.feature for row in part).encode()
-                separator = b","
+            yield separator + ",".join(row.feature for row in part).encode()
+            separator = b","
     yield b"]}"
 
 
@@ -202,9 +201,8 @@ async def _file(chunks, schema: pa.Schema, write: Callable[[pa.RecordBatchReader
 
     def batches() -> Iterator[pa.RecordBatch]:
         while (part := anyio.from_thread.run(next_chunk)) is not None:
-            if part:
-                columns = list(zip(*part))
-                yield pa.record_batch([pa.array(c, type=f.type) for c, f in zip(columns, schema)], schema=schema)
+            columns = list(zip(*part))
+            yield pa.record_batch([pa.array(c, type=f.type) for c, f in zip(columns, schema)], schema=schema)
 
     async with _closing(chunks):
         await anyio.to_thread.run_sync(write, pa.RecordBatchReader.from_batches(schema, batches()), path)

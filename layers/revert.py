@@ -61,8 +61,11 @@ def restore_insert(conn, spec: LayerSpec, wanted) -> tuple[str, dict]:
     INSERT … SELECT; identifiers still come from the catalog and values stay bound parameters."""
     layer, past = current(spec), history(spec)
     names = ["fid"] + restored_columns(spec)
-    source = select(*(past.c[c] for c in names)).where(tuple_(past.c.fid, past.c.version).in_(wanted))
-    compiled = insert(layer).from_select(names, source).compile(dialect=conn.dialect)
+    # the version after the fid's last change (its deletion), as the insert trigger expects of a restore
+    last = select(func.max(change.c.version)).where(change.c.layer == spec.id, change.c.fid == past.c.fid)
+    source = (select(*(past.c[c] for c in names), (last.scalar_subquery() + 1).label("version"))
+              .where(tuple_(past.c.fid, past.c.version).in_(wanted)))
+    compiled = insert(layer).from_select(names + ["version"], source).compile(dialect=conn.dialect)
     sql = str(compiled).replace(") SELECT ", ") OVERRIDING SYSTEM VALUE SELECT ", 1)
     if "OVERRIDING SYSTEM VALUE" not in sql:
         raise RuntimeError(f"cannot place OVERRIDING SYSTEM VALUE in {sql[:200]}")

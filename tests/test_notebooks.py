@@ -115,3 +115,17 @@ def test_component_inventory(server, engine, monkeypatch, department_edits):
     assert result["feed"] == changes and result["moves"] >= len(department_edits)
     assert URBAN in result["departments"]
     assert result["then"] == loaded
+
+
+def test_client_errors_and_empty_answers(server):
+    from twin.client import Twin, TwinError
+
+    with Twin(server) as twin:
+        with pytest.raises(TwinError) as refused:
+            twin.within("no_such_layer", 100, geometry={"type": "Point", "coordinates": [120.45, 31.49]})
+        assert (refused.value.status, refused.value.code, refused.value.where) == (422, "unknown_layer", "body.layer")
+        nothing = twin.within("pollution_sources", 1, geometry={"type": "Point", "coordinates": [120.45, 31.49]})
+        assert len(nothing) == 0 and str(nothing.crs) == "OGC:CRS84"
+        before_load = twin.features("streets", as_of="2000-01-01T00:00:00+08:00")
+        assert len(before_load) == 0 and len(twin.features("streets")) > 0
+        assert twin.changes(after=2**62).empty

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import reduce
 
-from sqlalchemy import BigInteger, LargeBinary, cast, func, null, select, union_all
+from sqlalchemy import BigInteger, Float, LargeBinary, bindparam, cast, func, null, select, union_all
 from sqlalchemy.sql import ColumnElement, Select, Selectable
 
 from layers.catalog import SRID, LayerSpec
@@ -54,46 +54,64 @@ def field_kinds(spec: LayerSpec) -> dict[str, str]:
     return kinds | ({POINT_COUNT: "Number"} if clusters(spec) else {})
 
 
-def _envelope(tile: TileAddress) -> ColumnElement:
-    return func.ST_MakeEnvelope(*tile.bounds, tile.srid)
+def tile_values(tile: TileAddress, settings: TileSettings) -> dict[str, float]:
+    """The numbers that place a tile's SQL: bound as named parameters, so one SQL text serves every tile
+    of a shape (see tiles.plans)."""
+    xmin, ymin, xmax, ymax = tile.bounds
+    west, south, east, north = tile.lonlat_bounds
+    span, cell = xmax - xmin, (xmax - xmin) / settings.cluster_cells
+    return {"tile_xmin": xmin, "tile_ymin": ymin, "tile_xmax": xmax, "tile_ymax": ymax,
+            "tile_reach": span * BUFFER / EXTENT, "tile_tolerance": span * SIMPLIFY_UNITS / EXTENT,
+            # polygons smaller than a screen pixel are dropped (both in square degrees)
+            "tile_min_area": (east - west) * (north - south) / SCREEN_PIXELS ** 2,
+            # cluster cells are aligned to the tile's edges: the grid's origin is the first cell's centre
+            "tile_cell": cell, "tile_cell_x": xmin + cell / 2, "tile_cell_y": ymax - cell / 2}
 
 
-def _storage_envelope(tile: TileAddress) -> ColumnElement:
-    return func.ST_Transform(func.ST_Expand(_envelope(tile), tile.span * BUFFER / EXTENT), SRID)
+def _value(values: dict[str, float], name: str) -> ColumnElement:
+    return bindparam(name, values[name], Float)
 
 
-def _mvt_geom(geom: ColumnElement, tile: TileAddress) -> ColumnElement:
-    return func.ST_AsMVTGeom(geom, _envelope(tile), EXTENT, BUFFER, True)
+def _envelope(tile: TileAddress, values: dict[str, float]) -> ColumnElement:
+    return func.ST_MakeEnvelope(*(_value(values, n) for n in ("tile_xmin", "tile_ymin", "tile_xmax", "tile_ymax")),
+                                tile.srid)
 
 
-def _features(request: LayerRequest, src: Selectable, where: list, tile: TileAddress) -> Select:
+def _storage_envelope(tile: TileAddress, values: dict[str, float]) -> ColumnElement:
+    return func.ST_Transform(func.ST_Expand(_envelope(tile, values), _value(values, "tile_reach")), SRID)
+
+
+def _mvt_geom(geom: ColumnElement, tile: TileAddress, values: dict[str, float]) -> ColumnElement:
+    return func.ST_AsMVTGeom(geom, _envelope(tile, values), EXTENT, BUFFER, True)
+
+
+def _features(request: LayerRequest, src: Selectable, where: list, tile: TileAddress, values: dict) -> Select:
     geom = func.ST_Transform(src.c.geom, tile.srid)
     if not clusters(request.spec):
-        geom = func.ST_SimplifyPreserveTopology(geom, tile.span * SIMPLIFY_UNITS / EXTENT)
+        geom = func.ST_SimplifyPreserveTopology(geom, _value(values, "tile_tolerance"))
     columns = [src.c[name] for name in request.properties]
-    return select(src.c.fid, *columns, _mvt_geom(geom, tile).label("geom")).where(*where)
+    return select(src.c.fid, *columns, _mvt_geom(geom, tile, values).label("geom")).where(*where)
 
 
-def _points(request: LayerRequest, src: Selectable, where: list, tile: TileAddress, settings: TileSettings):
+def _points(request: LayerRequest, src: Selectable, where: list, tile: TileAddress, values: dict,
+            settings: TileSettings):
     """Points as they are, or clustered when the zoom is low for the layer or the tile is dense."""
     spec, names = request.spec, request.properties
     candidates = select(src.c.fid, *(src.c[n] for n in names),
                         func.ST_Transform(src.c.geom, tile.srid).label("g")).where(*where).cte(f"{spec.id}_points")
     as_is = select(candidates.c.fid, *(candidates.c[n] for n in names), cast(null(), BigInteger).label(POINT_COUNT),
-                   _mvt_geom(candidates.c.g, tile).label("geom"))
+                   _mvt_geom(candidates.c.g, tile, values).label("geom"))
     shown = category(spec)
-    cell = tile.span / settings.cluster_cells
-    xmin, ymax = tile.bounds[0], tile.bounds[3]
-    # Cells are aligned to the tile's edges (grid origin at the first cell's centre), and only points
-    # inside the tile itself are counted, so each point is in exactly one cluster of one tile.
+    cell = _value(values, "tile_cell")
+    # Only points inside the tile itself are counted, so each point is in exactly one cluster of one tile.
     clustered = select(
         cast(null(), BigInteger).label("fid"),
         *(func.mode().within_group(candidates.c[n]).label(n) if n == shown
           else cast(null(), candidates.c[n].type).label(n) for n in names),
         func.count().label(POINT_COUNT),
-        _mvt_geom(func.ST_Centroid(func.ST_Collect(candidates.c.g)), tile).label("geom"),
-    ).where(candidates.c.g.op("&&")(_envelope(tile))).group_by(
-        func.ST_SnapToGrid(candidates.c.g, xmin + cell / 2, ymax - cell / 2, cell, cell))
+        _mvt_geom(func.ST_Centroid(func.ST_Collect(candidates.c.g)), tile, values).label("geom"),
+    ).where(candidates.c.g.op("&&")(_envelope(tile, values))).group_by(
+        func.ST_SnapToGrid(candidates.c.g, _value(values, "tile_cell_x"), _value(values, "tile_cell_y"), cell, cell))
     if tile.z < spec.minzoom + settings.cluster_zooms:
         return clustered
     limit = settings.dense_points
@@ -103,17 +121,17 @@ def _points(request: LayerRequest, src: Selectable, where: list, tile: TileAddre
     return union_all(as_is.where(~dense), clustered.where(dense))
 
 
-def layer_part(request: LayerRequest, tile: TileAddress, settings: TileSettings) -> ColumnElement:
+def layer_part(request: LayerRequest, tile: TileAddress, values: dict, settings: TileSettings) -> ColumnElement:
     """A scalar subquery: the layer's MVT layer (bytea) for the tile, empty when nothing is there."""
     spec = request.spec
     src = source(spec, request.as_of)
-    where = [src.c.geom.op("&&")(_storage_envelope(tile))]
+    where = [src.c.geom.op("&&")(_storage_envelope(tile, values))]
     if request.filter is not None:
         where.append(request.filter.clause(spec, src.c))
-    if spec.geometry == "MultiPolygon":  # drop polygons smaller than a pixel (both in square degrees)
-        west, south, east, north = tile.lonlat_bounds
-        where.append(func.ST_Area(src.c.geom) >= (east - west) * (north - south) / SCREEN_PIXELS ** 2)
-    rows = _points(request, src, where, tile, settings) if clusters(spec) else _features(request, src, where, tile)
+    if spec.geometry == "MultiPolygon":
+        where.append(func.ST_Area(src.c.geom) >= _value(values, "tile_min_area"))
+    rows = (_points(request, src, where, tile, values, settings) if clusters(spec)
+            else _features(request, src, where, tile, values))
     shaped = rows.subquery(f"{spec.id}_tile")
     return (select(func.ST_AsMVT(shaped.table_valued(), spec.id, EXTENT, "geom", "fid"))
             .select_from(shaped).where(shaped.c.geom.is_not(None)).scalar_subquery())
@@ -121,5 +139,6 @@ def layer_part(request: LayerRequest, tile: TileAddress, settings: TileSettings)
 
 def tile_statement(requests: list[LayerRequest], tile: TileAddress, settings: TileSettings) -> Select:
     """One SELECT giving the whole tile: every layer's part concatenated (MVT layers concatenate as bytes)."""
-    parts = [layer_part(r, tile, settings) for r in requests]
+    values = tile_values(tile, settings)
+    parts = [layer_part(r, tile, values, settings) for r in requests]
     return select(reduce(lambda a, b: a.op("||", return_type=LargeBinary)(b), parts).label("mvt"))

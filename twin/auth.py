@@ -24,9 +24,9 @@ from twin.errors import ApiError
 log = logging.getLogger("twin.auth")
 PREFIX = re.compile(r"[0-9A-Za-z]{1,32}")
 SECRETS = [  # (pattern, replacement) for what may carry a key in a log line
-    (re.compile(r"\b(twin_[0-9A-Za-z]{1,64}_)[A-Za-z0-9_-]{6,}"), r"\1[redacted]"),
-    (re.compile(r"(?i)\b(bearer|basic)(\s+)[^\s'\",;)\]}]+"), r"\1\2[redacted]"),
+    (re.compile(r"(?i)\b(bearer|basic)(\s+)[^\s'\",;)\]}]{6,}"), r"\1\2[redacted]"),
     (re.compile(r"(?i)\b(authorization\s*[:=]\s*)(?!bearer\b|basic\b)[^\s'\",;)\]}]+"), r"\1[redacted]"),
+    (re.compile(r"\b(twin_[0-9A-Za-z]{1,64}_)[A-Za-z0-9_-]{6,}"), r"\1[redacted]"),
 ]
 
 

@@ -196,7 +196,7 @@ class Twin:
             for name, stats in period["values"].items():
                 row |= {f"{name}_{stat}": value for stat, value in stats.items()}
             rows.append(row)
-        df = pd.DataFrame(rows, columns=["start", "count", "water_class", "limiting"] if not rows else None)
+        df = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["start", "count", "water_class", "limiting"])
         df["start"] = pd.to_datetime(df["start"], utc=True).dt.tz_convert(body["timeZone"])
         df = df.set_index("start")
         df["water_class"] = df["water_class"].astype("Int64")

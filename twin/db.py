@@ -38,11 +38,16 @@ def _sqlalchemy_url(url: str) -> str:
     raise DatabaseError(f"Not a PostgreSQL URL: {url.split('@')[-1]!r} (expected postgresql://user:pw@host:port/db)")
 
 
+def session_options(settings: Settings) -> str:
+    """libpq `options` for every connection of the server."""
+    # jit off: PostGIS row estimates make the planner JIT-compile cheap queries for ~0.4 s each
+    return f"-c statement_timeout={settings.statement_timeout_ms} -c timezone=UTC -c jit=off"
+
+
 def _pool_args(settings: Settings) -> dict:
     """A database that is down fails a request within seconds (a 503, see twin.errors) instead of
     letting it wait: bounded connect and pool waits; stale connections are replaced on checkout."""
-    # jit off: PostGIS row estimates make the planner JIT-compile cheap queries for ~0.4 s each
-    options = f"-c statement_timeout={settings.statement_timeout_ms} -c timezone=UTC -c jit=off"
+    options = session_options(settings)
     return {"pool_pre_ping": True, "pool_timeout": settings.pool_timeout_s,
             "connect_args": {"options": options, "application_name": "twin",
                              "connect_timeout": settings.connect_timeout_s}}

@@ -55,7 +55,10 @@ def unavailable(exc: Exception) -> ApiError:
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
-        return JSONResponse(_body(exc.code, exc.detail, exc.where), status_code=exc.status, headers=exc.headers)
+        headers = exc.headers
+        if exc.status == 503 and not any(k.lower() == "retry-after" for k in headers or {}):  # say when to return
+            headers = (headers or {}) | {"Retry-After": str(RETRY_AFTER_S)}
+        return JSONResponse(_body(exc.code, exc.detail, exc.where), status_code=exc.status, headers=headers)
 
     async def database_unavailable(request: Request, exc: Exception):
         error, cause = unavailable(exc), getattr(exc, "orig", None) or exc

@@ -68,14 +68,27 @@ BEGIN
     RETURN NEW;
 END $$;
 
--- A fid re-inserted (a restored deletion) continues its version sequence, so an old ETag never matches again.
+-- A new feature starts at version 1. A restored deletion (layers.revert: OVERRIDING SYSTEM VALUE) brings the
+-- version after its fid's last change, so an old ETag never matches again; that one is kept.
 CREATE FUNCTION twin.stamp_insert() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    NEW.version := 1 + coalesce((SELECT max(c.version) FROM twin.change c
-                                 WHERE c.layer = TG_TABLE_NAME AND c.fid = NEW.fid), 0);
+    NEW.version := greatest(coalesce(NEW.version, 1), 1);
     NEW.updated_at := twin.change_time();
     RETURN NEW;
 END $$;
+
+-- SQL building the properties of the row called `alias` as jsonb, column by column: to_jsonb of the whole
+-- row would also render its geometry as GeoJSON only to drop it, the bulk of the cost. 50 pairs a call
+-- (the 100-argument limit), joined with ||.
+CREATE FUNCTION twin.properties_json(rel regclass, alias text) RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT coalesce(string_agg(part, ' || ' ORDER BY chunk), '''{}''::jsonb') FROM (
+        SELECT chunk, 'jsonb_build_object(' || string_agg(format('%L, %I.%I', attname, alias, attname), ', '
+                                                          ORDER BY attnum) || ')' AS part
+        FROM (SELECT attname, attnum, (row_number() OVER (ORDER BY attnum) - 1) / 50 AS chunk FROM pg_attribute
+              WHERE attrelid = rel AND attnum > 0 AND NOT attisdropped
+                AND attname NOT IN ('fid', 'geom', 'version', 'updated_at')) named
+        GROUP BY chunk) parts
+$$;
 
 CREATE FUNCTION twin.write_actor() RETURNS text LANGUAGE sql STABLE AS $$
     SELECT coalesce(nullif(current_setting('twin.actor', true), ''), 'sql:' || session_user)
@@ -90,7 +103,8 @@ DECLARE
     layer text := TG_TABLE_NAME;
     spatial boolean := TG_NARGS > 0 AND TG_ARGV[0] = 'spatial';
     geom_of text := CASE WHEN spatial THEN '%s.geom' ELSE 'NULL::geometry' END;
-    props text := '(to_jsonb(%s) - ''fid'' - ''geom'' - ''version'' - ''updated_at'')';
+    old_props text := twin.properties_json(TG_RELID, 'o');
+    new_props text := twin.properties_json(TG_RELID, 'n');
     recorded bigint;
 BEGIN
     IF TG_OP = 'UPDATE' THEN
@@ -104,19 +118,19 @@ BEGIN
         EXECUTE format('INSERT INTO twin.change (layer, fid, operation, version, changed_at, actor, run_id, after, '
                        'geom_after) '
                        'SELECT %L, n.fid, ''insert'', n.version, n.updated_at, twin.write_actor(), twin.write_run(), '
-                       '%s, %s FROM new_rows n ORDER BY n.fid', layer, format(props, 'n'), format(geom_of, 'n'));
+                       '%s, %s FROM new_rows n ORDER BY n.fid', layer, new_props, format(geom_of, 'n'));
     ELSIF TG_OP = 'UPDATE' THEN
         EXECUTE format('INSERT INTO twin.change (layer, fid, operation, version, changed_at, actor, run_id, before, '
                        'after, geom_before, geom_after) '
                        'SELECT %L, n.fid, ''update'', n.version, n.updated_at, twin.write_actor(), twin.write_run(), '
                        '%s, %s, %s, %s FROM new_rows n JOIN old_rows o USING (fid) ORDER BY n.fid', layer,
-                       format(props, 'o'), format(props, 'n'), format(geom_of, 'o'), format(geom_of, 'n'));
+                       old_props, new_props, format(geom_of, 'o'), format(geom_of, 'n'));
     ELSE
         EXECUTE format('INSERT INTO twin.change (layer, fid, operation, version, changed_at, actor, run_id, before, '
                        'geom_before) '
                        'SELECT %L, o.fid, ''delete'', o.version + 1, greatest(twin.change_time(), o.updated_at), '
                        'twin.write_actor(), twin.write_run(), %s, %s FROM old_rows o ORDER BY o.fid',
-                       layer, format(props, 'o'), format(geom_of, 'o'));
+                       layer, old_props, format(geom_of, 'o'));
     END IF;
     GET DIAGNOSTICS recorded = ROW_COUNT;
     IF recorded > 0 THEN
@@ -178,6 +192,6 @@ def downgrade() -> None:
         op.execute(f"DROP TABLE history.{name}")
     op.execute("DROP FUNCTION twin.record_changes(), twin.write_run(), twin.write_actor(), "
                "twin.stamp_insert(), twin.bump_version(), twin.refuse_truncate(), twin.begin_change(), "
-               "twin.change_time(), twin.claim_change_log()")
+               "twin.change_time(), twin.claim_change_log(), twin.properties_json(regclass, text)")
     op.execute("DROP TABLE twin.change")
     op.execute("DROP SCHEMA history")

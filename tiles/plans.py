@@ -1,0 +1,59 @@
+"""Tile plans: the SQL text of a tile's shape, composed and compiled once, run with each tile's numbers.
+
+A shape is everything about a tile but its place: the grid, the layers with their properties,
+filter and as_of, and whether each point layer is clustered at that zoom. Its statement is
+composed with SQLAlchemy Core (tiles.sources) the first time the shape is asked for, compiled to
+text with named parameters and kept (least recently used out). A tile of that shape binds its
+envelope and resolution (`tile_values`) beside the plan's own values (filter literals, as_of):
+values are always parameters, never SQL text, and the one text per shape lets the database
+keep it prepared.
+"""
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+
+from tiles.settings import TileSettings
+from tiles.sources import LayerRequest, tile_statement, tile_values
+from tiles.tms import TileAddress
+
+DIALECT = PGDialect_psycopg()
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    sql: str  # psycopg's %(name)s placeholders
+    values: dict  # the shape's own parameters (filter literals, as_of, limits)
+
+    def params(self, tile: TileAddress, settings: TileSettings) -> dict:
+        return self.values | tile_values(tile, settings)
+
+
+def compile_plan(requests: list[LayerRequest], tile: TileAddress, settings: TileSettings) -> TilePlan:
+    """The plan of the shape of `tile` with these layers (any tile of the same shape gives the same plan)."""
+    compiled = tile_statement(requests, tile, settings).compile(
+        dialect=DIALECT, compile_kwargs={"render_postcompile": True})
+    processors = compiled._bind_processors  # type adaptations SQLAlchemy applies on execute (none for most types)
+    values = {name: processors[name](value) if name in processors else value
+              for name, value in compiled.construct_params().items() if name not in tile_values(tile, settings)}
+    return TilePlan(str(compiled), values)
+
+
+class PlanCache:
+    """Plans by shape, the least recently used dropped past `size`."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._plans: OrderedDict[tuple, TilePlan] = OrderedDict()
+
+    def get(self, shape: tuple, build: Callable[[], TilePlan]) -> TilePlan:
+        plan = self._plans.get(shape)
+        if plan is None:
+            plan = self._plans[shape] = build()
+            if len(self._plans) > self.size:
+                self._plans.popitem(last=False)
+        else:
+            self._plans.move_to_end(shape)
+        return plan

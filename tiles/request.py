@@ -1,0 +1,73 @@
+"""What a tile URL asks for, validated: the tile, its layers and what shapes them.
+
+Both doors to a tile use it: the fast path before routing (tiles.fastpath) and the routes
+(tiles.routes), whose FastAPI dependencies check the same parameters with the same functions and
+document them. Anything wrong is an ApiError naming the parameter.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from layers import crs as crs_
+from layers.catalog import LayerSpec
+from layers.cql2 import LANGS
+from layers.params import as_of, cql_filter, properties
+from tiles.params import onemap_layers, vector_layer
+from tiles.settings import TileSettings
+from tiles.sources import LayerRequest, clusters
+from tiles.tms import TileAddress, address
+from twin.errors import ApiError
+
+
+@dataclass(frozen=True)
+class TileRequest:
+    tile: TileAddress
+    layers: tuple[LayerSpec, ...]
+    properties: tuple[tuple[str, ...], ...]  # each layer's, in order
+    moment: datetime | None = None
+    filter: tuple[str, str, str | None] | None = None  # (text, filter-lang, filter-crs) as given, single layer only
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(spec.id for spec in self.layers)
+
+    def shape(self, settings: TileSettings) -> tuple:
+        """Everything that decides the tile's SQL text (tiles.plans) — all but the tile's place."""
+        layers = tuple((spec.id, names, clusters(spec) and self.tile.z < spec.minzoom + settings.cluster_zooms)
+                       for spec, names in zip(self.layers, self.properties))
+        return self.tile.tms, layers, self.moment, self.filter
+
+    def layer_requests(self) -> list[LayerRequest]:
+        where = None if self.filter is None else cql_filter(*self.filter)
+        return [LayerRequest(spec, names, self.moment, where) for spec, names in zip(self.layers, self.properties)]
+
+
+def _filter(query: Mapping[str, str]) -> tuple[str, str, str | None] | None:
+    text, lang, crs = query.get("filter"), query.get("filter-lang", "cql2-text"), query.get("filter-crs")
+    if lang not in LANGS:
+        raise ApiError(400, "invalid_parameter", f"filter-lang must be one of {', '.join(LANGS)}",
+                       where="query.filter-lang")
+    crs_.parse(crs, "query.filter-crs")
+    return None if text is None else (text, lang, crs)
+
+
+def layer_tile(layer: str, tms: str, z: int, y: int, x: int, query: Mapping[str, str]) -> TileRequest:
+    """`/collections/{layer}/tiles/{tms}/{z}/{y}/{x}`: one layer, out of its zoom range a 404."""
+    spec = vector_layer(layer)
+    tile = address(tms, z, x, y)
+    selected = properties(query.get("properties"))
+    moment = as_of(query.get("as_of"))
+    where = _filter(query)
+    if not spec.minzoom <= tile.z <= spec.maxzoom:
+        raise ApiError(404, "zoom_out_of_range", f"{spec.id} is drawn at zooms {spec.minzoom}..{spec.maxzoom} "
+                       f"only, not at {tile.z}.", where="path.z")
+    return TileRequest(tile, (spec,), (tuple(selected.fields(spec)),), moment, where)
+
+
+def onemap_tile(tms: str, z: int, y: int, x: int, query: Mapping[str, str]) -> TileRequest:
+    """`/tiles/onemap/{tms}/{z}/{y}/{x}`: the layers asked for (default all) visible at z, every field."""
+    tile = address(tms, z, x, y)
+    moment = as_of(query.get("as_of"))
+    chosen = tuple(onemap_layers(query.get("layers"), tile.z))
+    return TileRequest(tile, chosen, tuple(tuple(f.name for f in spec.fields) for spec in chosen), moment)
