@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
-from sqlalchemy import JSON, Text, cast, func, literal, null, select
+from sqlalchemy import JSON, BigInteger, Text, case, cast, func, literal, null, select
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from layers import crs as crs_
@@ -47,9 +47,22 @@ def time_field(spec: LayerSpec) -> str | None:
     return temporal[0] if len(temporal) == 1 else None
 
 
+def _json_value(spec: LayerSpec, columns, name: str):
+    """A property's JSON; a real field always carries a decimal point (7.0, not 7), so clients that guess
+    types from values (GDAL reads a page, then fixes its schema) never take it for an integer."""
+    column = columns[name]
+    field = spec.field(name)
+    if field is None or field.type != "real":
+        return column
+    whole = (column == func.trunc(column)) & (func.abs(column) < 1e15)
+    return case((whole, cast(func.concat(cast(cast(column, BigInteger), Text), ".0"), JSON)),
+                else_=func.to_json(column))
+
+
 def _feature(spec: LayerSpec, columns, names: list[str], out: crs_.Crs):
     """One feature's GeoJSON as a json expression."""
-    properties = func.json_build_object(*chain.from_iterable((literal(n, Text), columns[n]) for n in names))
+    properties = func.json_build_object(*chain.from_iterable((literal(n, Text), _json_value(spec, columns, n))
+                                                             for n in names))
     geometry = (cast(func.ST_AsGeoJSON(crs_.output(columns.geom, out), out.decimals, 0), JSON)
                 if spec.geometry else null())
     return func.json_build_object(literal("type", Text), literal("Feature", Text), literal("id", Text), columns.fid,

@@ -38,6 +38,8 @@ router = APIRouter(prefix="/query", tags=["queries"])
 
 MAX_RESULTS = 10_000
 RETRY_AFTER_S = 10
+GEOJSON_ANSWER = {"response_class": Response,
+                  "responses": {200: {"content": {"application/geo+json": {}}, "description": "A FeatureCollection"}}}
 POLYGONS = {"MultiPolygon"}
 
 
@@ -108,7 +110,7 @@ async def queries():
     }
 
 
-@router.post("/nearest")
+@router.post("/nearest", **GEOJSON_ANSWER)
 async def nearest(query: Nearest, request: Request) -> Response:
     """Per layer, the k features nearest to the point: KNN index order picks k candidates, the
     farthest of them bounds an exact geodesic search, so the k are exact in metres."""
@@ -134,7 +136,7 @@ async def nearest(query: Nearest, request: Request) -> Response:
     return answer(collection(features, counts=counts), crs)
 
 
-@router.post("/within")
+@router.post("/within", **GEOJSON_ANSWER)
 async def within(query: Within, request: Request) -> Response:
     """Features within `distance` metres of a geometry, or of the features a selector picks
     (each with its distance to the nearest of them)."""
@@ -186,7 +188,7 @@ def _categories(query: Intersects, specs: list[LayerSpec]) -> dict[str, list[str
     return chosen
 
 
-@router.post("/intersects")
+@router.post("/intersects", **GEOJSON_ANSWER)
 async def intersects(query: Intersects, request: Request) -> Response:
     """Features of the layers intersecting a polygon, with counts per layer and per category."""
     crs = parse_crs(query.crs, "body.crs")
@@ -217,7 +219,7 @@ async def intersects(query: Intersects, request: Request) -> Response:
     return answer(collection(features, summary=summary), crs)
 
 
-@router.post("/at")
+@router.post("/at", **GEOJSON_ANSWER)
 async def at(query: At, request: Request) -> Response:
     """The features of polygon layers (all of them unless named) that contain the point."""
     crs = parse_crs(query.crs, "body.crs")
@@ -238,7 +240,7 @@ def _figure_key(measure: str, value) -> str:
     return f"{measure}:{'null' if value is None else value}"
 
 
-@router.post("/aggregate")
+@router.post("/aggregate", **GEOJSON_ANSWER)
 async def aggregate(query: Aggregate, request: Request) -> Response:
     """A layer's features counted (and a numeric field summed) per polygon of another layer,
     optionally split by a field: the polygons come back with the figures as flat properties
@@ -283,7 +285,8 @@ async def aggregate(query: Aggregate, request: Request) -> Response:
                              sum=query.sum, groups=groups), crs)
 
 
-@router.post("/trace")
+@router.post("/trace", response_class=Response, responses={200: {
+    "content": {"application/json": {}}, "description": "The traced reaches, with the sources and stations on them"}})
 async def trace(query: Trace, request: Request) -> Response:
     """The river reaches up- or downstream of a point, up to a distance along the rivers, with
     the pollution sources within `buffer` metres of them and the monitoring stations on them."""

@@ -7,7 +7,7 @@ layer (or `fid`), every value one value or a list of values (any of them), null 
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, TypeAdapter, \
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, TypeAdapter, \
     ValidationError, model_validator
 from sqlalchemy import or_
 
@@ -20,8 +20,10 @@ MAX_K = 1000
 MAX_LAYERS = 20
 MAX_SELECTOR_VALUES = 1000
 
+# Sub-millimetre distances mean nothing on a map, and tiny ones (5e-324) underflow PostgreSQL's float arithmetic.
+ToMillimetres = AfterValidator(lambda metres: round(metres, 3))
 Metres = Annotated[float, Field(ge=0, le=MAX_DISTANCE_M, allow_inf_nan=False,
-                                description=f"metres, at most {MAX_DISTANCE_M:g}")]
+                                description=f"metres, at most {MAX_DISTANCE_M:g}"), ToMillimetres]
 LayerNames = Annotated[list[str], Field(min_length=1, max_length=MAX_LAYERS, description="layer ids")]
 GeoJsonGeometry = Annotated[dict[str, Any], Field(description="a GeoJSON geometry in `crs`",
                                                   examples=[{"type": "Point", "coordinates": [120.45, 31.49]}])]
@@ -89,13 +91,18 @@ class Aggregate(Query):
 class Trace(Query):
     point: PointInput
     direction: Literal["upstream", "downstream"]
-    distance: Metres = Field(gt=0, description=f"metres along the rivers, at most {MAX_DISTANCE_M:g}")
-    buffer: float = Field(500.0, ge=0, le=MAX_BUFFER_M, allow_inf_nan=False,
-                          description="pollution sources within this many metres of the traced reaches")
-    snap: float = Field(200.0, gt=0, le=2000, allow_inf_nan=False,
-                        description="the river must pass within this many metres of the point")
-    station_distance: float = Field(50.0, ge=0, le=500, allow_inf_nan=False,
-                                    description="stations within this many metres of a reach are on it")
+    distance: Annotated[float, ToMillimetres] = Field(ge=0.001, le=MAX_DISTANCE_M, allow_inf_nan=False,
+                                                      description=f"metres along the rivers, at most "
+                                                                  f"{MAX_DISTANCE_M:g}")
+    buffer: Annotated[float, ToMillimetres] = Field(500.0, ge=0, le=MAX_BUFFER_M, allow_inf_nan=False,
+                                                    description="pollution sources within this many metres of the "
+                                                                "traced reaches")
+    snap: Annotated[float, ToMillimetres] = Field(200.0, ge=0.001, le=2000, allow_inf_nan=False,
+                                                  description="the river must pass within this many metres of the "
+                                                              "point")
+    station_distance: Annotated[float, ToMillimetres] = Field(50.0, ge=0, le=500, allow_inf_nan=False,
+                                                              description="stations within this many metres of a "
+                                                                          "reach are on it")
 
 
 _VALUE_TYPES = {"text": StrictStr, "integer": StrictInt, "real": StrictInt | float, "boolean": StrictBool,

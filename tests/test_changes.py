@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pyproj
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
@@ -132,6 +132,7 @@ def test_random_writes_replay_from_the_feed_and_as_of_sees_each_moment(site, rep
     engine = site["engine"]
     moments = [(last_change(engine)[1], snapshot(engine))]
     for step in steps:
+        event(step[0])
         before = last_change(engine)[0]
         apply_step(site, step)
         change_id, moment = last_change(engine)

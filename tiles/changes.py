@@ -3,9 +3,10 @@
 Every write appends `twin.change` rows and NOTIFYs at commit. The follower keeps a dedicated
 connection listening; on each notice (and every few seconds anyway) it reads the rows after
 the last change_id seen and evicts the tiles the ST_Envelope of each row's geometry before
-and after touches. Writers are serialised on the change log (migration 0003), so change ids
+and after touches, from this worker's memory and from the shared cache (Redis) when there is one. Writers are serialised on the change log (migration 0003), so change ids
 are allocated in commit order and a cursor never skips a change that commits late. If the
-connection drops, the cache stops serving and is cleared, and the follower reconnects.
+connection drops (or Redis fails an eviction), the caches stop serving and are cleared, and the
+follower reconnects.
 """
 
 import asyncio
@@ -15,6 +16,7 @@ import psycopg
 
 from tiles.cache import TileCache
 from tiles.settings import TileSettings
+from tiles.shared import SharedTileCache
 
 log = logging.getLogger("twin.tiles.changes")
 CHANNEL = "twin_change"
@@ -28,8 +30,8 @@ FROM (SELECT change_id, layer, changed_at, ST_Envelope(geom_before) b, ST_Envelo
 
 
 class ChangeFollower:
-    def __init__(self, url: str, cache: TileCache, settings: TileSettings):
-        self.url, self.cache, self.settings = url, cache, settings
+    def __init__(self, url: str, cache: TileCache, shared: SharedTileCache | None, settings: TileSettings):
+        self.url, self.cache, self.shared, self.settings = url, cache, shared, settings
         self.cursor = 0  # every change up to this change_id has been seen
         self.connected = asyncio.Event()
 
@@ -53,6 +55,8 @@ class ChangeFollower:
         row = await (await conn.execute("SELECT coalesce(max(change_id), 0) FROM twin.change")).fetchone()
         self.cursor = row[0]
         self.cache.clear()  # whatever was cached before this connection may have missed changes
+        if self.shared:
+            await self.shared.clear()
         self.cache.live = True
         self.connected.set()
         log.info("tile change listener connected at change %s", self.cursor)
@@ -65,10 +69,13 @@ class ChangeFollower:
         """Evict for every change after the cursor, in batches."""
         while True:
             rows = await (await conn.execute(ROWS, {"after": self.cursor, "limit": BATCH})).fetchall()
-            for change_id, layer, changed_at, *boxes in rows:
-                self.cursor = change_id
-                for box in (boxes[:4], boxes[4:]):
-                    if box[0] is not None:
-                        self.cache.evict_area(layer, tuple(box), changed_at)
+            changes = [(layer, tuple(box), changed_at) for _, layer, changed_at, *boxes in rows
+                       for box in (boxes[:4], boxes[4:]) if box[0] is not None]
+            for change in changes:
+                self.cache.evict_area(*change)
+            if self.shared:
+                await self.shared.evict(changes)
+            if rows:
+                self.cursor = rows[-1][0]
             if len(rows) < BATCH:
                 return

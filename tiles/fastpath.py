@@ -1,29 +1,59 @@
-"""The warm fast path: a pure ASGI middleware that answers cached tiles before routing.
+"""The tile fast path: a pure ASGI middleware that answers tile requests before routing.
 
-It matches the tile URLs, looks the key up and, on a hit, sends the tile (or a 304) at once;
-anything else, misses included, goes on to the router, which renders, validates and caches.
+A cached tile goes out at once; a miss is validated (tiles.request), rendered and cached here too,
+with no router, dependency injection or Response objects in the way. A request that fails
+validation is handed on to the router, whose routes check the same parameters with the same
+functions and answer with the JSON error; so do anything that is not a plain GET of a tile URL.
 """
 
+import logging
 import re
+from urllib.parse import parse_qsl
 
-from tiles.cache import TileCache, cache_key
+from starlette.responses import JSONResponse
+
+from tiles.cache import cache_key
+from tiles.provider import TileProvider
+from tiles.request import layer_tile, onemap_tile
 from tiles.responses import tile_response
+from twin.errors import UNAVAILABLE, ApiError, error_body, unavailable
 
-TILE_PATH = re.compile(r"^/(collections/[^/]+/tiles|tiles/onemap)/[^/]+/\d+/\d+/\d+$")
+log = logging.getLogger("twin.tiles")
+TILE_PATH = re.compile(r"^/(?:collections/(?P<layer>[^/]+)/tiles|tiles/onemap)/(?P<tms>[^/]+)/"
+                       r"(?P<z>\d+)/(?P<y>\d+)/(?P<x>\d+)$")
+
+
+def _asked(match: re.Match, query_string: bytes):
+    def ask():
+        # as Starlette reads a query: latin-1 bytes, percent-escapes as UTF-8, the last of repeated keys
+        query = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
+        layer, tms, z, y, x = match.group("layer", "tms", "z", "y", "x")
+        if layer is None:
+            return onemap_tile(tms, int(z), int(y), int(x), query)
+        return layer_tile(layer, tms, int(z), int(y), int(x), query)
+    return ask
 
 
 class TileFastPath:
-    def __init__(self, app, cache: TileCache):
-        self.app, self.cache = app, cache
+    def __init__(self, app, provider: TileProvider):
+        self.app, self.provider = app, provider
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] == "GET" and TILE_PATH.match(scope["path"]):
-            tile = self.cache.get(cache_key(scope["path"], scope["query_string"]))
-            if tile is not None:
-                if_none_match = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"if-none-match"), None)
-                status, headers, body = tile_response(tile, if_none_match, "hit")
-                await send({"type": "http.response.start", "status": status,
-                            "headers": [(k.encode(), v.encode()) for k, v in headers.items()]})
-                await send({"type": "http.response.body", "body": body})
-                return
-        await self.app(scope, receive, send)
+        match = TILE_PATH.match(scope["path"]) if scope["type"] == "http" and scope["method"] == "GET" else None
+        if match is None:
+            return await self.app(scope, receive, send)
+        try:
+            tile, state = await self.provider.tile(cache_key(scope["path"], scope["query_string"]),
+                                                   _asked(match, scope["query_string"]))
+        except ApiError:
+            return await self.app(scope, receive, send)
+        except UNAVAILABLE as e:
+            error = unavailable(e)
+            log.warning("503 %s for GET %s (%s: %s)", error.code, scope["path"], type(e).__name__, e)
+            response = JSONResponse(error_body(error), status_code=error.status, headers=error.headers)
+            return await response(scope, receive, send)
+        if_none_match = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"if-none-match"), None)
+        status, headers, body = tile_response(tile, if_none_match, state)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(k.encode(), v.encode()) for k, v in headers.items()]})
+        await send({"type": "http.response.body", "body": body})

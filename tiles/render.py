@@ -1,31 +1,35 @@
-"""Rendering a tile in PostGIS: the shape's plan, run on the tile pool's own psycopg connections.
+"""Rendering a tile in PostGIS: the shape's plan, run straight on a psycopg connection of the tile pool.
 
-The pool's connections are in autocommit (one round trip a tile: no BEGIN, no ROLLBACK on
-return, no ping on checkout) and keep each plan prepared (psycopg `prepare=True`), and the MVT
-comes back in binary (bytea, not hex text). A broken connection fails its request with a 503
-(twin.errors) and is replaced by the pool.
+The tile pool (an engine of its own, as big as the server's) keeps its connections in autocommit
+and does not ping them on checkout, so a tile is one round trip: no BEGIN, no ping, no ROLLBACK.
+Each connection keeps the plans prepared (psycopg `prepare=True`) and the MVT comes back binary
+(bytea, not hex text). The pool connects on demand, so while the database is down a tile fails
+at once (503, twin.errors); a pooled connection found broken (the database restarted) is dropped
+and the tile tried once more on a fresh one.
 """
 
-from psycopg_pool import AsyncConnectionPool
+import psycopg
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tiles.plans import PlanCache, TilePlan, compile_plan
 from tiles.request import TileRequest
 from tiles.settings import TileSettings
-from twin.db import session_options
+from twin.db import async_engine
 from twin.settings import Settings
 
 
-def connection_kwargs(settings: Settings) -> dict:
-    return {"autocommit": True, "options": session_options(settings), "application_name": "twin-tiles",
-            "connect_timeout": settings.connect_timeout_s}
-
-
 class TileRenderer:
-    def __init__(self, url: str, settings: Settings, tiles: TileSettings):
+    def __init__(self, tiles: TileSettings):
         self.settings = tiles
         self.plans = PlanCache(tiles.plans)
-        self.pool = AsyncConnectionPool(url, kwargs=connection_kwargs(settings), min_size=1, max_size=tiles.pool_size,
-                                        timeout=settings.pool_timeout_s, open=False, name="twin-tiles")
+        self.engine: AsyncEngine | None = None  # from open() to close(): the app's life
+
+    def open(self, settings: Settings) -> None:
+        self.engine = async_engine(settings, max_overflow=0, pool_pre_ping=False, pool_reset_on_return=None,
+                                   isolation_level="AUTOCOMMIT")
+
+    async def close(self) -> None:
+        await self.engine.dispose()
 
     def plan(self, request: TileRequest) -> TilePlan:
         return self.plans.get(request.shape(self.settings),
@@ -36,7 +40,16 @@ class TileRenderer:
         if not request.layers:
             return b""
         plan = self.plan(request)
-        async with self.pool.connection() as conn:
-            cursor = await conn.execute(plan.sql, plan.params(request.tile, self.settings), prepare=True, binary=True)
-            (data,) = await cursor.fetchone()
-        return bytes(data or b"")
+        params = plan.params(request.tile, self.settings)
+        for last in (False, True):
+            async with self.engine.connect() as conn:
+                driver: psycopg.AsyncConnection = (await conn.get_raw_connection()).driver_connection
+                try:
+                    cursor = await driver.execute(plan.sql, params, prepare=True, binary=True)
+                    (data,) = await cursor.fetchone()
+                    return bytes(data or b"")
+                except psycopg.OperationalError:
+                    if driver.broken:
+                        await conn.invalidate()
+                    if not driver.broken or last:
+                        raise

@@ -1,4 +1,4 @@
-"""Wiring tiles into the app: routers, the tile cache and its fast path, the change listener."""
+"""Wiring tiles into the app: routers, the tile caches, renderer and fast path, the change listener."""
 
 import asyncio
 import contextlib
@@ -10,26 +10,39 @@ from tiles import raster, routes, tilesets
 from tiles.cache import TileCache
 from tiles.changes import ChangeFollower
 from tiles.fastpath import TileFastPath
+from tiles.provider import TileProvider
+from tiles.render import TileRenderer
 from tiles.settings import tile_settings
+from tiles.shared import SharedTileCache
 from twin.db import database_url
+from twin.settings import Settings
 
 log = logging.getLogger("twin.tiles")
 
 
+def _url(settings: Settings) -> str:
+    return database_url(settings).replace("postgresql+psycopg://", "postgresql://")
+
+
 def install(app: FastAPI) -> None:
-    cache = TileCache(int(tile_settings().cache_mb * 2**20))
-    app.state.tile_cache = cache
+    settings, tiles = app.state.settings, tile_settings()
+    shared = SharedTileCache(settings.redis_url, tiles.redis_ttl_s) if settings.redis_url else None
+    provider = TileProvider(TileCache(int(tiles.cache_mb * 2**20)), TileRenderer(tiles),
+                            shared, tiles)
+    app.state.tile_provider = provider
     app.include_router(tilesets.router)
     app.include_router(routes.router)
     raster.install(app)
-    app.add_middleware(TileFastPath, cache=cache)
+    app.add_middleware(TileFastPath, provider=provider)
 
 
 @contextlib.asynccontextmanager
-async def following_changes(app: FastAPI):
-    """Run the change listener for the app's life; the cache serves once it is connected."""
-    url = database_url(app.state.settings).replace("postgresql+psycopg://", "postgresql://")
-    follower = ChangeFollower(url, app.state.tile_cache, tile_settings())
+async def running(app: FastAPI):
+    """For the app's life: the renderer's connection pool, and the change listener (the caches serve
+    once it is connected)."""
+    provider: TileProvider = app.state.tile_provider
+    provider.renderer.open(app.state.settings)
+    follower = ChangeFollower(_url(app.state.settings), provider.memory, provider.shared, tile_settings())
     task = asyncio.create_task(follower.run(), name="tile-change-listener")
     try:
         await asyncio.wait_for(follower.connected.wait(), timeout=10)
@@ -42,3 +55,6 @@ async def following_changes(app: FastAPI):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await provider.renderer.close()
+        if provider.shared:
+            await provider.shared.close()

@@ -60,10 +60,6 @@ class TileAddress:
     def lonlat_bounds(self) -> tuple[float, float, float, float]:
         return tuple(self.grid.bounds(Tile(self.x, self.y, self.z)))
 
-    @property
-    def span(self) -> float:
-        return self.bounds[2] - self.bounds[0]
-
 
 def address(tms: str, z: int, x: int, y: int) -> TileAddress:
     """The tile named by a request, or a 404 (unknown grid) / 400 (no such tile in it)."""

@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.engine = async_engine(settings)
-        async with tile_server.following_changes(app):
+        async with tile_server.running(app):
             yield
         await app.state.engine.dispose()
 

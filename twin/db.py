@@ -59,9 +59,10 @@ def sync_engine() -> Engine:
     return create_engine(_sqlalchemy_url(database_url(settings)), **_pool_args(settings))
 
 
-def async_engine(settings: Settings) -> AsyncEngine:
-    return create_async_engine(_sqlalchemy_url(database_url(settings)), pool_size=settings.pool_size,
-                               **_pool_args(settings))
+def async_engine(settings: Settings, **options) -> AsyncEngine:
+    """The server's engine; `options` override its pool's (the tile renderer has a pool of its own)."""
+    return create_async_engine(_sqlalchemy_url(database_url(settings)),
+                               **({"pool_size": settings.pool_size} | _pool_args(settings) | options))
 
 
 def check_database(url: str | None = None) -> str:

@@ -39,6 +39,11 @@ def _body(code: str, detail: str, where=None) -> dict:
     return body
 
 
+def error_body(exc: ApiError) -> dict:
+    """The JSON body of an error, for code that answers before the handlers below (the tile fast path)."""
+    return _body(exc.code, exc.detail, exc.where)
+
+
 def _sqlstate(exc: Exception) -> str | None:
     return getattr(getattr(exc, "orig", exc), "sqlstate", None)
 

@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     max_upload_mb: int = 200
     # MapLibre style documents (`styles/`); read per request, so an edit is served at once.
     styles_dir: Path = REPO_ROOT / "styles"
+    # A Redis (redis://host:port/db) the workers share tiles through; unset: each worker caches alone.
+    redis_url: str | None = None
 
 
 @cache
