@@ -20,6 +20,7 @@ from layers import crs as crs_
 from layers import params, queryables
 from layers.catalog import LayerSpec
 from layers.collections import layer_or_404
+from layers.edits import etag_of
 from layers.filters import Filter
 from layers.statements import fetch_one
 from layers.tables import source
@@ -165,7 +166,8 @@ async def item(
     if not fid.isdigit() or int(fid) >= 2**63:
         raise missing
     columns = source(spec, as_of).c
-    statement = select(cast(_feature(spec, columns, wanted.fields(spec), out), Text)).where(columns.fid == int(fid))
+    statement = select(cast(_feature(spec, columns, wanted.fields(spec), out), Text), columns.version).where(
+        columns.fid == int(fid))
     async with request.app.state.engine.connect() as conn:
         row = await fetch_one(conn, statement)
     if row is None:
@@ -174,7 +176,8 @@ async def item(
     links = orjson.dumps([{"rel": "self", "type": GEOJSON, "href": _url(request)},
                           {"rel": "collection", "type": "application/json", "href": collection}])
     body = row[0].encode()[:-1] + b', "links" : ' + links + b"}"
-    return Response(body, media_type=GEOJSON, headers={"Content-Crs": out.header})
+    return Response(body, media_type=GEOJSON, headers={"Content-Crs": out.header,
+                                                       "ETag": etag_of(spec.id, int(fid), row[1])})
 
 
 @router.get("/collections/{layer}/queryables", response_class=Response,

@@ -71,7 +71,9 @@ def test_create_returns_location_etag_and_stores_exactly(api, keys, engine):
     assert bytes(row.wkb) == shapely.to_wkb(Point(lon, lat)) and row.version == 1
     prefix = keys["ecology"].split("_")[1]
     assert changes(engine)[-1][1:] == (fid, "insert", 1, f"生态环境局/{prefix}")
-    assert api.get(response.headers["location"]).json()["properties"]["name"] == "测试企业1"
+    read = api.get(response.headers["location"])
+    assert read.json()["properties"]["name"] == "测试企业1"
+    assert read.headers["etag"] == response.headers["etag"]  # a GET gives the ETag an editor sends back
 
 
 def test_put_replaces_and_reads_the_content_crs(api, keys, engine):

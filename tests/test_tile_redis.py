@@ -90,8 +90,6 @@ def test_servers_share_tiles_and_a_change_reaches_both(servers, engine, componen
     assert wait_for(lambda: CODE in codes(b, here), 5), "server B kept serving the tile from before the change"
     # B never asked for the zoom-12 tile: it must not get A's copy from before the change out of Redis
     changed = b.get(wide)
-    assert changed.headers["x-tile-cache"] == "miss" and CODE in {
-        f["properties"].get("code") for f in decode(changed.content)["city_components"] if "code" in f["properties"]
-    } or _clustered_count_grew(a, wide, changed)
-    assert b.get(there).headers["x-tile-cache"] == "hit", "a tile far from the change was evicted"
+    assert changed.headers["x-tile-cache"] == "miss" and CODE in codes(b, wide)
+    assert b.get(there).headers["x-tile-cache"] == "hit", "a tile far from the change was evicted from Redis"
     assert a.get(there).headers["x-tile-cache"] == "hit"

@@ -1,7 +1,8 @@
 """Where a tile comes from: this worker's memory, then the shared cache (Redis, when configured), else PostGIS.
 
 The caches serve only while the change listener is connected (`memory.live`): without it a change
-could go unseen. A rendered tile is stored in both, unless its layers changed while it rendered.
+could go unseen. A rendered tile is stored in both, unless its layers changed while it rendered; a
+tile found in the shared cache is served but not kept in memory (why: tiles.shared).
 """
 
 from collections.abc import Callable
