@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := postgresql postgresql-postgis python3-venv nodejs npm chromium fonts-noto-cjk
+APT_PACKAGES := postgresql postgresql-postgis python3-venv nodejs npm chromium fonts-noto-cjk redis-server
 INSTALLED := $(VENV)/.installed
 WEB_INSTALLED := node_modules/.installed
 
@@ -15,7 +15,7 @@ setup: system python web
 system:
 	@if ! ls /usr/share/postgresql/*/extension/postgis.control >/dev/null 2>&1 \
 	    || ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1 \
-	    || ! command -v npm >/dev/null || ! command -v chromium >/dev/null \
+	    || ! command -v npm >/dev/null || ! command -v chromium >/dev/null || ! command -v redis-server >/dev/null \
 	    || ! ls /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc >/dev/null 2>&1; then \
 	  echo "installing Debian packages: $(APT_PACKAGES)"; \
 	  $(SUDO) apt-get update -qq && \

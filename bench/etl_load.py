@@ -6,7 +6,9 @@
   validation, no history);
 - to_postgis: geopandas `read_file` + `GeoDataFrame.to_postgis` into a plain table, then the same GiST
   index ogr2ogr builds;
-- reload: the same file with 1% of the rows changed, through our ETL (upsert: exactly those rows update).
+- reload: the same file with 1% of the rows changed, through our ETL (upsert: exactly those rows update);
+- floor: COPY of the rows we stored, as CSV from memory, into a copy of the layer's table with the same
+  indexes and no triggers: what the database needs without reading, validation or the change log.
 
 Our loads run in a subprocess that reports its peak RSS (resource.getrusage). ogr2ogr comes from
 Debian's gdal-bin, installed for this benchmark only: `apt-get install -y gdal-bin`.
@@ -99,6 +101,21 @@ def _ogr2ogr(url: str, path: Path) -> float:
     return time.perf_counter() - start
 
 
+def _floor(url: str) -> float:
+    columns = "code, major_class, minor_class, class_name, status, owner_unit, street_code, installed_on, geom"
+    with psycopg.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE bench.floor (LIKE layers.city_components INCLUDING ALL)")
+        rows = bytearray()
+        with cur.copy(f"COPY (SELECT {columns} FROM layers.city_components) TO STDOUT WITH (FORMAT csv)") as copy:
+            for block in copy:
+                rows += block
+        start = time.perf_counter()
+        with cur.copy(f"COPY bench.floor ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
+            copy.write(rows)
+        conn.commit()
+        return time.perf_counter() - start
+
+
 def _database(url: str | None, scratch: Path) -> tuple[str, Cluster | None]:
     cluster = None
     if url is None:
@@ -124,6 +141,7 @@ def main(components: int = typer.Option(1_000_000, min=1), data: Path = typer.Op
     try:
         ours = json.loads(_python(OUR_LOAD, url, str(full)))
         assert ours["error"] is None and ours["counts"]["inserted"] == components, ours
+        floor = _floor(url)
         ogr = _ogr2ogr(url, full)
         geopandas = float(_python(TO_POSTGIS, url, str(full)))
         reload = json.loads(_python(OUR_LOAD, url, str(changed)))
@@ -140,6 +158,7 @@ def main(components: int = typer.Option(1_000_000, min=1), data: Path = typer.Op
           f"{rate(ours['seconds'])} | {ours['peak_rss_mib']:,.0f} MiB |")
     print(f"| ogr2ogr -f PostgreSQL, PG_USE_COPY=YES | {ogr:.1f} | {rate(ogr)} | |")
     print(f"| geopandas to_postgis (+ GiST index) | {geopandas:.1f} | {rate(geopandas)} | |")
+    print(f"| floor: COPY into the layer's table shape, no triggers | {floor:.1f} | {rate(floor)} | |")
     print(f"| ours, reload with 1% changed ({reload['counts']['updated']:,} updated) | {reload['seconds']:.1f} | "
           f"{rate(reload['seconds'])} | {reload['peak_rss_mib']:,.0f} MiB |")
     print(f"\nours / ogr2ogr time: {ours['seconds'] / ogr:.2f}×; to_postgis / ours: {geopandas / ours['seconds']:.2f}×; "

@@ -1,74 +1,217 @@
-"""Vector tiles side by side: the raw ST_AsMVT SQL floor, the server cold (cache miss) and warm (hit).
+"""Vector tiles side by side in one run: the SQL floor, this server and tipg cold; this server and nginx warm.
 
-For every zoom-14 (and zoom-12) Web Mercator tile over the city components, the floor is the
-plainest tile PostGIS can make (one layer, no clustering, no simplification, no HTTP); cold asks
-the server with a cache-busting parameter, so it renders; warm asks the same URL again (served by
-the cache's fast path). The server must serve the bundled district (`twin demo`).
+    .venv/bin/python -m bench.tiles            # about 6 minutes, plus about 1.5 the first time (data)
 
-    .venv/bin/python -m bench.tiles --url http://127.0.0.1:8000
+The data: a throwaway PostGIS cluster in $TMPDIR/twin-bench-tiles with the district and 1,000,000
+generated city components, loaded through the ETL (kept for the next run; `--fresh` rebuilds it).
+The tiles: 500 Web Mercator tiles over the city components' extent, city components at zooms
+10–16 (every tile of 10–13, an even sample of 14–16) and rivers at 6–9 (city components are not
+drawn below zoom 10: catalog minzoom; their tiles there are 404s).
+
+- floor: our tile's own SQL (the same text and parameters, tiles.plans) run by psycopg on one
+  connection, prepared as the server prepares it, binary results, the server's session options,
+  no HTTP;
+- cold: each tile asked of this server (a fresh query parameter, so a cache miss) and of tipg (no
+  cache), one client on a keep-alive connection, floor/ours/tipg interleaved tile by tile, three
+  rounds (each tile's median counts: the machine is shared); then wrk with 8 connections for 30 s
+  cycling through the tiles in a shuffled order, each pass with a fresh parameter (all misses);
+- warm: this server's cached tiles and the same bytes as static files from nginx, wrk cycling
+  through the 500 tiles on 8 connections.
+
+Both HTTP servers run one uvicorn worker with httptools and uvloop; nginx runs one worker. All on
+loopback, beside the database, on the same cores: the figures are this machine's, side by side.
+
+Needs, for the bench only: tipg in a venv of its own (`python3 -m venv /tmp/tipgvenv &&
+/tmp/tipgvenv/bin/pip install tipg 'uvicorn[standard]'`), and Debian's nginx and wrk
+(`apt-get install -y nginx wrk`).
 """
 
+import http.client
+import math
+import random
 import statistics
 import time
-import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
 
-import httpx
 import morecantile
 import psycopg
 import typer
 
-from twin.db import database_url
+from bench import tile_peers
 
-FLOOR = """
-SELECT ST_AsMVT(t, 'city_components', 4096, 'geom', 'fid') FROM (
-  SELECT fid, code, major_class, minor_class, class_name, status, owner_unit, street_code, installed_on,
-         ST_AsMVTGeom(ST_Transform(geom, 3857), ST_TileEnvelope(%(z)s, %(x)s, %(y)s),
-                                                 4096, 64, true) AS geom
-  FROM layers.city_components
-  WHERE geom && ST_Transform(ST_TileEnvelope(%(z)s, %(x)s, %(y)s, margin => 64.0 / 4096), 4490)) t
-"""
+MERCATOR = morecantile.tms.get("WebMercatorQuad")
+WIDE_ZOOMS = range(6, 10)  # rivers
+ZOOMS = range(10, 17)  # city components
 
 
-def _tiles(conn, z: int) -> list[morecantile.Tile]:
-    west, south, east, north = conn.execute("SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) FROM "
-                                            "(SELECT ST_Extent(geom) e FROM layers.city_components) s").fetchone()
-    return list(morecantile.tms.get("WebMercatorQuad").tiles(west, south, east, north, [z]))
+def tile_set(url: str, count: int) -> list[tuple[str, morecantile.Tile]]:
+    """(layer, tile) pairs: every tile of the low zooms over the components' extent, the rest sampled evenly."""
+    with psycopg.connect(url) as conn:
+        extent = conn.execute("SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) FROM "
+                              "(SELECT ST_Extent(geom) e FROM layers.city_components) s").fetchone()
+    chosen = [("rivers", t) for t in MERCATOR.tiles(*extent, list(WIDE_ZOOMS))]
+    by_zoom = {z: list(MERCATOR.tiles(*extent, [z])) for z in ZOOMS}
+    dense = [z for z in ZOOMS if len(by_zoom[z]) > 200]
+    for z in ZOOMS:
+        if z not in dense:
+            chosen += [("city_components", t) for t in by_zoom[z]]
+    rng = random.Random(42)
+    share = (count - len(chosen)) // len(dense)
+    for i, z in enumerate(dense):
+        take = share if i < len(dense) - 1 else count - len(chosen)
+        chosen += [("city_components", t) for t in sorted(rng.sample(by_zoom[z], take))]
+    return chosen
 
 
-def _times(run, tiles) -> list[float]:
-    times = []
-    for tile in tiles:
-        start = time.perf_counter()
-        run(tile)
-        times.append((time.perf_counter() - start) * 1000)
-    return times
+def our_path(layer: str, t: morecantile.Tile) -> str:
+    return f"/collections/{layer}/tiles/WebMercatorQuad/{t.z}/{t.y}/{t.x}"
 
 
-def _row(name: str, times: list[float]) -> str:
-    ordered = sorted(times)
-    p90 = ordered[int(0.9 * (len(ordered) - 1))]
-    return f"{name:<34} {statistics.median(times):7.2f} ms {p90:7.2f} ms {len(times) / (sum(times) / 1000):8.0f}/s"
+def tipg_path(layer: str, t: morecantile.Tile) -> str:
+    return f"/collections/layers.{layer}/tiles/WebMercatorQuad/{t.z}/{t.x}/{t.y}"
 
 
-def main(url: str = typer.Option("http://127.0.0.1:8000", help="this server")):
-    with psycopg.connect(database_url()) as conn, httpx.Client(base_url=url, timeout=60) as http:
-        print(f"{'case':<34} {'median':>10} {'p90':>10} {'rate':>10}")
-        for z in (12, 14):
-            tiles = _tiles(conn, z)
-            bust = uuid.uuid4().hex  # a fresh cache key for this run
+class Floor:
+    """Our tile SQL straight from a client: plan text and parameters as the server binds them."""
 
-            def floor(t):
-                conn.execute(FLOOR, {"z": t.z, "x": t.x, "y": t.y}).fetchone()
+    def __init__(self, url: str):
+        from tiles.plans import PlanCache, compile_plan
+        from tiles.request import layer_tile
+        from tiles.settings import tile_settings
+        from twin.db import session_options
+        from twin.settings import get_settings
 
-            def server(t):
-                response = http.get(f"/collections/city_components/tiles/WebMercatorQuad/{t.z}/{t.y}/{t.x}",
-                                    params={"run": bust})
-                assert response.status_code in (200, 204), response.text
+        self.settings, self.plans, self.compile, self.ask = tile_settings(), PlanCache(512), compile_plan, layer_tile
+        self.conn = psycopg.connect(url, autocommit=True, options=session_options(get_settings()))
 
-            floor(tiles[0])
-            print(_row(f"z{z} SQL floor ({len(tiles)} tiles)", _times(floor, tiles)))
-            print(_row(f"z{z} server, cold (render)", _times(server, tiles)))
-            print(_row(f"z{z} server, warm (cache hit)", _times(server, tiles)))
+    def __call__(self, layer: str, t: morecantile.Tile) -> bytes:
+        request = self.ask(layer, "WebMercatorQuad", t.z, t.y, t.x, {})
+        plan = self.plans.get(request.shape(self.settings),
+                              lambda: self.compile(request.layer_requests(), request.tile, self.settings))
+        row = self.conn.execute(plan.sql, plan.params(request.tile, self.settings), prepare=plan.prepare,
+                                binary=True).fetchone()
+        return bytes(row[0] or b"")
+
+
+class Client:
+    """One keep-alive HTTP/1.1 connection (the standard library's: little client time in the figures)."""
+
+    def __init__(self, base: str):
+        self.conn = http.client.HTTPConnection(urlsplit(base).netloc, timeout=120)
+
+    def __call__(self, path: str) -> tuple[int, bytes, dict]:
+        self.conn.request("GET", path)
+        response = self.conn.getresponse()
+        return response.status, response.read(), dict(response.getheaders())
+
+
+def timed(run, *args) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = run(*args)
+    return (time.perf_counter() - start) * 1000, result
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def row(name: str, times: list[float]) -> str:
+    return f"| {name} | {pct(times, 50):.2f} | {pct(times, 99):.2f} | {statistics.mean(times):.2f} | {max(times):.1f} |"
+
+
+def main(components: int = typer.Option(1_000_000, help="city components in the bench database"),
+         count: int = typer.Option(500, "--tiles", help="tiles in the set"),
+         connections: int = typer.Option(8, help="concurrent connections of the wrk runs"),
+         seconds: int = typer.Option(10, help="length of each wrk run"),
+         rounds: int = typer.Option(3, help="times each tile is asked cold (the median counts)"),
+         tipg_python: str = typer.Option("/tmp/tipgvenv/bin/python", help="the python of tipg's own venv"),
+         fresh: bool = typer.Option(False, help="rebuild the bench database")):
+    if not Path(tipg_python).exists():
+        raise SystemExit(f"no tipg at {tipg_python}: python3 -m venv /tmp/tipgvenv && "
+                         "/tmp/tipgvenv/bin/pip install tipg 'uvicorn[standard]'")
+    url, data_dir = tile_peers.bench_database(components, fresh)
+    work = data_dir / "run"
+    work.mkdir(exist_ok=True)
+    cases = tile_set(url, count)
+    ours_paths = [our_path(layer, t) for layer, t in cases]
+    tipg_paths = [tipg_path(layer, t) for layer, t in cases]
+    run = f"{time.time():.0f}"  # this run's cache-busting value: every tile is a miss once
+    print(f"{len(cases)} tiles: " + ", ".join(f"z{z} {sum(t.z == z for _, t in cases)}" for z in range(6, 17)))
+
+    with tile_peers.ours(url, data_dir, work / "ours.log") as ours, \
+            tile_peers.tipg(tipg_python, url, work / "tipg.log") as peer:
+        floor, our_client, tipg_client = Floor(url), Client(ours), Client(peer)
+        for layer, t in cases:  # warm the database's buffers for all three alike
+            floor(layer, t)
+        rounds_of = {"floor": [[] for _ in cases], "ours": [[] for _ in cases], "tipg": [[] for _ in cases]}
+        sizes = {"ours": [0] * len(cases), "tipg": [0] * len(cases)}
+        for n in range(rounds):
+            for i, ((layer, t), mine, theirs) in enumerate(zip(cases, ours_paths, tipg_paths)):
+                ms, _ = timed(floor, layer, t)
+                rounds_of["floor"][i].append(ms)
+                ms, (status, body, headers) = timed(our_client, f"{mine}?run={run}-{n}")
+                assert status in (200, 204) and headers.get("x-tile-cache") == "miss", (mine, status)
+                rounds_of["ours"][i].append(ms)
+                sizes["ours"][i] = len(body)
+                ms, (status, body, _) = timed(tipg_client, theirs)
+                assert status in (200, 204), (theirs, status)
+                rounds_of["tipg"][i].append(ms)
+                sizes["tipg"][i] = len(body)
+        times = {name: [statistics.median(tile) for tile in per_tile] for name, per_tile in rounds_of.items()}
+        print(f"\nCold, one client, the same {len(cases)} tiles, each the median of {rounds} rounds (ms)\n")
+        print("| case | p50 | p99 | mean | max |\n| --- | ---: | ---: | ---: | ---: |")
+        for name, label in (("floor", "SQL floor (psycopg, same SQL)"), ("ours", "this server, cache miss"),
+                            ("tipg", "tipg")):
+            print(row(label, times[name]))
+        ratios = [o / f for o, f in zip(times["ours"], times["floor"])]
+        print(f"\nthis server / floor, per tile: median {statistics.median(ratios):.2f}, "
+              f"sum {sum(times['ours']) / sum(times['floor']):.2f}")
+        for z in range(6, 17):
+            picked = [i for i, (_, t) in enumerate(cases) if t.z == z]
+            if picked:
+                medians = {name: statistics.median([times[name][i] for i in picked]) for name in times}
+                print(f"  z{z:<2} n={len(picked):<3} floor {medians['floor']:8.2f}  ours {medians['ours']:8.2f}"
+                      f"  tipg {medians['tipg']:8.2f} ms (median)"
+                      f"   bytes ours {max(sizes['ours'][i] for i in picked):>7} tipg "
+                      f"{max(sizes['tipg'][i] for i in picked):>7} (max)")
+
+        print(f"\nCold throughput, wrk, {connections} connections, {3 * seconds} s, the tiles shuffled, "
+              "every request a miss\n")
+        order = random.Random(7).sample(range(len(cases)), len(cases))  # every stretch of the run mixes zooms
+        cold = {"this server": tile_peers.wrk(ours, [ours_paths[i] for i in order], work, 3 * seconds, connections,
+                                              fresh=f"c{run}"),
+                "tipg": tile_peers.wrk(peer, [tipg_paths[i] for i in order], work, 3 * seconds, connections,
+                                       fresh="c")}
+        print("| server | tiles/s | p50 ms | p99 ms | errors |\n| --- | ---: | ---: | ---: | ---: |")
+        for name, result in cold.items():
+            print(f"| {name} | {result['rate']:.1f} | {result['p50']:.1f} | {result['p99']:.1f} | {result['errors']} |")
+
+        static = work / "static"
+        for path in ours_paths:  # the same bytes nginx will serve; this also warms our cache
+            status, body, _ = our_client(path)
+            (static / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+            (static / path.lstrip("/")).write_bytes(body)
+        assert all(our_client(p)[2].get("x-tile-cache") == "hit" for p in ours_paths), "not all tiles cached"
+        with tile_peers.nginx(static, work / "nginx") as web:
+            warm = {"this server (cache hit)": tile_peers.wrk(ours, ours_paths, work, seconds, connections),
+                    "nginx, static files": tile_peers.wrk(web, ours_paths, work, seconds, connections)}
+        print(f"\nWarm, wrk, {connections} connections, {seconds} s, cycling through the 500 tiles\n")
+        print("| server | tiles/s | p50 ms | p99 ms |\n| --- | ---: | ---: | ---: |")
+        for name, result in warm.items():
+            print(f"| {name} | {result['rate']:.0f} | {result['p50']:.2f} | {result['p99']:.2f} |")
+
+        print("\nLow zooms over the million components (cold, ms and bytes)\n")
+        centre = MERCATOR.tile(120.43, 31.50, 8)
+        for name, client, path in (
+                ("tipg, city components z8", tipg_client, tipg_path("city_components", centre)),
+                ("this server, city components z8", our_client, our_path("city_components", centre)),
+                ("this server, one-map z8", our_client, f"/tiles/onemap/WebMercatorQuad/8/{centre.y}/{centre.x}"),
+                *((f"this server, city components z{z} (clustered)", our_client,
+                   our_path("city_components", MERCATOR.tile(120.43, 31.50, z))) for z in (10, 11))):
+            ms, (status, body, _) = timed(client, f"{path}?run=low{run}")
+            print(f"  {name:<46} {status}  {ms:8.1f} ms  {len(body):>8} bytes")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from etl import records, uploads
 from etl.crs import CrsError, parse_crs
 from etl.jobs import JOBS
 from etl.records import Run, open_run
-from etl.run import JobError, check_request, load_file, load_raster
+from etl.run import MODES, JobError, check_request, load_file, load_raster
 from twin.auth import Principal, authenticate, require_layer_write
 from twin.db import sync_engine
 from twin.errors import ApiError
@@ -77,11 +77,15 @@ def _request(job: str, fields: dict, principal: Principal):
     if job not in JOBS:
         raise ApiError(404, "unknown_job", f"No ETL job '{job}'; jobs: {', '.join(JOBS)}.", where="path.job")
     mode = fields["mode"] or "upsert"
+    if mode not in MODES:
+        raise ApiError(400, "invalid_parameter", f"mode must be upsert or replace, not {mode!r}", where="mode")
     try:
         spec = check_request(job, fields["layer"], mode)
     except JobError as e:
-        raise ApiError(400, "invalid_parameter", str(e), where="mode" if "mode" in str(e) else "layer") from e
+        raise ApiError(400, "invalid_parameter", str(e), where="layer") from e
     require_layer_write(principal, spec.id)
+    if spec.kind == "raster":
+        mode = "replace"  # a raster layer is one file, replaced as a whole
     if fields["crs"]:
         try:
             parse_crs(fields["crs"])

@@ -107,8 +107,14 @@ def _records(rows: pd.DataFrame, geometry: pd.Series | None) -> list[str]:
     return out
 
 
-def _note(conn, table: str, run_id: int, layer: str, dataset: Dataset, frame: pd.DataFrame, notes: dict) -> None:
-    """Write rejected (twin.quarantine) or repaired (twin.etl_repair) rows with their reasons, in file order."""
+QUARANTINE = text("INSERT INTO twin.quarantine (run_id, layer, source_file, row_number, record, reason) "
+                  "VALUES (:run, :layer, :file, :row, CAST(:record AS jsonb), :reason)")
+REPAIRS = text("INSERT INTO twin.etl_repair (run_id, layer, row_number, record, reason) "
+               "VALUES (:run, :layer, :row, CAST(:record AS jsonb), :reason)")
+
+
+def _note(conn, statement, run_id: int, layer: str, dataset: Dataset, frame: pd.DataFrame, notes: dict) -> None:
+    """Write rejected (QUARANTINE) or repaired (REPAIRS) rows with their reasons, in file order."""
     if not notes:
         return
     as_sent = frame.index.equals(dataset.attributes.index)  # False when the job reshaped the table
@@ -116,14 +122,10 @@ def _note(conn, table: str, run_id: int, layer: str, dataset: Dataset, frame: pd
     position = {label: n for n, label in enumerate(source.index, start=1)}
     labels = sorted(notes, key=lambda label: position.get(label, 0))
     geometry = dataset.geometry.loc[labels] if as_sent and dataset.geometry is not None else None
-    rows = [{"run": run_id, "layer": layer, "file": dataset.source, "row": position.get(label) if as_sent else None,
-             "record": record, "reason": notes[label]}
-            for label, record in zip(labels, _records(source.loc[labels], geometry))]
-    columns = "run_id, layer, source_file, row_number, record, reason" if table == "twin.quarantine" \
-        else "run_id, layer, row_number, record, reason"
-    values = ":run, :layer, :file, :row, CAST(:record AS jsonb), :reason" if table == "twin.quarantine" \
-        else ":run, :layer, :row, CAST(:record AS jsonb), :reason"
-    conn.execute(text(f"INSERT INTO {table} ({columns}) VALUES ({values})"), rows)
+    conn.execute(statement, [
+        {"run": run_id, "layer": layer, "file": dataset.source, "row": position.get(label) if as_sent else None,
+         "record": record, "reason": notes[label]}
+        for label, record in zip(labels, _records(source.loc[labels], geometry))])
 
 
 def execute(run: Run, job_name: str, dataset: Dataset, *, layer: str | None = None, crs: str | None = None,
@@ -175,8 +177,8 @@ def execute(run: Run, job_name: str, dataset: Dataset, *, layer: str | None = No
                                f"would delete every feature of '{spec.id}', so nothing was changed")
             set_write_context(run.conn, actor=actor, run_id=run.id)
             counts = merge(run.conn, spec, usable, replace=(mode == "replace"))
-            _note(run.conn, "twin.quarantine", run.id, spec.id, dataset, frame, rejects)
-            _note(run.conn, "twin.etl_repair", run.id, spec.id, dataset, frame, checked.repairs)
+            _note(run.conn, QUARANTINE, run.id, spec.id, dataset, frame, rejects)
+            _note(run.conn, REPAIRS, run.id, spec.id, dataset, frame, checked.repairs)
             totals = {"read": len(dataset.attributes), "inserted": counts.inserted, "updated": counts.updated,
                       "unchanged": counts.unchanged, "deleted": counts.deleted, "repaired": checked.repaired,
                       "quarantined": len(rejects)}

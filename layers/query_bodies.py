@@ -29,7 +29,8 @@ GeoJsonGeometry = Annotated[dict[str, Any], Field(description="a GeoJSON geometr
                                                   examples=[{"type": "Point", "coordinates": [120.45, 31.49]}])]
 PointInput = Annotated[dict[str, Any] | list[Any], Field(description="a GeoJSON Point, or [x, y], in `crs`",
                                                           examples=[[120.45, 31.49]])]
-Scalar = StrictBool | StrictInt | float | StrictStr | None
+Text = Annotated[StrictStr, Field(pattern=r"^[^\x00]*$")]  # PostgreSQL text holds no NUL
+Scalar = StrictBool | StrictInt | float | Text | None
 
 
 class Query(BaseModel):

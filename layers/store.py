@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import shapely
 from psycopg import sql
+from psycopg.copy import QueuedLibpqWriter
 from sqlalchemy.engine import Connection
 
 from layers.catalog import SRID, LayerSpec
@@ -64,7 +65,8 @@ def _csv(frame: pd.DataFrame, cols: list[str]) -> Iterator[bytes]:
 def _copy(cursor, target: sql.Composable, frame: pd.DataFrame, cols: list[str]) -> None:
     statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(
         target, sql.SQL(", ").join(map(_ident, cols)))
-    with cursor.copy(statement) as copy:
+    # a queued writer sends from its own thread, so the next chunk is encoded while the server parses this one
+    with cursor.copy(statement, writer=QueuedLibpqWriter(cursor)) as copy:
         for block in _csv(frame, cols):
             copy.write(block)
 

@@ -32,10 +32,6 @@ class Validated:
     repairs: dict[int, str] = field(default_factory=dict)  # row label -> what was wrong with its geometry
 
 
-def _blank(column: pd.Series) -> pd.Series:
-    return column.isna() | column.astype("string").str.strip().eq("")
-
-
 def _coerce(column: pd.Series, kind: str) -> pd.Series:
     """Typed values, <NA> where a present value cannot be read as `kind`."""
     if kind == "text":
@@ -75,8 +71,9 @@ def _check_fields(spec: LayerSpec, frame: pd.DataFrame, rejects: dict[int, str])
     typed = pd.DataFrame(index=frame.index)
     for f in spec.fields:
         raw = frame[f.name] if f.name in frame else pd.Series(pd.NA, index=frame.index, dtype="object")
-        blank = _blank(raw)
-        value = _coerce(raw.mask(blank), f.type)
+        text = raw.astype("string").str.strip()
+        blank = raw.isna() | text.eq("").fillna(False)
+        value = text.mask(blank) if f.type == "text" else _coerce(raw.mask(blank), f.type)
         label = f"{f.zh} ({f.name})"
         if f.required:
             _reject(rejects, frame.index[blank], f"{label} is required but empty")
@@ -136,7 +133,8 @@ def _check_geometry(spec: LayerSpec, geoms: pd.Series, rejects: dict[int, str]) 
     nonfinite[np.flatnonzero(ok)[np.unique(owner[~np.isfinite(coords).all(axis=1)])]] = True
     _reject(rejects, geoms.index[nonfinite], "geometry has NaN or infinite coordinates")
     ok &= ~nonfinite
-    values[ok] = shapely.force_2d(values[ok])  # layers are 2D; callers report dropped heights
+    raised = ok & shapely.has_z(values)
+    values[raised] = shapely.force_2d(values[raised])  # layers are 2D; callers report dropped heights
     if spec.geometry == "Point":  # a one-point MultiPoint (common in Shapefiles) is that point
         lone = ok & (shapely.get_type_id(values) == shapely.GeometryType.MULTIPOINT.value) \
             & (shapely.get_num_geometries(values) == 1)

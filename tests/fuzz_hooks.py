@@ -19,10 +19,13 @@ def _styles() -> list[str]:
     return sorted(p.stem for p in get_settings().styles_dir.rglob("*.json"))
 
 
+def _layers(raster: bool) -> dict:
+    return {"type": "string", "enum": sorted(s.id for s in catalog().values() if (s.kind == "raster") == raster)}
+
+
 def _identifiers() -> dict[str, dict]:
     grids = sorted(GRIDS.list())
     return {
-        "layer": {"type": "string", "enum": sorted(catalog())},
         "tms": {"type": "string", "enum": grids},
         "tileMatrixSetId": {"type": "string", "enum": grids},
         "job": {"type": "string", "enum": list(JOBS)},
@@ -36,16 +39,19 @@ def _identifiers() -> dict[str, dict]:
 @schemathesis.hook
 def before_load_schema(context, raw_schema: dict) -> None:
     known = _identifiers()
-    for operations in raw_schema.get("paths", {}).values():
+    for path, operations in raw_schema.get("paths", {}).items():
+        layers = _layers(raster=path.startswith("/raster/"))
         for operation in operations.values():
             for parameter in operation.get("parameters", []) if isinstance(operation, dict) else []:
-                if parameter.get("in") == "path" and parameter.get("name") in known:
-                    parameter["schema"] = known[parameter["name"]]
+                if parameter.get("in") == "path" and parameter.get("name") in {"layer", *known}:
+                    parameter["schema"] = layers if parameter["name"] == "layer" else known[parameter["name"]]
 
 
 @schemathesis.hook
 def map_path_parameters(context, path_parameters: dict) -> dict:
     """x and y of a tile: the district's tile at that zoom, nudged by the generated x and y (−1, 0 or +1)."""
+    if not isinstance(path_parameters, dict):
+        return path_parameters
     z, x, y = (path_parameters.get(k) for k in ("z", "x", "y"))
     grid = path_parameters.get("tms") or path_parameters.get("tileMatrixSetId")
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (z, x, y)) or grid not in GRIDS.list():

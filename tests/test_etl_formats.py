@@ -209,3 +209,18 @@ def test_zip_with_several_datasets_asks_which(db, batch, tmp_path):
     assert failed.status == "failed" and "several datasets (a.geojson, b.geojson)" in failed.error
     result = load(db, path, source_layer="b")
     assert result.counts["inserted"] == N - 2
+
+
+def test_tab_separated_text_with_wkt_geometries(db, tmp_path):
+    square = shapely.box(120.40, 31.50, 120.41, 31.51)
+    path = tmp_path / "网格.txt"
+    pd.DataFrame({"网格编码": ["W1", "W2"], "网格名称": ["一", "二"],
+                  "wkt": [square.wkt, "POLYGON ((120.4 31.5, 120.41"]}).to_csv(path, sep="\t", index=False)
+    result = run_file(db, "boundaries", path, layer="grids")
+    assert (result.counts["inserted"], result.counts["quarantined"]) == (1, 1)
+    with db.connect() as conn:
+        stored = conn.execute(text("SELECT ST_AsText(geom) FROM layers.grids WHERE code = 'W1'")).scalar_one()
+        reason = conn.execute(text("SELECT reason FROM twin.quarantine WHERE run_id = :id"),
+                              {"id": result.run_id}).scalar_one()
+    assert shapely.from_wkt(stored).equals(shapely.MultiPolygon([square]))
+    assert reason.startswith("geometry column wkt: cannot read 'POLYGON ((120.4 31.5, 120.41' as WKT")

@@ -5,8 +5,8 @@ connection listening; on each notice (and every few seconds anyway) it reads the
 the last change_id seen and evicts the tiles the ST_Envelope of each row's geometry before
 and after touches, from this worker's memory and from the shared cache (Redis) if there is one.
 Writers are serialised on the change log (migration 0003), so change ids are allocated in commit
-order and a cursor never skips a change that commits late. If the connection drops (or Redis fails an eviction), the caches stop serving and are cleared, and the
-follower reconnects.
+order and a cursor never skips a change that commits late. If the connection drops (or Redis
+fails an eviction), the caches stop serving and are cleared, and the follower reconnects.
 """
 
 import asyncio

@@ -20,7 +20,7 @@ from twin.errors import UNAVAILABLE, ApiError, error_body, unavailable
 
 log = logging.getLogger("twin.tiles")
 TILE_PATH = re.compile(r"^/(?:collections/(?P<layer>[^/]+)/tiles|tiles/onemap)/(?P<tms>[^/]+)/"
-                       r"(?P<z>\d+)/(?P<y>\d+)/(?P<x>\d+)$")
+                       r"(?P<z>[0-9]+)/(?P<y>[0-9]+)/(?P<x>[0-9]+)$")
 
 
 def _asked(match: re.Match, query_string: bytes):

@@ -6,7 +6,10 @@ composed with SQLAlchemy Core (tiles.sources) the first time the shape is asked 
 text with named parameters and kept (least recently used out). A tile of that shape binds its
 envelope and resolution (`tile_values`) beside the plan's own values (filter literals, as_of):
 values are always parameters, never SQL text, and the one text per shape lets the database
-keep it prepared.
+keep it prepared. Except for low zooms of point layers, where every tile is clustered: after five
+runs PostgreSQL would switch a prepared statement to its generic plan, which cannot see how many
+points the tile's envelope holds and clusters a million points twice as slowly. Those are planned
+afresh each time (`prepare` false); planning is nothing beside clustering.
 """
 
 from collections import OrderedDict
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 
 from tiles.settings import TileSettings
-from tiles.sources import LayerRequest, tile_statement, tile_values
+from tiles.sources import LayerRequest, clustered_at, tile_statement, tile_values
 from tiles.tms import TileAddress
 
 DIALECT = PGDialect_psycopg()
@@ -26,6 +29,7 @@ DIALECT = PGDialect_psycopg()
 class TilePlan:
     sql: str  # psycopg's %(name)s placeholders
     values: dict  # the shape's own parameters (filter literals, as_of, limits)
+    prepare: bool  # keep it prepared on each connection
 
     def params(self, tile: TileAddress, settings: TileSettings) -> dict:
         return self.values | tile_values(tile, settings)
@@ -38,7 +42,8 @@ def compile_plan(requests: list[LayerRequest], tile: TileAddress, settings: Tile
     processors = compiled._bind_processors  # type adaptations SQLAlchemy applies on execute (none for most types)
     values = {name: processors[name](value) if name in processors else value
               for name, value in compiled.construct_params().items() if name not in tile_values(tile, settings)}
-    return TilePlan(str(compiled), values)
+    return TilePlan(str(compiled), values,
+                    prepare=not any(clustered_at(r.spec, tile.z, settings) for r in requests))
 
 
 class PlanCache:

@@ -15,7 +15,7 @@ from layers.cql2 import LANGS
 from layers.params import as_of, cql_filter, properties
 from tiles.params import onemap_layers, vector_layer
 from tiles.settings import TileSettings
-from tiles.sources import LayerRequest, clusters
+from tiles.sources import LayerRequest, clustered_at
 from tiles.tms import TileAddress, address
 from twin.errors import ApiError
 
@@ -34,7 +34,7 @@ class TileRequest:
 
     def shape(self, settings: TileSettings) -> tuple:
         """Everything that decides the tile's SQL text (tiles.plans) — all but the tile's place."""
-        layers = tuple((spec.id, names, clusters(spec) and self.tile.z < spec.minzoom + settings.cluster_zooms)
+        layers = tuple((spec.id, names, clustered_at(spec, self.tile.z, settings))
                        for spec, names in zip(self.layers, self.properties))
         return self.tile.tms, layers, self.moment, self.filter
 

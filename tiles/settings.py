@@ -18,7 +18,6 @@ class TileSettings(BaseSettings):
     live_cache_control: str = "public, no-cache"
     past_cache_control: str = "public, max-age=31536000, immutable"
     poll_seconds: float = 5.0  # the change listener also polls, in case a NOTIFY is missed
-    pool_size: int = 8  # database connections of the tile renderer (tiles.render), per worker
     plans: int = 512  # tile SQL texts kept compiled, one per shape (tiles.plans)
     redis_ttl_s: int = 7 * 24 * 3600  # how long a tile stays in the shared cache (with TWIN_REDIS_URL)
 

@@ -43,7 +43,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.classify_water = classify_frame  # layers.series classifies aggregates without importing etl
-    errors.install(app)
     app.include_router(health.router(lambda: [s for s in catalog().values() if s.kind != "raster"]))
     app.include_router(collection_routes.router)
     for history_router in (change_routes.router, diff_routes.router, edit_routes.router, revert_routes.router):
@@ -56,4 +55,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(etl_routes.router)
     tile_server.install(app)
     viewer.install(app)
+    errors.install(app)  # last, so its URL check is the outermost middleware
     return app

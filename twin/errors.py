@@ -57,7 +57,58 @@ def unavailable(exc: Exception) -> ApiError:
                     "overloaded); retry shortly.", headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
+ERROR_SCHEMA = {"type": "object", "required": ["code", "description"], "properties": {
+    "code": {"type": "string", "description": "what went wrong, for programs"},
+    "description": {"type": "string", "description": "what went wrong and what to do, for people"},
+    "where": {"description": "the parameter or body member at fault; for invalid input a list of {where, problem}"},
+}}
+INVALID_INPUT = {"description": "Invalid input: what was wrong and where",
+                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _document_errors(schema: dict) -> None:
+    """FastAPI documents invalid input as a 422 with its own body; this API answers a 400 with ours."""
+    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            ref = responses.get("422", {}).get("content", {}).get("application/json", {}).get("schema", {})
+            if ref.get("$ref", "").endswith("/HTTPValidationError"):
+                del responses["422"]
+                responses.setdefault("400", INVALID_INPUT)
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    schemas["Error"] = ERROR_SCHEMA
+
+
+class NoNulInUrl:
+    """PostgreSQL text cannot hold a NUL character, so no value with one can match or be stored: a URL
+    carrying one (`%00`) is answered 400 before any router sees it."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            where = "path" if "\x00" in scope["path"] else "query" if b"%00" in scope["query_string"] else None
+            if where:
+                response = JSONResponse(_body("invalid_parameter", "The URL holds a NUL character (%00), which "
+                                              "no value may contain.", where), status_code=400)
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
 def install(app: FastAPI) -> None:
+    app.add_middleware(NoNulInUrl)
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            _document_errors(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi
+
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
         headers = exc.headers

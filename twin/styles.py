@@ -16,7 +16,7 @@ import json
 import re
 from pathlib import Path
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from twin.errors import ApiError
@@ -150,7 +150,8 @@ async def list_styles(request: Request):
                                                       "href": f"{base}/styles"}]}, headers=NO_STORE)
 
 
-@router.get("/styles/{name}")
+@router.get("/styles/{name}", response_class=Response,
+            responses={200: {"content": {STYLE_TYPE: {}}, "description": "A MapLibre style document"}})
 async def get_style(name: str, request: Request):
     directory = _directory(request)
     style = load(directory, name)

@@ -2,8 +2,6 @@
 
 import pandas as pd
 
-from layers.codes import split_component_code
-
 LAYERS = ("city_components",)
 ALIASES = {"部件编码": "code", "标识码": "code", "objcode": "code", "bjbm": "code", "部件类型": "class_name",
            "部件名称": "class_name", "状态": "status", "权属单位": "owner_unit", "所属街道": "street_code",
@@ -15,8 +13,9 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
     if "code" not in frame:
         return frame
     codes = frame["code"].astype("string").str.strip()
-    shaped = codes.str.fullmatch(r"\d{16}", na=False)
-    for column, part in (("major_class", 1), ("minor_class", 2)):
-        derived = codes.where(shaped).map(lambda c: split_component_code(c)[part], na_action="ignore")
+    codes = codes.where(codes.str.fullmatch(r"\d{16}", na=False))
+    # GB/T 30428: county code (6) + 大类 (2) + 小类 (2) + serial (6), see layers.codes.split_component_code
+    for column, start in (("major_class", 6), ("minor_class", 8)):
+        derived = codes.str.slice(start, start + 2)
         frame[column] = frame[column].where(frame[column].notna(), derived) if column in frame else derived
     return frame

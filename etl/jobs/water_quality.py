@@ -29,6 +29,7 @@ def _long_to_wide(frame: pd.DataFrame) -> pd.DataFrame:
         names = ", ".join(sorted(set(frame.loc[unknown, parameter].astype(str)))[:5])
         raise ValueError(f"unknown water-quality parameters in column {parameter!r}: {names}")
     keys = [c for c in frame.columns if c not in (parameter, value, "_field")]
+    frame[keys] = frame[keys].astype("object").fillna("")  # grouping drops NaN keys; blank ones get rejected
     return frame.pivot_table(index=keys, columns="_field", values=value, aggfunc="first").reset_index()
 
 
