@@ -56,6 +56,9 @@ def tile_set(url: str, count: int) -> list[tuple[str, morecantile.Tile]]:
     for z in ZOOMS:
         if z not in dense:
             chosen += [("city_components", t) for t in by_zoom[z]]
+    if count < len(chosen) + len(dense):
+        raise SystemExit(f"--tiles must be at least {len(chosen) + len(dense)}: every tile of zooms 6–"
+                         f"{min(dense) - 1} is in the set")
     rng = random.Random(42)
     share = (count - len(chosen)) // len(dense)
     for i, z in enumerate(dense):

@@ -186,7 +186,9 @@ def test_a_large_layer_streams_in_bounded_memory(server, engine):
     _peak_growth(process, url)  # the first run warms up the code paths and the allocator
     size, growth, headers = _peak_growth(process, url)
     assert headers.get("transfer-encoding") == "chunked" and "content-length" not in headers
-    assert size > 30_000_000 and growth < size / 4, f"server memory grew {growth / 1e6:.1f} MB for {size / 1e6:.1f} MB"
+    # A buffered body would grow the server by at least its size; a streamed one by a few row chunks,
+    # plus allocator noise that reached ~9 MB on a busy 2-core machine.
+    assert size > 30_000_000 and growth < size / 2, f"server memory grew {growth / 1e6:.1f} MB for {size / 1e6:.1f} MB"
     csv = httpx.get(f"{server}/collections/water_quality/export?f=csv", timeout=60)
     assert csv.headers["transfer-encoding"] == "chunked" and csv.text.count("\r\n") == readings + 1
 
