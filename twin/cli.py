@@ -12,6 +12,7 @@ from rich.table import Table
 from tiles import cli as tiles_cli
 from twin.cluster import Cluster, ClusterError
 from twin.db import DatabaseError, check_database, database_url, migrate, sync_engine
+from twin.logs import configure
 from twin.settings import get_settings
 
 app = typer.Typer(help="OneMap Twin — the one-map (一张图) server of Wuxi Xinwu.", no_args_is_help=True,
@@ -27,6 +28,12 @@ app.add_typer(etl_app, name="etl")
 app.add_typer(tiles_cli.app, name="tiles")
 console = Console()
 err = Console(stderr=True)
+
+
+@app.callback()
+def main() -> None:
+    """OneMap Twin — the one-map (一张图) server of Wuxi Xinwu."""
+    configure(get_settings())
 
 
 def fail(message: str) -> None:
