@@ -3,7 +3,8 @@
 Each case fetches one page over HTTP from the server and, when --tipg is given, from a tipg
 serving the same database (collection ids `layers.<layer>`), checks both return the same
 number of features, and times PostGIS writing the same page of GeoJSON features in one
-statement (the floor: no count, no HTTP).
+statement (the floor: no count, no HTTP). Then the bbox page's throughput under --clients
+concurrent clients, for both servers.
 
     .venv/bin/python -m bench.features --url http://127.0.0.1:8000 --tipg http://127.0.0.1:8081 --runs 20
 
@@ -13,6 +14,7 @@ tipg is not a dependency; run it from its own environment, e.g.
 
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import psycopg
@@ -47,9 +49,27 @@ def _median(times: list[float]) -> str:
     return f"{statistics.median(times):7.1f} ms"
 
 
+def _throughput(get, clients: int, seconds: float) -> float:
+    """Pages per second with `clients` threads each fetching pages for `seconds`."""
+    deadline = time.perf_counter() + seconds
+
+    def client() -> int:
+        done = 0
+        with httpx.Client(timeout=60) as http:
+            while time.perf_counter() < deadline:
+                get(http)
+                done += 1
+        return done
+
+    with ThreadPoolExecutor(clients) as pool:
+        return sum(pool.map(lambda _: client(), range(clients))) / seconds
+
+
 def main(url: str = typer.Option("http://127.0.0.1:8000", help="this server"),
          tipg: str = typer.Option("", help="a tipg serving the same database (optional)"),
-         runs: int = typer.Option(20, min=1, help="timed runs per case, after one warm-up")) -> None:
+         runs: int = typer.Option(20, min=1, help="timed runs per case, after one warm-up"),
+         clients: int = typer.Option(8, min=1, help="concurrent clients for the throughput of the bbox page"),
+         seconds: float = typer.Option(20, help="how long each throughput run lasts")) -> None:
     with httpx.Client(timeout=60) as http, psycopg.connect(database_url()) as conn:
         for layer, query, sql in CASES:
             page = lambda base, collection: http.get(  # noqa: E731
@@ -62,7 +82,13 @@ def main(url: str = typer.Option("http://127.0.0.1:8000", help="this server"),
                 assert same == returned, f"tipg returned {same} features, we {returned}"
                 line += f"   tipg {_median(theirs)}"
             assert rows == returned, f"SQL floor returned {rows} features, we {returned}"
-            print(line)
+            print(line, f"  ours p99 {statistics.quantiles(ours, n=100)[98]:7.1f} ms" if len(ours) > 1 else "")
+        layer, query, _ = next(case for case in CASES if "bbox" in case[1])
+        for name, base, collection in (("ours", url, layer), ("tipg", tipg, f"layers.{layer}")):
+            if base:
+                rate = _throughput(lambda h: h.get(f"{base}/collections/{collection}/items?{query}").raise_for_status(),
+                                   clients, seconds)
+                print(f"throughput, {clients} clients, {layer} {query}: {name} {rate:6.1f} pages/s")
 
 
 if __name__ == "__main__":
