@@ -45,9 +45,10 @@ ELSEWHERE = {
     ("GET", "/raster/{layer}/statistics", "ST101"): "tiles/raster.py: expression naming a missing band → IndexError",
     ("GET", "/raster/{layer}/tiles/{tileMatrixSetId}/{z}/{x}/{y}", "ST101"): "tiles/raster.py: same IndexError",
     ("GET", "/raster/{layer}/tiles/{tileMatrixSetId}/{z}/{x}/{y}.{format}", "ST101"): "tiles/raster.py: same",
-    ("GET", "/raster/{layer}/point/{lon},{lat}", "ST101"): "tiles/raster.py: same IndexError",
-    ("POST", "/raster/{layer}/statistics", "ST101"): "tiles/raster.py: same IndexError",
+    ("GET", "/raster/{layer}/{tileMatrixSetId}/tilejson.json", "ST101"): "tiles/raster.py: minzoom=-6934646 → 500",
+    ("POST", "/raster/{layer}/statistics", "ST101"): "tiles/raster.py: a null geometry or a missing band → 500",
     ("GET", "/raster/{layer}/tiles/{tileMatrixSetId}", "ST101"): "tiles/raster.py: maxzoom=556620834467808 → 500",
+    ("POST", "/etl/runs/{run_id}/revert", "ST101"): "layers/revert.py: a raster run → UndefinedTable layers.imagery",
 }
 UNUSABLE_SCHEMA = {("GET", "/raster/{layer}/info"): "titiler's Info model: `items` given as a list (invalid in 3.1)"}
 
@@ -147,6 +148,7 @@ WITHIN_NAMED = {"layer": "pollution_sources", "distance": 100, "of": {"layer": "
     ("GET", "/collections/water_quality/series?station=a%00b", None, "query"),  # NUL: psycopg refuses it
     ("GET", "/collections/rivers/items?filter=name%3D'a%00'", None, "query"),
     ("GET", "/collections/rivers/items/1%00", None, "path"),
+    ("GET", "/collections/rivers/tiles/WebMercatorQuad/12/1669/3418?filter=name%3D'a%00'", None, "query"),
     ("POST", "/query/within", WITHIN_NAMED, "body.of.where.name"),
 ])
 def test_inputs_the_fuzzer_found_are_400s(http, method, path, body, where):

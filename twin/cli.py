@@ -338,7 +338,7 @@ def demo(serve: bool = typer.Option(True, help="serve the API after loading"),
 
 def run_server(host: str, port: int, workers: int) -> None:
     base = f"http://{host}:{port}"
-    console.print(f"OneMap Twin on {base}\n  API         {base}/\n  docs        {base}/docs\n"
+    console.print(f"OneMap Twin on {base}\n  map         {base}/map\n  API         {base}/\n  docs        {base}/docs\n"
                   f"  collections {base}/collections\n  health      {base}/health")
     argv = [sys.executable, "-m", "uvicorn", "--factory", "twin.app:create_app", "--host", host, "--port", str(port),
             "--workers", str(workers), "--proxy-headers", "--no-access-log"]
