@@ -7,8 +7,8 @@ layer (or `fid`), every value one value or a list of values (any of them), null 
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, TypeAdapter, \
-    ValidationError, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, \
+    TypeAdapter, ValidationError, model_validator
 from sqlalchemy import or_
 
 from layers.catalog import LayerSpec

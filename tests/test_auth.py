@@ -96,7 +96,8 @@ def test_a_request_without_a_key_is_401(api):
 def test_a_malformed_unknown_wrong_or_revoked_key_is_401(api, keys):
     ecology = keys["ecology"]
     prefix = ecology.split("_")[1]
-    for key in ("garbage", "\t x", "twin_", "twin__secret", f"twin_{prefix}_", "twin_ab cd_secret", "twin_ab-cd_" + "y" * 40,
+    for key in ("garbage", "\t x", "twin_", "twin__secret", f"twin_{prefix}_", "twin_ab cd_secret",
+                "twin_ab-cd_" + "y" * 40,
                 f"twin_00000000_{ecology.split('_', 2)[2]}", wrong_secret(ecology), ecology + "x", keys["revoked"],
                 "twin_" + "a" * 5000 + "_secret"):
         for response in writes(api, bearer(key), "BAD"):
