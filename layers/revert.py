@@ -104,6 +104,9 @@ def revert_run(conn: Connection, run_id: int) -> Reverted:
         raise RevertError(409, "run_not_succeeded", f"Run {run_id} is {run.status}: only a succeeded run "
                           "changed anything, so only one can be reverted.")
     spec = get_layer(run.layer)
+    if spec is None or spec.kind == "raster":
+        raise RevertError(409, "not_revertible", f"Run {run_id} loaded {run.layer!r}, which has no feature history; "
+                          "load the previous file again instead.")
     conn.execute(select(func.twin.claim_change_log()))
     plan = _plan(spec, run_id)
     conflicts = _conflicts(conn, spec, plan)

@@ -317,6 +317,7 @@ def test_diff_between_two_moments(site):
 def test_reverting_a_run_restores_inserts_updates_and_deletes(site, replica):
     engine, api = site["engine"], site["api"]
     kept, edited = post(site, next(serials), 120.94, 32.07), post(site, next(serials), 120.95, 32.07)
+    post(site, next(serials), 120.97, 32.07)  # at least one feature the replace run deletes, whatever ran before
     before = snapshot(engine)
     keep = file_row(before[kept][0], 120.94, 32.07)
     edit = file_row(before[edited][0], 120.951, 32.071) | {"name": "改过的名字"}
@@ -381,3 +382,14 @@ def test_revert_errors(site):
     assert failed.status == "failed"
     response = api.post(f"/etl/runs/{failed.run_id}/revert", headers=key)
     assert response.status_code == 409 and response.json()["code"] == "run_not_succeeded"
+
+
+def test_a_raster_run_is_not_revertible(site):
+    from twin.auth import create_key
+
+    with site["engine"].begin() as conn:
+        run = conn.execute(text("INSERT INTO twin.etl_run (job, layer, mode, actor, status) "
+                                "VALUES ('imagery', 'imagery', 'replace', 'test', 'succeeded') RETURNING id")).scalar()
+        admin = create_key(conn, "管理员", [], is_admin=True)
+    response = site["api"].post(f"/etl/runs/{run}/revert", headers=bearer(admin))
+    assert response.status_code == 409 and response.json()["code"] == "not_revertible"

@@ -48,7 +48,6 @@ ELSEWHERE = {
     ("GET", "/raster/{layer}/{tileMatrixSetId}/tilejson.json", "ST101"): "tiles/raster.py: minzoom=-6934646 → 500",
     ("POST", "/raster/{layer}/statistics", "ST101"): "tiles/raster.py: a null geometry or a missing band → 500",
     ("GET", "/raster/{layer}/tiles/{tileMatrixSetId}", "ST101"): "tiles/raster.py: maxzoom=556620834467808 → 500",
-    ("POST", "/etl/runs/{run_id}/revert", "ST101"): "layers/revert.py: a raster run → UndefinedTable layers.imagery",
 }
 UNUSABLE_SCHEMA = {("GET", "/raster/{layer}/info"): "titiler's Info model: `items` given as a list (invalid in 3.1)"}
 
