@@ -5,10 +5,7 @@ an existing PostGIS instead (it must be disposable: tests write to it)."""
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -81,26 +78,10 @@ def loaded(engine):
 @pytest.fixture(scope="session")
 def server(loaded, database_url, data_dir):
     """The real app under uvicorn on a free loopback port."""
-    port = _free_port()
-    env = os.environ | {"TWIN_DATABASE_URL": database_url, "TWIN_DATA_DIR": str(data_dir)}
-    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "twin.app:create_app",
-                                "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
-                               env=env, cwd=REPO, stdin=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError("the server did not start")
-        time.sleep(0.2)
-    yield base
-    process.terminate()
-    process.wait(timeout=10)
+    from tests.server_support import logged_server
+
+    with logged_server(database_url, data_dir, data_dir / "server.log") as base:
+        yield base
 
 
 @pytest.fixture

@@ -1,21 +1,17 @@
 """Helpers for the ETL tests: a private, migrated database per test module (the ETL tests write to
 layers that other modules count), component codes, and what a load stored."""
 
-import os
-import socket
-import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import numpy as np
 import psycopg
 import pyproj
 from sqlalchemy import create_engine, text
 
 from layers.codes import component_classes
+from tests.server_support import logged_server
 from twin.db import migrate
 
 GEOD = pyproj.Geod(ellps="WGS84")
@@ -92,27 +88,5 @@ def change_count(engine, run_id: int) -> int:
 @contextmanager
 def serve(database_url: str, data_dir: Path, **settings: str):
     """The real app under uvicorn on a free port, on the given database, with extra TWIN_ settings."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = os.environ | {"TWIN_DATABASE_URL": database_url, "TWIN_DATA_DIR": str(data_dir)}
-    env |= {f"TWIN_{k.upper()}": v for k, v in settings.items()}
-    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "twin.app:create_app",
-                                "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
-                               env=env, cwd=REPO, stdin=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    try:
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.2)
+    with logged_server(database_url, data_dir, data_dir / f"etl-server-{time.monotonic_ns()}.log", **settings) as base:
         yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
