@@ -200,7 +200,7 @@ def main(components: int = typer.Option(1_000_000, help="city components in the 
         with tile_peers.nginx(static, work / "nginx") as web:
             warm = {"this server (cache hit)": tile_peers.wrk(ours, ours_paths, work, seconds, connections),
                     "nginx, static files": tile_peers.wrk(web, ours_paths, work, seconds, connections)}
-        print(f"\nWarm, wrk, {connections} connections, {seconds} s, cycling through the 500 tiles\n")
+        print(f"\nWarm, wrk, {connections} connections, {seconds} s, cycling through the {len(cases)} tiles\n")
         print("| server | tiles/s | p50 ms | p99 ms |\n| --- | ---: | ---: | ---: |")
         for name, result in warm.items():
             print(f"| {name} | {result['rate']:.0f} | {result['p50']:.2f} | {result['p99']:.2f} |")
