@@ -6,6 +6,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
 import psycopg
 import pyproj
 from sqlalchemy import create_engine, text
@@ -90,3 +91,16 @@ def serve(database_url: str, data_dir: Path, **settings: str):
     """The real app under uvicorn on a free port, on the given database, with extra TWIN_ settings."""
     with logged_server(database_url, data_dir, data_dir / f"etl-server-{time.monotonic_ns()}.log", **settings) as base:
         yield base
+
+
+def database_fixture(name: str):
+    """A module-scoped fixture: an engine on a private database `name`, dropped afterwards."""
+
+    @pytest.fixture(scope="module")
+    def db(database_url):
+        engine = engine_for(private_database(database_url, name))
+        yield engine
+        engine.dispose()
+        drop_database(database_url, name)
+
+    return db

@@ -16,20 +16,15 @@ from sqlalchemy import text
 
 from etl.offset import wgs84_to_bd09, wgs84_to_gcj02
 from etl.run import run_file
-from tests.etl_support import (GEOD, component_codes, district_points, drop_database, engine_for, max_offset_m,
-                               private_database, run_row, stored_points)
+from tests.etl_support import (GEOD, component_codes, database_fixture, district_points, max_offset_m,
+                               run_row, stored_points)
 
 N = 6
 DB = "twin_etl_formats"
 _batches = itertools.count(1)
 
 
-@pytest.fixture(scope="module")
-def db(database_url):
-    engine = engine_for(private_database(database_url, DB))
-    yield engine
-    engine.dispose()
-    drop_database(database_url, DB)
+db = database_fixture(DB)
 
 
 @dataclass

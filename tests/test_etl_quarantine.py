@@ -9,19 +9,14 @@ import shapely
 from sqlalchemy import text
 
 from etl.run import run_file
-from tests.etl_support import component_codes, drop_database, engine_for, private_database, quarantine, run_row
+from tests.etl_support import component_codes, database_fixture, quarantine, run_row
 
 DB = "twin_etl_quarantine"
 LON, LAT = 120.40, 31.52
 TO_4549 = pyproj.Transformer.from_crs(4490, 4549, always_xy=True)
 
 
-@pytest.fixture(scope="module")
-def db(database_url):
-    engine = engine_for(private_database(database_url, DB))
-    yield engine
-    engine.dispose()
-    drop_database(database_url, DB)
+db = database_fixture(DB)
 
 
 def test_reasons_for_a_table_of_bad_rows(db, tmp_path):

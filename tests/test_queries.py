@@ -6,18 +6,13 @@ containment from shapely. Then plausibility over the bundled district, as_of, ba
 a statement timeout becoming a 503.
 """
 
-import os
-import socket
-import subprocess
-import sys
-import time
 import httpx
 import pytest
 import shapely
 from pyproj import Geod, Transformer
 from sqlalchemy import text
 
-from tests.conftest import REPO
+from tests.server_support import logged_server
 
 GEOD = Geod(ellps="GRS80")  # the CGCS2000 ellipsoid, to 1e-11 in flattening
 LON0, LAT0 = 120.95, 31.25
@@ -478,29 +473,8 @@ def test_too_many_results_is_a_422_with_a_hint_and_counts_still_work(http, engin
             conn.execute(text("DELETE FROM layers.city_components WHERE code LIKE 'QT-BULK-%'"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_query_stopped_by_the_statement_timeout_is_a_503_with_retry_after(database_url, data_dir, loaded):
-    port = _free_port()
-    env = os.environ | {"TWIN_DATABASE_URL": database_url, "TWIN_DATA_DIR": str(data_dir),
-                        "TWIN_STATEMENT_TIMEOUT_MS": "300"}
-    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "twin.app:create_app", "--host",
-                                "127.0.0.1", "--port", str(port), "--no-access-log"], env=env, cwd=REPO,
-                               stdin=subprocess.DEVNULL)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/query", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-            assert process.poll() is None and time.monotonic() < deadline, "the server did not start"
+    with logged_server(database_url, data_dir, data_dir / "timeout-server.log", statement_timeout_ms="300") as base:
         every_pair = {"layer": "city_components", "distance": 50_000, "geometries": False,
                       "of": {"layer": "rivers", "where": {}}}  # ~270,000 geodesic distances: seconds of work
         response = httpx.post(f"{base}/query/within", json=every_pair, timeout=30)
@@ -508,9 +482,6 @@ def test_a_query_stopped_by_the_statement_timeout_is_a_503_with_retry_after(data
         assert response.json()["code"] == "query_timeout" and int(response.headers["retry-after"]) > 0
         quick = httpx.post(f"{base}/query/at", json={"point": [120.45, 31.49], "layers": ["districts"]}, timeout=30)
         assert quick.status_code == 200
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_as_of_must_be_a_moment_and_before_the_data_there_is_none(http):

@@ -2,17 +2,15 @@
 only catalog layers and fields, and is read from disk on each request."""
 
 import json
-import os
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import REPO, _free_port
+from tests.conftest import REPO
+from tests.server_support import logged_server
 
 VALIDATOR = REPO / "node_modules" / ".bin" / "gl-style-validate"
 # Attributes the tiles add beside the catalog's fields: clusters' size and the viewer's station class.
@@ -154,25 +152,8 @@ def styles_server(loaded, database_url, data_dir, tmp_path_factory):
     """A second server reading its styles from a copy we can edit."""
     directory = tmp_path_factory.mktemp("styles")
     shutil.copytree(REPO / "styles", directory, dirs_exist_ok=True)
-    port = _free_port()
-    env = os.environ | {"TWIN_DATABASE_URL": database_url, "TWIN_DATA_DIR": str(data_dir),
-                        "TWIN_STYLES_DIR": str(directory)}
-    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "twin.app:create_app", "--host",
-                                "127.0.0.1", "--port", str(port), "--no-access-log"], env=env, cwd=REPO,
-                               stdin=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/styles", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None and time.monotonic() < deadline, "the styles server did not start"
-        time.sleep(0.2)
-    yield base, directory
-    process.terminate()
-    process.wait(timeout=10)
+    with logged_server(database_url, data_dir, directory / "server.log", styles_dir=str(directory)) as base:
+        yield base, directory
 
 
 def test_a_style_edited_on_disk_is_served_without_restart(styles_server):
