@@ -209,6 +209,17 @@ def _print_result(result) -> None:
         console.print(f"[yellow]source columns not loaded (no matching field):[/] {', '.join(result.ignored)}")
 
 
+def _cli_actor(department: str | None) -> str:
+    return f"cli:{department or os.environ.get('USER', 'unknown')}"
+
+
+def _finish(result) -> None:
+    """Print a run's summary; a run that did not succeed ends the command with a non-zero status."""
+    _print_result(result)
+    if result.status != "succeeded":
+        raise typer.Exit(1)
+
+
 @etl_app.command("run")
 def etl_run(job: str, file: Path, crs: str = typer.Option(None, help="source CRS: EPSG code, GCJ02 or BD09"),
             layer: str = typer.Option(None, help="target layer (default: the job's first)"),
@@ -221,13 +232,11 @@ def etl_run(job: str, file: Path, crs: str = typer.Option(None, help="source CRS
     with console.status("starting") as status:
         try:
             result = run_file(sync_engine(), job, file, layer=layer, crs=crs, mode=mode, department=department,
-                              actor=f"cli:{department or os.environ.get('USER', 'unknown')}",
+                              actor=_cli_actor(department),
                               source_layer=source_layer, progress=lambda stage: status.update(stage))
         except JobError as e:
             fail(str(e))
-    _print_result(result)
-    if result.status != "succeeded":
-        raise typer.Exit(1)
+    _finish(result)
 
 
 @etl_app.command("runs")
@@ -255,12 +264,10 @@ def etl_raster(file: Path, layer: str = typer.Option("imagery", help="the raster
         try:
             result = run_raster(sync_engine(), file, layer=layer, raster_dir=get_settings().data_dir / "rasters",
                                 department=department,
-                                actor=f"cli:{department or os.environ.get('USER', 'unknown')}")
+                                actor=_cli_actor(department))
         except JobError as e:
             fail(str(e))
-    _print_result(result)
-    if result.status != "succeeded":
-        raise typer.Exit(1)
+    _finish(result)
 
 
 @etl_app.command("quarantine")
