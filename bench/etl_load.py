@@ -151,6 +151,7 @@ def main(components: int = typer.Option(1_000_000, min=1), data: Path = typer.Op
         if cluster:
             cluster.destroy()
         shutil.rmtree(scratch, ignore_errors=True)
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     rate = lambda seconds: f"{components / seconds:,.0f} rows/s"  # noqa: E731
     print(f"| load of {components:,} points | seconds | rate | peak RSS |")
     print("| --- | ---: | ---: | ---: |")

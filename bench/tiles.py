@@ -4,9 +4,8 @@
 
 The data: a throwaway PostGIS cluster in $TMPDIR/twin-bench-tiles with the district and 1,000,000
 generated city components, loaded through the ETL (kept for the next run; `--fresh` rebuilds it).
-The tiles: 500 Web Mercator tiles over the city components' extent, city components at zooms
-10–16 (every tile of 10–13, an even sample of 14–16) and rivers at 6–9 (city components are not
-drawn below zoom 10: catalog minzoom; their tiles there are 404s).
+The tiles: 500 Web Mercator tiles of city components over their extent at zooms 6–16 (every tile
+of 6–13, an even sample of 14–16).
 
 - floor: our tile's own SQL (the same text and parameters, tiles.plans) run by psycopg on one
   connection, prepared as the server prepares it, binary results, the server's session options,
@@ -41,8 +40,7 @@ import typer
 from bench import tile_peers
 
 MERCATOR = morecantile.tms.get("WebMercatorQuad")
-WIDE_ZOOMS = range(6, 10)  # rivers
-ZOOMS = range(10, 17)  # city components
+ZOOMS = range(6, 17)
 
 
 def tile_set(url: str, count: int) -> list[tuple[str, morecantile.Tile]]:
@@ -50,7 +48,7 @@ def tile_set(url: str, count: int) -> list[tuple[str, morecantile.Tile]]:
     with psycopg.connect(url) as conn:
         extent = conn.execute("SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) FROM "
                               "(SELECT ST_Extent(geom) e FROM layers.city_components) s").fetchone()
-    chosen = [("rivers", t) for t in MERCATOR.tiles(*extent, list(WIDE_ZOOMS))]
+    chosen = []
     by_zoom = {z: list(MERCATOR.tiles(*extent, [z])) for z in ZOOMS}
     dense = [z for z in ZOOMS if len(by_zoom[z]) > 200]
     for z in ZOOMS:
@@ -79,18 +77,19 @@ class Floor:
     """Our tile SQL straight from a client: plan text and parameters as the server binds them."""
 
     def __init__(self, url: str):
-        from tiles.plans import PlanCache, compile_plan
+        from tiles.plans import PlanCache, compile_plan, plan_shape
         from tiles.request import layer_tile
         from tiles.settings import tile_settings
         from twin.db import session_options
         from twin.settings import get_settings
 
-        self.settings, self.plans, self.compile, self.ask = tile_settings(), PlanCache(512), compile_plan, layer_tile
+        self.settings, self.plans, self.ask = tile_settings(), PlanCache(512), layer_tile
+        self.compile, self.shape = compile_plan, plan_shape
         self.conn = psycopg.connect(url, autocommit=True, options=session_options(get_settings()))
 
     def __call__(self, layer: str, t: morecantile.Tile) -> bytes:
         request = self.ask(layer, "WebMercatorQuad", t.z, t.y, t.x, {})
-        plan = self.plans.get(request.shape(self.settings),
+        plan = self.plans.get(self.shape(request, self.settings),
                               lambda: self.compile(request.layer_requests(), request.tile, self.settings))
         row = self.conn.execute(plan.sql, plan.params(request.tile, self.settings), prepare=plan.prepare,
                                 binary=True).fetchone()
@@ -212,7 +211,7 @@ def main(components: int = typer.Option(1_000_000, help="city components in the 
                 ("this server, city components z8", our_client, our_path("city_components", centre)),
                 ("this server, one-map z8", our_client, f"/tiles/onemap/WebMercatorQuad/8/{centre.y}/{centre.x}"),
                 *((f"this server, city components z{z} (clustered)", our_client,
-                   our_path("city_components", MERCATOR.tile(120.43, 31.50, z))) for z in (10, 11))):
+                   our_path("city_components", MERCATOR.tile(120.43, 31.50, z))) for z in (6, 10, 11))):
             ms, (status, body, _) = timed(client, f"{path}?run=low{run}")
             print(f"  {name:<46} {status}  {ms:8.1f} ms  {len(body):>8} bytes")
 

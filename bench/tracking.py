@@ -1,15 +1,20 @@
 """What change tracking costs: bulk writes with the history triggers against the same writes with
-them disabled (the floor), and a bbox read of the layer as of a past moment against the current one.
+them disabled (the floor), under the full change log of migration 0003 and the lean one of 0007, side
+by side; and a bbox read of the layer as of a past moment against the current one.
 
-Runs in a scratch database created next to the configured one (and dropped after), so a running
-server is never blocked. Writes go through `layers.store.merge`, the ETL's own path.
+Runs in scratch databases created next to the configured one (and dropped after), so a running server
+is never blocked. Writes go through `layers.store.merge`, the ETL's own path. The as-of read runs on
+`--as-of-features` features with `--versions` versions each, written straight into the layer and its
+history by SQL with the triggers off (their validity ranges as the triggers would have set them), then
+indexed and analysed; the current layer gets the same data, so only the history differs.
 
-    .venv/bin/python -m bench.tracking --rows 100000 --rounds 3 --runs 15
+    .venv/bin/python -m bench.tracking --rows 100000 --repeat 3 --as-of-features 1000000 --versions 10
 """
 
+import os
 import statistics
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
@@ -23,9 +28,12 @@ from layers.store import merge
 from layers.tables import bbox_filter, source
 from twin.db import database_url, migrate
 
-SCRATCH = "twin_bench_tracking"
 LAYER = get_layer("city_components")
 BOX = (120.40, 31.50, 120.45, 31.55)
+OURS = ("begin_change", "refuse_truncate", "stamp_insert", "bump_version", "record_insert", "record_update",
+        "record_delete")
+SCHEMAS = {"0003 full log": "0006", "0007 lean log": "0007"}  # label: revision migrated to
+START = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
 
 def _frame(rows: int, status: str, seed: int) -> pd.DataFrame:
@@ -44,11 +52,19 @@ def _timed(engine, work) -> float:
     return time.perf_counter() - start
 
 
-def _writes(engine, rows: int, tracked: bool) -> dict[str, float]:
-    """Seconds to insert, update and delete `rows` features, with or without the triggers."""
-    switch = "ENABLE" if tracked else "DISABLE"
+def _triggers(conn, enabled) -> None:
+    """Enable the named user triggers of the layer, disable the others."""
+    names = conn.execute(text("SELECT tgname FROM pg_trigger WHERE tgrelid = CAST(:t AS regclass) "
+                              "AND NOT tgisinternal"), {"t": LAYER.table}).scalars().all()
+    for name in names:
+        switch = "ENABLE" if name in enabled else "DISABLE"
+        conn.execute(text(f'ALTER TABLE {LAYER.table} {switch} TRIGGER "{name}"'))
+
+
+def _writes(engine, rows: int, enabled) -> dict[str, float]:
+    """Seconds to insert, update and delete `rows` features with the `enabled` triggers on."""
     with engine.begin() as conn:
-        conn.execute(text(f"ALTER TABLE {LAYER.table} {switch} TRIGGER USER"))
+        _triggers(conn, enabled)
     times = {"insert": _timed(engine, lambda conn: merge(conn, LAYER, _frame(rows, "完好", 1))),
              "update": _timed(engine, lambda conn: merge(conn, LAYER, _frame(rows, "破损", 1))),
              "delete": _timed(engine, lambda conn: conn.execute(text(f"DELETE FROM {LAYER.table}")))}
@@ -57,56 +73,115 @@ def _writes(engine, rows: int, tracked: bool) -> dict[str, float]:
     return times
 
 
-def _reads(engine, rows: int, rounds: int, runs: int) -> list[tuple[str, int, float]]:
-    """Median ms of a bbox count now and as of moments, after `rounds` full updates built the history."""
-    moments = []
-    for n in range(rounds + 1):
-        with engine.begin() as conn:
-            merge(conn, LAYER, _frame(rows, f"状态{n}", n))
-        moments.append(datetime.now(timezone.utc))
-    with engine.begin() as conn:
-        conn.execute(text(f"ANALYZE {LAYER.table}; ANALYZE history.{LAYER.id}"))
-    cases = [("current", None), ("as of the first load", moments[0]), ("as of the middle", moments[rounds // 2]),
-             ("as of the last update", moments[-1])]
-    results = []
+def _versions(engine, features: int, versions: int) -> list[datetime]:
+    """`features` components with `versions` versions each (version k valid from START + k hours)."""
+    hour = "interval '1 hour'"
     with engine.connect() as conn:
-        for name, moment in cases:
-            layer = source(LAYER, moment)
-            query = select(func.count()).select_from(layer).where(bbox_filter(layer.c.geom, BOX))
-            count = conn.execute(query).scalar()
-            times = []
-            for _ in range(runs):
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.execute(text(f"ALTER TABLE {LAYER.table} DISABLE TRIGGER USER"))
+        conn.execute(text("DROP INDEX history.city_components_fid_idx, history.city_components_valid_idx"))
+        conn.execute(text(
+            f"INSERT INTO {LAYER.table} (code, status, geom, version, updated_at) "
+            "SELECT format('320214%s', lpad(i::text, 10, '0')), '完好', "
+            "ST_Point(120.33 + 0.24 * random(), 31.46 + 0.15 * random(), 4490), :v, :start + :v * " + hour +
+            " FROM generate_series(1, :n) i"), {"n": features, "v": versions, "start": START})
+        conn.execute(text(
+            "INSERT INTO history.city_components (fid, code, status, geom, version, updated_at, valid) "
+            f"SELECT c.fid, c.code, format('状态%s', k), c.geom, k, :start + k * {hour}, "
+            f"tstzrange(:start + k * {hour}, :start + (k + 1) * {hour}) "
+            f"FROM generate_series(1, :v - 1) k, LATERAL (SELECT fid, code, geom FROM {LAYER.table}) c"),
+            {"v": versions, "start": START})
+        conn.execute(text("CREATE INDEX city_components_fid_idx ON history.city_components (fid, version)"))
+        conn.execute(text("CREATE INDEX city_components_valid_idx ON history.city_components USING gist (valid, geom)"))
+        conn.execute(text(f"ALTER TABLE {LAYER.table} ENABLE TRIGGER USER"))
+        conn.execute(text(f"VACUUM ANALYZE {LAYER.table}"))
+        conn.execute(text("VACUUM ANALYZE history.city_components"))
+    return [START + timedelta(hours=k, minutes=30) for k in (1, versions // 2, versions - 1)]
+
+
+def _reads(engine, moments: list[datetime], runs: int) -> list[tuple[str, int, float]]:
+    """Median ms of the bbox count now and as of each moment, interleaved run by run."""
+    cases = [("current", None)] + [(f"as of version {k}", m) for k, m in
+                                   zip((1, "middle", "last superseded"), moments)]
+    queries = []
+    for name, moment in cases:
+        layer = source(LAYER, moment)
+        queries.append((name, select(func.count()).select_from(layer).where(bbox_filter(layer.c.geom, BOX))))
+    times = {name: [] for name, _ in queries}
+    with engine.connect() as conn:
+        counts = {name: conn.execute(query).scalar() for name, query in queries}
+        for _ in range(runs):
+            for name, query in queries:
                 start = time.perf_counter()
                 conn.execute(query).scalar()
-                times.append((time.perf_counter() - start) * 1000)
-            results.append((name, count, statistics.median(times)))
-    return results
+                times[name].append((time.perf_counter() - start) * 1000)
+    return [(name, counts[name], statistics.median(times[name])) for name, _ in queries]
 
 
-def main(rows: int = typer.Option(100_000, min=1000, help="features written per case"),
-         rounds: int = typer.Option(3, min=1, help="full updates before the as-of reads (history depth)"),
-         runs: int = typer.Option(15, min=1, help="timed runs per read")) -> None:
-    base = database_url()
+def _scratch(base: str, name: str, revision: str):
     with psycopg.connect(base, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{SCRATCH}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{SCRATCH}"')
-    url = f"{base.rsplit('/', 1)[0]}/{SCRATCH}"
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = f"{base.rsplit('/', 1)[0]}/{name}"
+    migrate(revision, url=url)
+    return create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1),
+                         connect_args={"options": "-c timezone=UTC"})
+
+
+def _drop(base: str, names) -> None:
+    with psycopg.connect(base, autocommit=True) as admin:
+        for name in names:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def main(rows: int = typer.Option(100_000, min=0, help="features written per case (0: skip the writes)"),
+         as_of_features: int = typer.Option(0, min=0, help="features for the as-of read (0: skip it)"),
+         versions: int = typer.Option(10, min=3, help="versions per feature for the as-of read"),
+         runs: int = typer.Option(15, min=1, help="timed runs per read"),
+         repeat: int = typer.Option(3, min=1, help="rounds of the writes (medians are shown)")) -> None:
+    base = database_url()
+    names = {label: f"twin_bench_tracking_{revision}" for label, revision in SCHEMAS.items()}
     try:
-        migrate(url=url)
-        engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1),
-                               connect_args={"options": "-c timezone=UTC"})
-        floor, tracked = _writes(engine, rows, tracked=False), _writes(engine, rows, tracked=True)
-        print(f"bulk writes of {rows} city components through layers.store.merge (seconds)")
-        for step in ("insert", "update", "delete"):
-            print(f"  {step:6}  untracked {floor[step]:6.2f}   tracked {tracked[step]:6.2f}   "
-                  f"x{tracked[step] / floor[step]:.2f}   ({rows / tracked[step]:,.0f} rows/s tracked)")
-        print(f"bbox {BOX} count on {rows} features with {rounds} superseded versions each (median ms)")
-        for name, count, ms in _reads(engine, rows, rounds, runs):
-            print(f"  {name:24} {count:6} features  {ms:8.1f} ms")
-        engine.dispose()
+        if rows:
+            engine = _scratch(base, names["0007 lean log"], "head")
+            with engine.connect() as conn:
+                others = set(conn.execute(text("SELECT tgname FROM pg_trigger WHERE tgrelid = CAST(:t AS regclass) "
+                                               "AND NOT tgisinternal"), {"t": LAYER.table}).scalars()) - set(OURS)
+            engine.dispose()
+            cases = [("untracked", ()), ("tracked", OURS)] + ([("all triggers", OURS + tuple(others))] if others else [])
+            runs_of = {}
+            for _ in range(repeat):  # each case on a fresh database, cases and schemas interleaved
+                for case, enabled in cases:
+                    for label, revision in SCHEMAS.items():
+                        engine = _scratch(base, names[label], revision)
+                        runs_of.setdefault((label, case), []).append(_writes(engine, rows, enabled))
+                        engine.dispose()
+            results = {key: {step: statistics.median(r[step] for r in runs) for step in runs[0]}
+                       for key, runs in runs_of.items()}
+            print(f"load average {os.getloadavg()[0]:.1f}; median of {repeat} rounds")
+            print(f"bulk writes of {rows:,} city components through layers.store.merge (seconds; ratio = "
+                  f"untracked / tracked, the throughput ratio){'; other triggers: ' + ', '.join(others) if others else ''}")
+            for label in SCHEMAS:
+                floor = results[(label, "untracked")]
+                for case, _ in cases[1:]:
+                    times = results[(label, case)]
+                    print(f"  {label} {case}: " + "   ".join(
+                        f"{step} {floor[step]:.2f} → {times[step]:.2f} s ({floor[step] / times[step]:.2f}×)"
+                        for step in ("insert", "update", "delete")))
+            _drop(base, names.values())
+        if as_of_features:
+            engine = _scratch(base, names["0007 lean log"], "head")
+            start = time.perf_counter()
+            moments = _versions(engine, as_of_features, versions)
+            print(f"built {as_of_features:,} features × {versions} versions in {time.perf_counter() - start:.0f} s")
+            print(f"bbox {BOX} count, median of {runs} interleaved runs (ms), load average {os.getloadavg()[0]:.1f}")
+            results = _reads(engine, moments, runs)
+            now = results[0][2]
+            for name, count, ms in results:
+                print(f"  {name:26} {count:8,} features  {ms:8.1f} ms  ({ms / now:.2f}× current)")
+            engine.dispose()
     finally:
-        with psycopg.connect(base, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{SCRATCH}" WITH (FORCE)')
+        _drop(base, names.values())
 
 
 if __name__ == "__main__":

@@ -5,12 +5,15 @@ and repair notes and the final counts commit in one transaction, so a run that f
 is killed leaves the layers as they were; running it again completes it. Nothing is
 dropped unsaid: rejected rows are quarantined with a reason, repaired geometries are
 noted, and source columns that map to no field are listed in the run.
+
+A large file is validated in chunks, each one streamed to the database as soon as it is
+checked, so the database stores one chunk while the next one is validated (two cores at work).
 """
 
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,12 +30,13 @@ from etl.readers import Dataset, read
 from etl.records import Run, open_run
 from layers.catalog import LayerSpec, get_layer
 from layers.store import merge, set_write_context
-from layers.validate import validate
+from layers.validate import Validated, validate
 
 log = logging.getLogger("twin.etl")
 Progress = Callable[[str], None]
 MODES = ("upsert", "replace")
 DBF_NAME_BYTES = 10  # dBase field names are cut at 10 bytes
+VALIDATE_CHUNK = 100_000  # rows validated (and then streamed to the database) at a time
 
 
 class JobError(ValueError):
@@ -107,6 +111,37 @@ def _records(rows: pd.DataFrame, geometry: pd.Series | None) -> list[str]:
     return out
 
 
+def _chunks(spec: LayerSpec, frame: pd.DataFrame) -> list[pd.Index]:
+    """The row labels, in file order, cut into chunks that validate one by one as they would all at once.
+
+    Validation compares keys across rows (a key given twice rejects both rows), so every row whose key
+    another row shares goes into the first chunk. Text keys compare as validation types them (trimmed,
+    blank = missing); other keys only compare after typing, so such a layer is validated in one piece."""
+    types = {f.name: f.type for f in spec.fields}
+    if len(frame) <= VALIDATE_CHUNK or any(types[k] != "text" for k in spec.key):
+        return [frame.index]
+    keys = pd.DataFrame(index=frame.index)
+    for k in spec.key:
+        raw = frame[k] if k in frame else pd.Series(pd.NA, index=frame.index, dtype="object")
+        trimmed = raw.astype("string").str.strip()
+        keys[k] = trimmed.mask(trimmed.eq("").fillna(False))
+    shared = (keys.duplicated(keep=False) & ~keys.isna().any(axis=1)).to_numpy()
+    first = shared | (np.arange(len(frame)) < VALIDATE_CHUNK)
+    rest = frame.index[~first]
+    return [frame.index[first]] + [rest[i:i + VALIDATE_CHUNK] for i in range(0, len(rest), VALIDATE_CHUNK)]
+
+
+def _validated(spec: LayerSpec, frame: pd.DataFrame, geometry: pd.Series | None,
+               checked: Validated) -> Iterator[pd.DataFrame]:
+    """The usable rows chunk by chunk; rejects and repairs gather in `checked` as the chunks are consumed."""
+    for labels in _chunks(spec, frame):
+        part = validate(spec, frame.loc[labels], None if geometry is None else geometry.loc[labels])
+        checked.rejects.update(part.rejects)
+        checked.repairs.update(part.repairs)
+        checked.repaired += part.repaired
+        yield part.frame
+
+
 QUARANTINE = text("INSERT INTO twin.quarantine (run_id, layer, source_file, row_number, record, reason) "
                   "VALUES (:run, :layer, :file, :row, CAST(:record AS jsonb), :reason)")
 REPAIRS = text("INSERT INTO twin.etl_repair (run_id, layer, row_number, record, reason) "
@@ -160,23 +195,23 @@ def execute(run: Run, job_name: str, dataset: Dataset, *, layer: str | None = No
             geometry = convert(raw, source)
             rejects.update({k: v for k, v in dataset.problems.items() if k in frame.index})
             rejects.update(misplaced(raw, geometry, source))
-        stage("validating")
         keep = frame.index.difference(list(rejects), sort=False)
-        checked = validate(spec, frame.loc[keep], None if geometry is None else geometry.loc[keep])
-        rejects.update(checked.rejects)
-        stage("loading")
+        checked = Validated(frame.iloc[:0])
+        usable = _validated(spec, frame.loc[keep], None if geometry is None else geometry.loc[keep], checked)
+        stage("loading")  # validation goes on while the first chunks load
         with run.conn.begin():
             run.conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
             run.conn.exec_driver_sql("SET LOCAL client_connection_check_interval = '1s'")  # stop if we die
-            usable = checked.frame
             if hasattr(job, "enrich"):
-                usable, more = job.enrich(run.conn, usable)
+                usable, more = job.enrich(run.conn, pd.concat(list(usable)))
                 rejects.update(more)
-            if mode == "replace" and usable.empty:
-                raise JobError(f"{dataset.source} has no usable features ({len(rejects)} rejected); replace mode "
-                               f"would delete every feature of '{spec.id}', so nothing was changed")
+                usable = [usable]
             set_write_context(run.conn, actor=actor, run_id=run.id)
             counts = merge(run.conn, spec, usable, replace=(mode == "replace"))
+            rejects.update(checked.rejects)
+            if mode == "replace" and not counts.inserted + counts.updated + counts.unchanged:
+                raise JobError(f"{dataset.source} has no usable features ({len(rejects)} rejected); replace mode "
+                               f"would delete every feature of '{spec.id}', so nothing was changed")
             _note(run.conn, QUARANTINE, run.id, spec.id, dataset, frame, rejects)
             _note(run.conn, REPAIRS, run.id, spec.id, dataset, frame, checked.repairs)
             totals = {"read": len(dataset.attributes), "inserted": counts.inserted, "updated": counts.updated,

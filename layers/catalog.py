@@ -52,6 +52,7 @@ class LayerSpec(BaseModel):
     key: list[str] = []
     department: str
     group: str
+    private: bool = False  # reads need a key too (twin.access); an admin may switch it at run time
     minzoom: int = Field(0, ge=0, le=24)
     maxzoom: int = Field(22, ge=0, le=24)
     style: str | None = None

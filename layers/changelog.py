@@ -1,5 +1,10 @@
 """The change log (`twin.change`) as a Core table, and how changes, features and moments look over HTTP.
 
+A change row is lean (migration 0007): who wrote which version of a feature, when, and the envelopes of
+its geometry before and after. What a version held is read from the versions themselves: version v of
+a feature is its current row if that has version v, else its `history.<layer>` row (fid, v); what came
+before an update or a delete is history version v - 1.
+
 Geometries leave as GeoJSON built from WKB with Python floats (shortest round-trip repr),
 so a client that replays the change feed gets the stored coordinates bit for bit.
 """
@@ -12,10 +17,12 @@ import shapely
 from fastapi import Response
 from geoalchemy2 import Geometry
 from shapely.geometry import mapping
-from sqlalchemy import BigInteger, Column, DateTime, Integer, MetaData, Table, Text, func
+from sqlalchemy import (ARRAY, BigInteger, Column, DateTime, Integer, MetaData, Table, Text, and_, any_, bindparam,
+                        case, cast, func, literal, null, select, union_all)
 from sqlalchemy.dialects.postgresql import JSONB
 
 from layers.catalog import LayerSpec, get_layer
+from layers.tables import current, history
 from twin.errors import ApiError
 
 METRIC_SRID = 4549  # CGCS2000 3° Gauss-Krüger, CM 120E: metres across the whole district
@@ -31,12 +38,11 @@ change = Table(
     Column("changed_at", DateTime(timezone=True)),
     Column("actor", Text),
     Column("run_id", BigInteger),
-    Column("before", JSONB),
-    Column("after", JSONB),
-    Column("geom_before", Geometry(spatial_index=False)),
-    Column("geom_after", Geometry(spatial_index=False)),
+    Column("bbox_before", Geometry(spatial_index=False)),
+    Column("bbox_after", Geometry(spatial_index=False)),
     schema="twin",
 )
+JSONB_PAIRS = 50  # jsonb_build_object takes at most 100 arguments
 
 
 def shift_m(before, after):
@@ -45,11 +51,55 @@ def shift_m(before, after):
 
 
 def change_columns() -> list:
-    """The change log's columns as `change_json` reads them."""
+    """The change log's own columns, as `change_json` reads them (with `content` for the rest)."""
     c = change.c
-    return [c.change_id, c.layer, c.fid, c.operation, c.version, c.changed_at, c.actor, c.run_id, c.before, c.after,
-            c.geom_after, c.geom_before.is_distinct_from(c.geom_after).label("geom_changed"),
-            shift_m(c.geom_before, c.geom_after).label("shift_m")]
+    return [c.change_id, c.layer, c.fid, c.operation, c.version, c.changed_at, c.actor, c.run_id]
+
+
+def versions(spec: LayerSpec):
+    """Every version the layer's features have had: the current rows and the superseded ones."""
+    layer, past = current(spec), history(spec)
+    return union_all(select(layer), select(*(past.c[c.name] for c in layer.columns))).subquery(f"{spec.id}_versions")
+
+
+def _properties(spec: LayerSpec, row):
+    """The row's fields as jsonb, as migration 0003 stored them; NULL when there is no row."""
+    pairs = [part for f in spec.fields for part in (cast(literal(f.name), Text), row.c[f.name])]
+    chunks = [func.jsonb_build_object(*pairs[i:i + 2 * JSONB_PAIRS]) for i in range(0, len(pairs), 2 * JSONB_PAIRS)]
+    built = chunks[0] if chunks else cast(literal("{}"), JSONB)
+    for chunk in chunks[1:]:
+        built = built.op("||")(chunk)
+    return case((row.c.fid.is_(None), null()), else_=built)
+
+
+def _content(spec: LayerSpec, change_ids: list[int]):
+    """Per change id of the layer: the properties before and after, the geometry after, and the move."""
+    c = change.c
+    after, before = versions(spec).alias("after"), history(spec).alias("before")
+    joined = (change.outerjoin(after, and_(after.c.fid == c.fid, after.c.version == c.version,
+                                           c.operation != "delete"))
+              .outerjoin(before, and_(before.c.fid == c.fid, before.c.version == c.version - 1,
+                                      c.operation != "insert")))
+    geometry = [func.ST_AsBinary(after.c.geom).label("geom_after"),
+                before.c.geom.is_distinct_from(after.c.geom).label("geom_changed"),
+                shift_m(before.c.geom, after.c.geom).label("shift_m")] if spec.geometry else \
+        [null().label("geom_after"), literal(False).label("geom_changed"), null().label("shift_m")]
+    ids = bindparam("ids", change_ids, type_=ARRAY(BigInteger))
+    return (select(c.change_id, _properties(spec, before).label("before"), _properties(spec, after).label("after"),
+                   *geometry)
+            .select_from(joined).where(c.change_id == any_(ids)))
+
+
+async def with_content(conn, rows: list) -> list[tuple]:
+    """(change row, its content) for each of `rows`, one query per layer among them."""
+    ids: dict[str, list[int]] = {}
+    for row in rows:
+        ids.setdefault(row.layer, []).append(row.change_id)
+    content = {}
+    for layer, change_ids in ids.items():
+        for found in (await conn.execute(_content(get_layer(layer), change_ids))).all():
+            content[found.change_id] = found
+    return [(row, content[row.change_id]) for row in rows]
 
 
 def geometry_json(wkb) -> dict | None:
@@ -79,15 +129,16 @@ def field_changes(before: dict | None, after: dict | None) -> dict:
             for name in sorted(set(before) | set(after)) if before.get(name) != after.get(name)}
 
 
-def change_json(row) -> dict:
+def change_json(row, content) -> dict:
+    """A change row with its `content` (see `with_content`) as the history API shows it."""
     spec = get_layer(row.layer)
-    changed = field_changes(row.before, row.after)
-    if row.geom_changed:
-        changed["geometry"] = {"shift_m": None if row.shift_m is None else round(row.shift_m, 3)}
+    changed = field_changes(content.before, content.after)
+    if content.geom_changed:
+        changed["geometry"] = {"shift_m": None if content.shift_m is None else round(content.shift_m, 3)}
     feature = None
     if row.operation != "delete":
-        feature = {"type": "Feature", "id": row.fid, "geometry": geometry_json(row.geom_after),
-                   "properties": ordered(spec, row.after)}
+        feature = {"type": "Feature", "id": row.fid, "geometry": geometry_json(content.geom_after),
+                   "properties": ordered(spec, content.after)}
     return {"id": row.change_id, "layer": row.layer, "fid": row.fid, "operation": row.operation,
             "version": row.version, "time": row.changed_at, "actor": row.actor, "run": row.run_id,
             "changed": changed, "feature": feature}

@@ -11,8 +11,9 @@ from fastapi import APIRouter, Path, Query, Request
 from sqlalchemy import and_, func, or_, select
 
 from layers.catalog import SRID
-from layers.changelog import change, change_columns, change_json, json_response, parse_moment
+from layers.changelog import change, change_columns, change_json, json_response, parse_moment, with_content
 from layers.collections import layer_or_404
+from twin.access import hidden_layers, require_read
 from twin.errors import ApiError
 from twin.urls import base_url
 
@@ -59,9 +60,10 @@ def _actor_filter(actor: str):
 
 
 async def _page(request: Request, stmt, limit: int) -> tuple[list, bool]:
+    """Up to `limit` change rows, each with its content, and whether there are more."""
     async with request.app.state.engine.connect() as conn:
         rows = (await conn.execute(stmt.limit(limit + 1))).all()
-    return rows[:limit], len(rows) > limit
+        return await with_content(conn, rows[:limit]), len(rows) > limit
 
 
 @router.get("/changes")
@@ -73,12 +75,15 @@ async def change_feed(request: Request,
     stmt = select(*change_columns()).where(change.c.change_id > after).order_by(change.c.change_id)
     if layer is not None:
         stmt = stmt.where(change.c.layer == layer_or_404(layer).id)
+        await require_read(request, [layer], "query.layer")
+    elif hidden := await hidden_layers(request):  # private layers' changes only for those who may read them
+        stmt = stmt.where(change.c.layer.not_in(sorted(hidden)))
     rows, more = await _page(request, stmt, limit)
-    cursor = rows[-1].change_id if rows else after
+    cursor = rows[-1][0].change_id if rows else after
     links = [link(request, "self", after=after, limit=limit, layer=layer)]
     if more:
         links.append(link(request, "next", after=cursor, limit=limit, layer=layer))
-    return json_response({"changes": [change_json(r) for r in rows], "cursor": cursor, "links": links})
+    return json_response({"changes": [change_json(*r) for r in rows], "cursor": cursor, "links": links})
 
 
 @router.get("/collections/{layer}/changes")
@@ -112,13 +117,13 @@ async def layer_changes(request: Request, layer: str,
             raise ApiError(400, "invalid_parameter", f"layer '{spec.id}' has no geometry to filter by bbox",
                            where="query.bbox")
         envelope = func.ST_MakeEnvelope(*parse_bbox(bbox), SRID)
-        stmt = stmt.where(or_(c.geom_after.op("&&")(envelope), c.geom_before.op("&&")(envelope)))
+        stmt = stmt.where(or_(c.bbox_after.op("&&")(envelope), c.bbox_before.op("&&")(envelope)))
     rows, more = await _page(request, stmt, limit)
     params = dict(since=since, until=until, operation=operation, actor=actor, run=run, bbox=bbox, limit=limit)
     links = [link(request, "self", after=after, **params)]
     if more:
-        links.append(link(request, "next", after=rows[-1].change_id, **params))
-    return json_response({"layer": spec.id, "changes": [change_json(r) for r in rows], "links": links})
+        links.append(link(request, "next", after=rows[-1][0].change_id, **params))
+    return json_response({"layer": spec.id, "changes": [change_json(*r) for r in rows], "links": links})
 
 
 @router.get("/collections/{layer}/items/{fid}/history")
@@ -137,10 +142,10 @@ async def feature_history(request: Request, layer: str, fid: int = Path(ge=1, le
         raise ApiError(404, "unknown_feature", f"Layer '{spec.id}' has never had a feature {fid}.", where="path.fid")
     links = [link(request, "self", before=before, limit=limit)]
     if more:
-        links.append(link(request, "next", before=rows[-1].version, limit=limit))
-    body = {"layer": spec.id, "fid": fid, "versions": [change_json(r) for r in rows], "links": links}
+        links.append(link(request, "next", before=rows[-1][0].version, limit=limit))
+    body = {"layer": spec.id, "fid": fid, "versions": [change_json(*r) for r in rows], "links": links}
     if before is None:
-        body["deleted"] = rows[0].operation == "delete"
+        body["deleted"] = rows[0][0].operation == "delete"
     return json_response(body)
 
 

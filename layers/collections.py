@@ -3,8 +3,9 @@
 from fastapi import APIRouter, Request
 from sqlalchemy import text
 
-from layers import crs
+from layers import crs, html
 from layers.catalog import LayerSpec, catalog, get_layer
+from twin.access import hidden_layers
 from twin.errors import ApiError
 from twin.urls import base_url
 
@@ -33,7 +34,7 @@ CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
 @router.get("/")
 async def landing(request: Request):
     base = base_url(request)
-    return {
+    body = {
         "title": "OneMap Twin — 无锡新吴区一张图",
         "description": "Digital-twin map of Wuxi Xinwu: layers as OGC API Features and tiles, with history.",
         "links": [
@@ -42,8 +43,10 @@ async def landing(request: Request):
             {"rel": "service-doc", "type": "text/html", "href": f"{base}/docs"},
             {"rel": "conformance", "type": "application/json", "href": f"{base}/conformance"},
             {"rel": "data", "type": "application/json", "href": f"{base}/collections"},
+            {"rel": "alternate", "type": "text/html", "href": f"{base}/?f=html"},
         ],
     }
+    return html.page("landing.html", base=base, body=body) if html.wanted(request) else body
 
 
 @router.get("/conformance")
@@ -93,6 +96,9 @@ async def _describe(request: Request, conn, spec: LayerSpec) -> dict:
         description["links"].append({"rel": "items", "type": "application/geo+json", "href": f"{base}/items"})
         description["links"].append({"rel": "http://www.opengis.net/def/rel/ogc/1.0/queryables",
                                      "type": "application/schema+json", "href": f"{base}/queryables"})
+        # the draft's rel, which GDAL's OAPIF driver follows to learn which properties a filter may name
+        description["links"].append({"rel": "queryables", "type": "application/schema+json",
+                                     "href": f"{base}/queryables"})
         description["extent"] = await _extent(conn, spec)
         description["crs"] = list(crs.SUPPORTED) if spec.geometry else [CRS84]
         if spec.geometry:
@@ -104,15 +110,18 @@ async def _describe(request: Request, conn, spec: LayerSpec) -> dict:
 
 @router.get("/collections")
 async def collections(request: Request):
-    async with request.app.state.engine.connect() as conn:
-        described = [await _describe(request, conn, spec) for spec in catalog().values()]
+    hidden = await hidden_layers(request)  # private layers the caller may not read are not listed
+    async with request.app.state.read_engine.connect() as conn:
+        described = [await _describe(request, conn, spec) for spec in catalog().values() if spec.id not in hidden]
     base = base_url(request)
-    return {"links": [{"rel": "self", "type": "application/json", "href": f"{base}/collections"}],
+    body = {"links": [{"rel": "self", "type": "application/json", "href": f"{base}/collections"}],
             "collections": described}
+    return html.page("collections.html", base=base, body=body) if html.wanted(request) else body
 
 
 @router.get("/collections/{layer}")
 async def collection(layer: str, request: Request):
     spec = layer_or_404(layer)
-    async with request.app.state.engine.connect() as conn:
-        return await _describe(request, conn, spec)
+    async with request.app.state.read_engine.connect() as conn:
+        body = await _describe(request, conn, spec)
+    return html.page("collection.html", base=base_url(request), body=body) if html.wanted(request) else body

@@ -76,7 +76,7 @@ async def layer_diff(request: Request, layer: str,
         raise ApiError(400, "invalid_parameter", "from is required: the earlier moment", where="query.from")
     if end is not None and start > end:
         raise ApiError(400, "invalid_parameter", "from is later than to", where="query.from")
-    async with request.app.state.engine.connect() as conn:
+    async with request.app.state.read_engine.connect() as conn:
         rows = (await conn.execute(_diff_rows(spec, start, end, limit))).all()
     body = {"layer": spec.id, "from": start, "to": end, "counts": {"added": 0, "removed": 0, "modified": 0},
             "added": [], "removed": [], "modified": []}

@@ -95,7 +95,7 @@ def _columns(spec: LayerSpec, src, names: list[str], out: crs_.Crs, f: str, xy: 
 async def _chunks(request: Request, statement) -> AsyncIterator[list]:
     """The statement's rows, CHUNK at a time, from a server-side cursor. The first step checks the
     statement on a first row, so a value the database refuses is a 4xx before any byte is sent."""
-    async with _slot(), request.app.state.engine.connect() as conn:
+    async with _slot(), request.app.state.read_engine.connect() as conn:
         await fetch_one(conn, statement.limit(1))
         yield []
         result = await conn.stream(statement.execution_options(yield_per=CHUNK))

@@ -17,7 +17,7 @@ from sqlalchemy import JSON, BigInteger, Text, case, cast, func, literal, null, 
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from layers import crs as crs_
-from layers import params, queryables
+from layers import html, params, queryables
 from layers.catalog import LayerSpec
 from layers.collections import layer_or_404
 from layers.edits import etag_of
@@ -143,11 +143,13 @@ async def items(
                  .label("features")).subquery("agg")
     matched = select(func.count()).select_from(src).where(*where).scalar_subquery()
     statement = select(matched.label("matched"), agg.c.returned, agg.c.features)
-    async with request.app.state.engine.connect() as conn:
+    async with request.app.state.read_engine.connect() as conn:
         row = await fetch_one(conn, statement)
     head = orjson.dumps({"type": "FeatureCollection", "numberMatched": row.matched, "numberReturned": row.returned,
                          "timeStamp": _now(), "links": _links(request, spec, page, row.matched, row.returned)})
     body = head[:-1] + b',"features":[' + (row.features or "").encode() + b"]}"
+    if html.wanted(request):
+        return html.page("items.html", base=base_url(request), spec=spec, names=names, body=orjson.loads(body))
     return Response(body, media_type=GEOJSON, headers={"Content-Crs": out.header})
 
 
@@ -168,7 +170,7 @@ async def item(
     columns = source(spec, as_of).c
     statement = select(cast(_feature(spec, columns, wanted.fields(spec), out), Text), columns.version).where(
         columns.fid == int(fid))
-    async with request.app.state.engine.connect() as conn:
+    async with request.app.state.read_engine.connect() as conn:
         row = await fetch_one(conn, statement)
     if row is None:
         raise missing
@@ -176,6 +178,8 @@ async def item(
     links = orjson.dumps([{"rel": "self", "type": GEOJSON, "href": _url(request)},
                           {"rel": "collection", "type": "application/json", "href": collection}])
     body = row[0].encode()[:-1] + b', "links" : ' + links + b"}"
+    if html.wanted(request):
+        return html.page("item.html", base=base_url(request), spec=spec, body=orjson.loads(body))
     return Response(body, media_type=GEOJSON, headers={"Content-Crs": out.header,
                                                        "ETag": etag_of(spec.id, int(fid), row[1])})
 
@@ -184,4 +188,8 @@ async def item(
             responses={200: {"content": {"application/schema+json": {}}}})
 async def layer_queryables(request: Request, spec: LayerSpec = Depends(feature_layer)):
     url = f"{base_url(request)}/collections/{spec.id}/queryables"
-    return Response(orjson.dumps(queryables.schema(spec, url)), media_type="application/schema+json")
+    # a client that accepts plain JSON only (GDAL's OAPIF driver) gets the same document as application/json
+    accept = request.headers.get("accept", "")
+    plain = "application/json" in accept and "application/schema+json" not in accept
+    return Response(orjson.dumps(queryables.schema(spec, url)),
+                    media_type="application/json" if plain else "application/schema+json")

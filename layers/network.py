@@ -31,6 +31,7 @@ from layers.tables import source
 NODE_TOLERANCE = 1e-6  # degrees, about 0.1 m: a line end this close to another line joins it
 METRIC = 4549
 AT_NODE_M = 0.5  # a start this close to a confluence starts from the confluence itself
+RIVERS = "rivers"
 
 
 def _graph(rivers):
@@ -121,9 +122,9 @@ def _alongside(layer_id: str, query, pieces, within_m: float, crs: Crs):
                   .order_by(nearest.c.along_m, nearest.c.distance_m, src.c.fid))
 
 
-async def trace(conn: AsyncConnection, point, query, crs: Crs) -> dict | None:
+async def trace(conn: AsyncConnection, point, query, crs: Crs, hidden: frozenset[str] = frozenset()) -> dict | None:
     """The traced reaches, sources and stations, or None when no river passes within `snap` of the point."""
-    rivers_spec = get_layer("rivers")
+    rivers_spec = get_layer(RIVERS)
     rivers = source(rivers_spec, query.as_of)
     pieces, start, graph = _pieces(rivers, point, query)
     began = (await conn.execute(
@@ -151,6 +152,8 @@ async def trace(conn: AsyncConnection, point, query, crs: Crs) -> dict | None:
         "reaches": collection([feature(rivers_spec, r, extra) for r in reaches]),
     }
     for layer_id, within_m in (("pollution_sources", query.buffer), ("monitoring_stations", query.station_distance)):
+        if layer_id in hidden:  # a private layer the caller may not read
+            continue
         spec, statement = _alongside(layer_id, query, pieces, within_m, crs)
         rows = (await conn.execute(statement)).all()
         body[layer_id] = collection([feature(spec, r, ("distance_m", "along_m", "river_fid")) for r in rows])

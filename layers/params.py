@@ -172,12 +172,14 @@ def as_of(as_of: str | None = Query(
 
 def cql_filter(
     filter: str | None = Query(None, description="A CQL2 filter (see /collections/{layer}/queryables)."),
-    filter_lang: Literal["cql2-text", "cql2-json"] = Query("cql2-text", alias="filter-lang"),
+    # cql-text: the draft's name for cql2-text, the one GDAL's OAPIF driver looks for and sends
+    filter_lang: Literal["cql2-text", "cql2-json", "cql-text"] = Query("cql2-text", alias="filter-lang"),
     filter_crs: str | None = Query(None, alias="filter-crs", description="CRS of geometry literals; CRS84 "
                                                                           "by default."),
 ) -> Filter | None:
     literal_crs = crs_.parse(filter_crs, "query.filter-crs")
-    return None if filter is None else Filter(parse(filter, filter_lang), literal_crs)
+    lang = "cql2-text" if filter_lang == "cql-text" else filter_lang
+    return None if filter is None else Filter(parse(filter, lang), literal_crs)
 
 
 def _names(text: str, where: str) -> list[str]:

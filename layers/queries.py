@@ -23,20 +23,20 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from layers import network
+from layers import aggregation, network
 from layers.catalog import LayerSpec, get_layer, vector_layers
 from layers.crs import Crs
 from layers.crs import parse as parse_crs
-from layers.query_bodies import (MAX_DISTANCE_M, MAX_K, MAX_LAYERS, Aggregate, At, Intersects, Nearest, Trace,
-                                 Within, conditions)
-from layers.query_geometry import (MAX_VERTICES, bound, collection, feature, feature_select, metres_between, near,
-                                   read_geometry)
+from layers.query_bodies import (MAX_DISTANCE_M, MAX_K, MAX_LAYERS, MAX_RESULTS, Aggregate, At, Intersects, Nearest,
+                                 Trace, Within, conditions)
+from layers.query_geometry import (MAX_VERTICES, around, bound, collection, feature, feature_select, metres_between,
+                                   near, read_geometry)
 from layers.tables import source
+from twin.access import hidden_layers, require_read
 from twin.errors import ApiError
 
 router = APIRouter(prefix="/query", tags=["queries"])
 
-MAX_RESULTS = 10_000
 RETRY_AFTER_S = 10
 GEOJSON_ANSWER = {"response_class": Response,
                   "responses": {200: {"content": {"application/geo+json": {}}, "description": "A FeatureCollection"}}}
@@ -47,7 +47,7 @@ POLYGONS = {"MultiPolygon"}
 async def snapshot(request: Request) -> AsyncIterator[AsyncConnection]:
     """A read-only, repeatable-read transaction, so every statement of one query sees the same data."""
     try:
-        async with request.app.state.engine.connect() as conn:
+        async with request.app.state.read_engine.connect() as conn:
             conn = await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
             # PostGIS set-returning functions get wild row estimates (ST_Dump: 1000 a row), and the
             # JIT compile they trigger costs ~0.4 s for queries that run in milliseconds.
@@ -117,6 +117,7 @@ async def nearest(query: Nearest, request: Request) -> Response:
     crs = parse_crs(query.crs, "body.crs")
     point = bound(read_geometry(query.point, crs, "body.point", {"Point"}))
     specs = vector_layers_named(query.layers, "body.layers")
+    await require_read(request, [s.id for s in specs], "body.layers")
     features, counts = [], {}
     async with snapshot(request) as conn:
         for spec in specs:
@@ -142,6 +143,7 @@ async def within(query: Within, request: Request) -> Response:
     (each with its distance to the nearest of them)."""
     crs = parse_crs(query.crs, "body.crs")
     spec = vector_layer(query.layer, "body.layer")
+    await require_read(request, [spec.id], "body.layer")
     src = source(spec, query.as_of)
     members = {}
     async with snapshot(request) as conn:
@@ -152,6 +154,7 @@ async def within(query: Within, request: Request) -> Response:
                          .where(near(src.c.geom, target, query.distance)).order_by(distance, src.c.fid))
         else:
             other = vector_layer(query.of.layer, "body.of.layer")
+            await require_read(request, [other.id], "body.of.layer")
             other_src = source(other, query.as_of)
             selected = (select(other_src.c.fid, other_src.c.geom)
                         .where(*conditions(other, other_src, query.of.where, "body.of.where")).subquery("selected"))
@@ -159,15 +162,26 @@ async def within(query: Within, request: Request) -> Response:
             if not members["selected"]:
                 raise ApiError(422, "empty_selection", f"No feature of {other.id} matches {str(query.of.where)[:200]}; "
                                "nothing to measure from.", where="body.of.where")
-            hits = (select(src.c.fid, func.min(metres_between(src.c.geom, selected.c.geom)).label("distance_m"))
-                    .select_from(src.join(selected, near(src.c.geom, selected.c.geom, query.distance)))
-                    .group_by(src.c.fid).subquery("hits"))
+            # Each pair's distance is measured once, in the join, where one selected feature meets many
+            # candidates in a row and PostGIS reuses its prepared geodesic tree (OFFSET 0 keeps it there).
+            pairs = (select(src.c.fid, metres_between(src.c.geom, selected.c.geom).label("distance_m"))
+                     .select_from(selected.join(src, around(src.c.geom, selected.c.geom, query.distance)))
+                     .offset(0).subquery("pairs"))
+            hits = (select(pairs.c.fid, func.min(pairs.c.distance_m).label("distance_m"))
+                    .where(pairs.c.distance_m <= query.distance).group_by(pairs.c.fid).subquery("hits"))
             statement = (feature_select(spec, src, crs, query.geometries, hits.c.distance_m)
                          .join_from(src, hits, src.c.fid == hits.c.fid).order_by(hits.c.distance_m, src.c.fid))
-        rows = (await conn.execute(statement.limit(MAX_RESULTS + 1))).all()
-    if len(rows) > MAX_RESULTS:
-        raise too_many(len(rows), "Use a shorter distance or a narrower selection, or /query/aggregate for counts.")
-    return answer(collection([feature(spec, row, ("distance_m",)) for row in rows], **members), crs)
+        page = statement.add_columns(func.count().over().label("matched"))
+        rows = (await conn.execute(page.limit(query.limit or MAX_RESULTS + 1).offset(query.offset))).all()
+        matched = rows[0].matched if rows else query.offset and await conn.scalar(
+            select(func.count()).select_from(statement.subquery()))
+    if query.limit is None and matched - query.offset > MAX_RESULTS:
+        raise too_many(matched, "Ask for pages with limit and offset, use a shorter distance or a narrower "
+                       "selection, or /query/aggregate for counts.")
+    if query.offset + len(rows) < matched:
+        members["next"] = {"offset": query.offset + len(rows), "limit": query.limit}
+    return answer(collection([feature(spec, row, ("distance_m",)) for row in rows], numberMatched=matched,
+                             **members), crs)
 
 
 def _categories(query: Intersects, specs: list[LayerSpec]) -> dict[str, list[str]]:
@@ -194,6 +208,7 @@ async def intersects(query: Intersects, request: Request) -> Response:
     crs = parse_crs(query.crs, "body.crs")
     area = bound(read_geometry(query.geometry, crs, "body.geometry", {"Polygon", "MultiPolygon"}))
     specs = vector_layers_named(query.layers, "body.layers")
+    await require_read(request, [s.id for s in specs], "body.layers")
     categories = _categories(query, specs)
     summary, features = {}, []
     async with snapshot(request) as conn:
@@ -224,8 +239,12 @@ async def at(query: At, request: Request) -> Response:
     """The features of polygon layers (all of them unless named) that contain the point."""
     crs = parse_crs(query.crs, "body.crs")
     point = bound(read_geometry(query.point, crs, "body.point", {"Point"}))
-    specs = (vector_layers_named(query.layers, "body.layers", POLYGONS) if query.layers is not None
-             else [s for s in vector_layers() if s.geometry in POLYGONS])
+    if query.layers is not None:
+        specs = vector_layers_named(query.layers, "body.layers", POLYGONS)
+        await require_read(request, [s.id for s in specs], "body.layers")
+    else:  # every polygon layer the caller may read
+        hidden = await hidden_layers(request)
+        specs = [s for s in vector_layers() if s.geometry in POLYGONS and s.id not in hidden]
     features = []
     async with snapshot(request) as conn:
         for spec in specs:
@@ -248,6 +267,8 @@ async def aggregate(query: Aggregate, request: Request) -> Response:
     crs = parse_crs(query.crs, "body.crs")
     spec = vector_layer(query.layer, "body.layer")
     by = vector_layer(query.by, "body.by", POLYGONS)
+    await require_read(request, [spec.id], "body.layer")
+    await require_read(request, [by.id], "body.by")
     if by.id == spec.id:
         raise ApiError(422, "same_layer", "layer and by must be different layers.", where="body.by")
     for role, name, kinds in (("group_by", query.group_by, None), ("sum", query.sum, {"integer", "real"})):
@@ -258,16 +279,13 @@ async def aggregate(query: Aggregate, request: Request) -> Response:
             raise ApiError(422, "unknown_field", f"{name[:100]!r} is not one of {spec.id}'s {wanted}: "
                            f"{', '.join(options)}.", where=f"body.{role}")
     src, polygons = source(spec, query.as_of), source(by, query.as_of)
-    keys = [polygons.c.fid.label("polygon"), *([src.c[query.group_by].label("value")] if query.group_by else [])]
-    measures = [func.count(src.c.fid).label("count"), *([func.sum(src.c[query.sum]).label("sum")] if query.sum else [])]
-    figures = (select(*keys, *measures)
-               .select_from(polygons.join(src, func.ST_Intersects(polygons.c.geom, src.c.geom))).group_by(*keys))
+    where = conditions(spec, src, query.where, "body.where")
     async with snapshot(request) as conn:
         rows = (await conn.execute(feature_select(by, polygons, crs, query.geometries)
                                    .order_by(polygons.c.fid).limit(MAX_RESULTS + 1))).all()
         if len(rows) > MAX_RESULTS:
             raise too_many(len(rows), f"{by.id} has too many polygons to map at once.")
-        tallies = (await conn.execute(figures)).all()
+        tallies = await aggregation.figures(conn, spec, src, polygons, query.group_by, query.sum, where)
     names = ["count", *(["sum"] if query.sum else [])]
     groups = sorted({t.value for t in tallies} if query.group_by else set(), key=lambda v: (v is None, str(v)))
     zero = dict.fromkeys(names, 0) | {_figure_key(m, g): 0 for g in groups for m in names}
@@ -292,8 +310,10 @@ async def trace(query: Trace, request: Request) -> Response:
     the pollution sources within `buffer` metres of them and the monitoring stations on them."""
     crs = parse_crs(query.crs, "body.crs")
     point = bound(read_geometry(query.point, crs, "body.point", {"Point"}))
+    await require_read(request, [network.RIVERS], "body")
+    hidden = await hidden_layers(request)  # sources or stations the caller may not read are left out
     async with snapshot(request) as conn:
-        body = await network.trace(conn, point, query, crs)
+        body = await network.trace(conn, point, query, crs, hidden)
     if body is None:
         raise ApiError(422, "no_river_nearby", f"No river within {query.snap:g} m of the point; move it onto a "
                        "river or raise snap.", where="body.point")

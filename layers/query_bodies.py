@@ -19,6 +19,8 @@ MAX_BUFFER_M = 5_000.0
 MAX_K = 1000
 MAX_LAYERS = 20
 MAX_SELECTOR_VALUES = 1000
+MAX_RESULTS = 10_000
+MAX_OFFSET = 10_000_000
 
 # Sub-millimetre distances mean nothing on a map, and tiny ones (5e-324) underflow PostgreSQL's float arithmetic.
 ToMillimetres = AfterValidator(lambda metres: round(metres, 3))
@@ -59,6 +61,9 @@ class Within(Query):
     distance: Metres
     geometry: GeoJsonGeometry | None = None
     of: Selector | None = Field(None, description="measure from these features instead of a geometry")
+    limit: int | None = Field(None, ge=1, le=MAX_RESULTS, description=f"a page of at most this many features, nearest "
+                              f"first; without it all of them, when there are at most {MAX_RESULTS}")
+    offset: int = Field(0, ge=0, le=MAX_OFFSET, description="features skipped before the page (see `next`)")
 
     @model_validator(mode="after")
     def one_target(self):
@@ -87,6 +92,8 @@ class Aggregate(Query):
     by: str = Field(description="the polygon layer it is counted in, e.g. streets")
     group_by: str | None = Field(None, description="a field of `layer` to split the figures by, e.g. status")
     sum: str | None = Field(None, description="a numeric field of `layer` to sum besides counting")
+    where: dict[str, Scalar | list[Scalar]] = Field({}, description="count only the features of `layer` with "
+                                                                    "these field values (field: value or [values])")
 
 
 class Trace(Query):

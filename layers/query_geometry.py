@@ -96,13 +96,18 @@ def metres_between(a, b) -> ColumnElement:
     return func.ST_Distance(geodesic(a), geodesic(b))
 
 
-def near(a, b, metres) -> ColumnElement:
-    """`a` within `metres` of `b` on the ellipsoid; `a` should be an indexed column."""
+def around(a, b, metres) -> ColumnElement:
+    """The index test that keeps every `a` within `metres` of `b` (and some farther): envelopes
+    overlapping in degrees; `a` should be an indexed column."""
     lat_margin = metres / METRES_PER_DEGREE_FLOOR
     widest = func.least(func.greatest(func.abs(func.ST_YMin(b)), func.abs(func.ST_YMax(b))) + lat_margin, 89.0)
     lon_margin = metres / (METRES_PER_DEGREE_FLOOR * func.cos(func.radians(widest)))
-    return and_(a.op("&&")(func.ST_Expand(b, lon_margin, lat_margin)),
-                func.ST_DWithin(geodesic(a), geodesic(b), metres))
+    return a.op("&&")(func.ST_Expand(b, lon_margin, lat_margin))
+
+
+def near(a, b, metres) -> ColumnElement:
+    """`a` within `metres` of `b` on the ellipsoid; `a` should be an indexed column."""
+    return and_(around(a, b, metres), func.ST_DWithin(geodesic(a), geodesic(b), metres))
 
 
 def geojson(geom, crs: Crs) -> ColumnElement:

@@ -32,4 +32,7 @@ def schema(spec: LayerSpec, url: str) -> dict:
         properties[spec.time_field]["x-ogc-role"] = "primary-instant"
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": url, "type": "object",
             "title": spec.title.zh, "description": spec.title.en, "properties": properties,
-            "additionalProperties": False}
+            "additionalProperties": False,
+            # The draft's list, which GDAL's OAPIF driver reads to decide what of a filter it sends us. It
+            # writes dates as bare strings, which CQL2 compares only as DATE(…), so it keeps those to itself.
+            "queryables": [{"id": f.name} for f in spec.fields if f.type not in ("date", "timestamptz")]}

@@ -19,11 +19,13 @@ from layers import params
 from layers.catalog import get_layer
 from layers.statements import fetch_one
 from layers.tables import source
+from twin.access import require_read
 from twin.errors import ApiError
 from twin.urls import base_url
 
 router = APIRouter(tags=["features"])
 LAYER = "water_quality"
+STATIONS = "monitoring_stations"
 TIME_ZONE = params.LOCAL_TIME.key
 NORMAL = "正常"
 MAX_PERIODS = 20_000
@@ -35,7 +37,7 @@ def _parameters() -> list:
 
 
 async def _station(conn, code: str, as_of: datetime | None):
-    stations = source(get_layer("monitoring_stations"), as_of).c
+    stations = source(get_layer(STATIONS), as_of).c
     row = await fetch_one(conn, select(stations.code, stations.name, stations.evaluation_type)
                           .where(stations.code == code))
     if row is None:
@@ -61,6 +63,7 @@ async def series(
     moment: params.Period | None = Depends(params.period),
     as_of: datetime | None = Depends(params.as_of),
 ):
+    await require_read(request, [LAYER, STATIONS], "path")  # the readings and the station they describe
     spec = get_layer(LAYER)
     readings = source(spec, as_of).c
     fields = _parameters()
@@ -72,7 +75,7 @@ async def series(
         where.append(moment.clause(readings.observed_at))
     grouped = (select(start, func.count().label("count"), *measures).where(*where)
                .group_by(start).order_by(start).limit(MAX_PERIODS + 1))
-    async with request.app.state.engine.connect() as conn:
+    async with request.app.state.read_engine.connect() as conn:
         found = await _station(conn, station, as_of)
         rows = (await conn.execute(grouped)).mappings().all()
     if len(rows) > MAX_PERIODS:

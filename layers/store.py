@@ -4,18 +4,23 @@ Rows are staged with COPY and merged by the layer's natural key in set-based SQL
 an unchanged row is left alone (no new version), a changed one is updated (the change
 tracking triggers bump its version), a new one inserted; in replace mode, rows missing from the input are
 deleted. Into an empty layer the rows are copied straight in (the triggers still record
-every insert). Identifiers come from the catalog, never from user input, and are quoted.
+every insert), and the layer's indexes are built once after the copy instead of row by row,
+when the layer can be locked without waiting (readers of the empty layer wait for the commit).
+Identifiers come from the catalog, never from user input, and are quoted.
+
+The rows may come as a stream of frames (e.g. validated chunk by chunk): each is encoded and sent
+while the database is still storing the previous one, so the client's work and the server's overlap.
 """
 
 import io
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import shapely
-from psycopg import sql
+from psycopg import errors, sql
 from psycopg.copy import QueuedLibpqWriter
 from sqlalchemy.engine import Connection
 
@@ -47,9 +52,15 @@ def set_write_context(conn: Connection, actor: str, run_id: int | None = None) -
                          {"actor": actor, "run": "" if run_id is None else str(run_id)})
 
 
-def _csv(frame: pd.DataFrame, cols: list[str]) -> Iterator[bytes]:
-    """The frame as CSV for COPY, in chunks: NULL as an empty field, geometries as hex EWKB.
-    Arrow's writer (C++) is several times faster than pandas' for a million rows."""
+def _csv(frames: Iterable[pd.DataFrame], cols: list[str], sent: list[int]) -> Iterator[bytes]:
+    """The frames as CSV for COPY, in chunks: NULL as an empty field, geometries as hex EWKB; counts the rows
+    in `sent`. Arrow's writer (C++) is several times faster than pandas' for a million rows."""
+    for frame in frames:
+        sent[0] += len(frame)
+        yield from _csv_chunks(frame, cols)
+
+
+def _csv_chunks(frame: pd.DataFrame, cols: list[str]) -> Iterator[bytes]:
     for start in range(0, len(frame), COPY_CHUNK):
         chunk = frame.iloc[start:start + COPY_CHUNK]
         data = {c: chunk[c] for c in cols if c != "geom"}
@@ -62,17 +73,53 @@ def _csv(frame: pd.DataFrame, cols: list[str]) -> Iterator[bytes]:
         yield out.getvalue()
 
 
-def _copy(cursor, target: sql.Composable, frame: pd.DataFrame, cols: list[str]) -> None:
+def _copy(cursor, target: sql.Composable, frames: Iterable[pd.DataFrame], cols: list[str]) -> int:
+    """COPY the frames' rows into `target`; returns how many."""
     statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(
         target, sql.SQL(", ").join(map(_ident, cols)))
-    # a queued writer sends from its own thread, so the next chunk is encoded while the server parses this one
+    sent = [0]
+    # a queued writer sends from its own thread, so the next chunk is made while the server stores this one
     with cursor.copy(statement, writer=QueuedLibpqWriter(cursor)) as copy:
-        for block in _csv(frame, cols):
+        for block in _csv(frames, cols, sent):
             copy.write(block)
+    return sent[0]
 
 
-def merge(conn: Connection, spec: LayerSpec, frame: pd.DataFrame, replace: bool = False) -> MergeCounts:
-    """Upsert `frame` (validated, typed) into the layer by its natural key, inside the caller's transaction."""
+def _drop_indexes(cur, table: sql.Composable, regclass: str) -> list[sql.Composable] | None:
+    """Drop the layer's indexes (and the key constraints they back), returning the SQL that builds them
+    again; None, with nothing dropped, when another session is using the layer."""
+    cur.execute("SAVEPOINT lock_layer")
+    try:
+        cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE NOWAIT").format(table))
+    except errors.LockNotAvailable:
+        cur.execute("ROLLBACK TO SAVEPOINT lock_layer")
+        return None
+    cur.execute("RELEASE SAVEPOINT lock_layer")
+    cur.execute("SET LOCAL maintenance_work_mem = '256MB'")  # each index is sorted once, in memory
+    cur.execute("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+                "WHERE conrelid = %s::regclass AND contype IN ('p', 'u')", (regclass,))
+    constraints = cur.fetchall()
+    cur.execute("SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+                "WHERE i.indrelid = %s::regclass AND NOT EXISTS "
+                "(SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)", (regclass,))
+    indexes = cur.fetchall()
+    rebuild = []
+    for name, definition in constraints:
+        cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(table, _ident(name)))
+        rebuild.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(table, _ident(name),
+                                                                            sql.SQL(definition)))
+    for name, definition in indexes:
+        cur.execute(sql.SQL("DROP INDEX {}").format(sql.SQL(name)))
+        rebuild.append(sql.SQL(definition))
+    return rebuild
+
+
+def merge(conn: Connection, spec: LayerSpec, frames: pd.DataFrame | Iterable[pd.DataFrame],
+          replace: bool = False) -> MergeCounts:
+    """Upsert `frames` (validated, typed; one frame or a stream of them, no key twice) into the layer by its
+    natural key, inside the caller's transaction."""
+    if isinstance(frames, pd.DataFrame):
+        frames = [frames]
     cols = columns(spec)
     table = sql.SQL("{}.{}").format(_ident("layers"), _ident(spec.id))
     col_list = sql.SQL(", ").join(map(_ident, cols))
@@ -87,11 +134,14 @@ def merge(conn: Connection, spec: LayerSpec, frame: pd.DataFrame, replace: bool 
         cur.execute("SELECT twin.claim_change_log()")
         cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(table))
         if not cur.fetchone()[0]:
-            _copy(cur, table, frame, cols)
-            return MergeCounts(inserted=len(frame))
+            rebuild = _drop_indexes(cur, table, f"layers.{spec.id}")
+            inserted = _copy(cur, table, frames, cols)
+            for statement in rebuild or []:
+                cur.execute(statement)
+            return MergeCounts(inserted=inserted)
         cur.execute(sql.SQL("CREATE TEMP TABLE stage ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA")
                     .format(col_list, table))
-        _copy(cur, sql.SQL("pg_temp.stage"), frame, cols)
+        staged = _copy(cur, sql.SQL("pg_temp.stage"), frames, cols)
         cur.execute("ANALYZE pg_temp.stage")
         cur.execute(sql.SQL(
             "UPDATE {table} t SET ({cols}) = ROW({s_cols}) "
@@ -110,4 +160,4 @@ def merge(conn: Connection, spec: LayerSpec, frame: pd.DataFrame, replace: bool 
                 table=table, match=key_match))
             deleted = cur.rowcount
         cur.execute("DROP TABLE pg_temp.stage")
-    return MergeCounts(inserted, updated, len(frame) - inserted - updated, deleted)
+    return MergeCounts(inserted, updated, staged - inserted - updated, deleted)

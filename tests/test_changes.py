@@ -266,8 +266,8 @@ def test_layer_changes_filter_by_time_operation_actor_run_and_place(site):
     assert ids(actor="%") == []
     assert ids(run=run.run_id) == _ids(engine, "run_id = :r", r=run.run_id) and len(ids(run=run.run_id)) == 1
     assert ids(bbox="120.97,32.13,120.98,32.15") == _ids(
-        engine, "(ST_Intersects(geom_after, ST_MakeEnvelope(120.97, 32.13, 120.98, 32.15, 4490)) "
-        "OR ST_Intersects(geom_before, ST_MakeEnvelope(120.97, 32.13, 120.98, 32.15, 4490)))")
+        engine, "(ST_Intersects(bbox_after, ST_MakeEnvelope(120.97, 32.13, 120.98, 32.15, 4490)) "
+        "OR ST_Intersects(bbox_before, ST_MakeEnvelope(120.97, 32.13, 120.98, 32.15, 4490)))")
     first = api.get(url, params={"limit": 2}).json()
     assert len(first["changes"]) == 2
     second = api.get(next(link["href"] for link in first["links"] if link["rel"] == "next")).json()

@@ -108,7 +108,9 @@ def test_component_inventory(server, engine, monkeypatch, department_edits):
             "ON ST_Intersects(s.geom, c.geom) GROUP BY 1, 2")).all()
         changes = conn.execute(text("SELECT count(*) FROM twin.change WHERE layer = 'city_components'")).scalar()
         loaded = dict(conn.execute(text(
-            "SELECT after->>'status', count(*) FROM twin.change WHERE layer = 'city_components' AND changed_at = "
+            "SELECT v.status, count(*) FROM twin.change c JOIN (SELECT fid, version, status FROM layers.city_components "
+            "UNION ALL SELECT fid, version, status FROM history.city_components) v USING (fid, version) "
+            "WHERE c.layer = 'city_components' AND c.operation <> 'delete' AND changed_at = "
             "(SELECT min(changed_at) FROM twin.change WHERE layer = 'city_components') GROUP BY 1")).all())
     notebook = {(code, status): n for code, counts in result["streets"].items() for status, n in counts.items() if n}
     assert notebook == {(code, status): n for code, status, n in per_street}

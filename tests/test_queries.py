@@ -237,6 +237,91 @@ def test_components_per_street_by_status_and_river_widths_summed(http, known):
     assert (widths["QT-S1"]["count"], widths["QT-S2"]["count"]) == (2, 3)
 
 
+def _joined(engine, layer: str, by: str, group_by: str | None, summed: str | None, where: str = "TRUE") -> dict:
+    """The plain join's figures, {(polygon code, value): (count, sum)}, straight from PostGIS."""
+    value = f'c."{group_by}"' if group_by else "NULL"
+    total = f'sum(c."{summed}")' if summed else "NULL"
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            f"SELECT p.code, {value}, count(c.fid), {total} FROM layers.{by} p JOIN layers.{layer} c "
+            f"ON ST_Intersects(p.geom, c.geom) WHERE {where} GROUP BY 1, 2")).all()
+    return {(code, v): (n, s) for code, v, n, s in rows}
+
+
+def _figures(answer: dict, group_by: str | None, summed: str | None) -> dict:
+    found = {}
+    for f in answer["features"]:
+        p = f["properties"]
+        for g in answer["groups"] if group_by else [None]:
+            n = p[f"count:{'null' if g is None else g}"] if group_by else p["count"]
+            if n:
+                s = (p[f"sum:{'null' if g is None else g}"] if group_by else p["sum"]) if summed else None
+                found[(p["code"], g)] = (n, s)
+    return found
+
+
+@pytest.mark.parametrize("layer,by,group_by,summed", [
+    ("city_components", "streets", "status", None),
+    ("city_components", "grids", "class_name", None),
+    ("pollution_sources", "districts", None, None),
+    ("monitoring_stations", "streets", "evaluation_type", "target_class"),
+])
+def test_points_counted_per_polygon_equal_the_plain_join(http, known, engine, layer, by, group_by, summed):
+    """The cell-labelled count of points, with points on shared edges and corners of polygons, equals
+    the plain ST_Intersects join; the hand-placed points agree with shapely too."""
+    on_lines = {"QT-E1": (2000, 1000), "QT-E2": (2000, 2000), "QT-E3": (0, 500), "QT-E4": (4200, 4000),
+                "QT-E5": (1000, 2000), "QT-E6": (-1, 500)}  # shared edge, corner of 5 polygons, outer edge …
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO layers.city_components (code, status, class_name, geom) "
+                          "VALUES (:code, '占用', 'QT边', ST_GeomFromText(:wkt, 4490))"),
+                     [{"code": c, "wkt": shapely.Point(ll(*p)).wkt} for c, p in on_lines.items()])
+    try:
+        body = {"layer": layer, "by": by, "geometries": False, "group_by": group_by, "sum": summed}
+        found = _figures(ask(http, "aggregate", {k: v for k, v in body.items() if v is not None}), group_by, summed)
+        assert found == _joined(engine, layer, by, group_by, summed) and found
+        if layer == "city_components" and by == "streets":
+            for code, street in STREETS.items():
+                inside = [c for c, p in on_lines.items() if street.intersects(shapely.Point(ll(*p)))]
+                assert found.get((code, "占用"), (0, None))[0] == len(inside)
+            assert found[("QT-S1", "占用")][0] == 4 and found[("QT-S2", "占用")][0] == 3
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM layers.city_components WHERE code LIKE 'QT-E%'"))
+
+
+def test_aggregate_counts_only_the_selected_features(http, known, engine):
+    chosen = ["破损", "丢失"]
+    answer = ask(http, "aggregate", {"layer": "city_components", "by": "streets", "group_by": "class_name",
+                                     "where": {"status": chosen}, "geometries": False})
+    assert _figures(answer, "class_name", None) == _joined(engine, "city_components", "streets", "class_name", None,
+                                                            "c.status IN ('破损', '丢失')")
+    streets = props(answer)
+    assert streets["QT-S1"]["count"] == 1 and streets["QT-S2"]["count"] == 1  # QT-C3 破损, QT-C5 丢失
+    nothing = ask(http, "aggregate", {"layer": "city_components", "by": "streets", "where": {"status": "不存在"}})
+    assert all(f["properties"]["count"] == 0 for f in nothing["features"]) and nothing["groups"] == []
+    empty_area = ask(http, "aggregate", {"layer": "city_components", "by": "streets", "as_of": "2020-01-01T00:00:00Z"})
+    assert empty_area["features"] == []
+
+
+def test_within_pages_through_the_matches_nearest_first(http, known):
+    whole = ask(http, "within", {"layer": "city_components", "distance": 5000, "geometries": False,
+                                 "geometry": {"type": "Point", "coordinates": list(ll(2000, 2000))}})
+    codes = [f["properties"]["code"] for f in whole["features"]]
+    assert whole["numberMatched"] == len(codes) and "next" not in whole and len(codes) > 6
+    paged, offset = [], 0
+    while offset is not None:
+        page = ask(http, "within", {"layer": "city_components", "distance": 5000, "geometries": False, "limit": 4,
+                                    "offset": offset, "geometry": {"type": "Point",
+                                                                   "coordinates": list(ll(2000, 2000))}})
+        assert page["numberMatched"] == len(codes) and page["numberReturned"] <= 4
+        paged += [f["properties"]["code"] for f in page["features"]]
+        offset = page.get("next", {}).get("offset")
+    assert paged == codes
+    past = ask(http, "within", {"layer": "pollution_sources", "distance": 300, "limit": 10, "offset": 1000,
+                                "of": {"layer": "rivers", "where": {"name": "QT河"}}})
+    assert (past["numberMatched"], past["numberReturned"], past["features"]) == (4, 0, [])
+
+
 def _trace(http, start, direction, distance, **extra) -> dict:
     return ask(http, "trace", {"point": list(ll(*start)), "direction": direction, "distance": distance, **extra})
 
@@ -398,6 +483,18 @@ BAD = [
     ("within", {"layer": "rivers", "distance": -1, "geometry": {"type": "Point", "coordinates": [120.4, 31.5]}},
      400, "invalid_parameter"),
     ("within", {"layer": "rivers", "distance": 5}, 400, "invalid_parameter"),
+    ("within", {"layer": "rivers", "distance": 5, "limit": 0, "geometry": [120.4, 31.5]}, 400, "invalid_parameter"),
+    ("within", {"layer": "rivers", "distance": 5, "limit": 10_001, "geometry": [120.4, 31.5]}, 400,
+     "invalid_parameter"),
+    ("within", {"layer": "rivers", "distance": 5, "offset": -1, "geometry": [120.4, 31.5]}, 400, "invalid_parameter"),
+    ("within", {"layer": "rivers", "distance": 5, "offset": 10**12, "geometry": [120.4, 31.5]}, 400,
+     "invalid_parameter"),
+    ("within", {"layer": "rivers", "distance": 5, "limit": "ten", "geometry": [120.4, 31.5]}, 400,
+     "invalid_parameter"),
+    ("aggregate", {"layer": "city_components", "by": "streets", "where": {"colour": "red"}}, 422, "unknown_field"),
+    ("aggregate", {"layer": "city_components", "by": "streets", "where": {"installed_on": "soon"}}, 400,
+     "invalid_parameter"),
+    ("aggregate", {"layer": "city_components", "by": "streets", "where": {"status": []}}, 400, "invalid_parameter"),
     ("within", {"layer": "rivers", "distance": 5, "geometry": {"type": "Polygon", "coordinates": "x"}}, 400,
      "invalid_geometry"),
     ("within", {"layer": "rivers", "distance": 5, "geometry": {"type": "Feature", "geometry": None}}, 400,
@@ -468,6 +565,11 @@ def test_too_many_results_is_a_422_with_a_hint_and_counts_still_work(http, engin
         response = http.post("/query/within", json={"layer": "city_components", "distance": 500,
                                                     "geometry": {"type": "Point", "coordinates": [121.2, 31.1]}})
         assert (response.status_code, response.json()["code"]) == (422, "too_many_results")
+        assert "limit and offset" in response.json()["description"]
+        page = ask(http, "within", {"layer": "city_components", "distance": 500, "limit": 100, "geometries": False,
+                                    "geometry": {"type": "Point", "coordinates": [121.2, 31.1]}})
+        assert (page["numberMatched"], page["numberReturned"]) == (bulk, 100)
+        assert page["next"] == {"offset": 100, "limit": 100}
     finally:
         with engine.begin() as conn:
             conn.execute(text("DELETE FROM layers.city_components WHERE code LIKE 'QT-BULK-%'"))

@@ -110,7 +110,7 @@ def test_tilesets_and_tilejson(http, engine):
     item = next(link for link in listed[0]["links"] if link["rel"] == "item")
     assert item["href"].endswith("/{tileMatrix}/{tileRow}/{tileCol}") and item["type"] == MVT
     tileset = http.get("/collections/city_components/tiles/WebMercatorQuad").json()
-    assert [m["tileMatrix"] for m in tileset["tileMatrixSetLimits"]] == [str(z) for z in range(10, 23)]
+    assert [m["tileMatrix"] for m in tileset["tileMatrixSetLimits"]] == [str(z) for z in range(6, 23)]
 
     tj = http.get("/collections/city_components/tiles/WebMercatorQuad/tilejson.json").json()
     with engine.connect() as conn:
@@ -141,7 +141,7 @@ def test_tilesets_and_tilejson(http, engine):
     ("/collections/city_components/tiles/WebMercatorQuad/14/0/" + "9" * 40, 400, "tile_out_of_range"),
     ("/collections/city_components/tiles/WebMercatorQuad/14/0/x", 400, "invalid_parameter"),
     ("/collections/city_components/tiles/CGCS2000Quad/0/0/2", 400, "tile_out_of_range"),
-    ("/collections/city_components/tiles/WebMercatorQuad/9/0/0", 404, "zoom_out_of_range"),
+    ("/collections/city_components/tiles/WebMercatorQuad/5/0/0", 404, "zoom_out_of_range"),
     ("/collections/roads'%3B%20DROP%20TABLE%20layers.roads%3B--/tiles/WebMercatorQuad/9/0/0", 404, "unknown_layer"),
     ("/collections/city_components/tiles/WebMercatorQuad/14/0/0?properties=code;drop", 400, "unknown_field"),
     ("/collections/city_components/tiles/WebMercatorQuad/14/0/0?filter=nope%20%3D%201", 400, "unknown_field"),
@@ -204,17 +204,17 @@ def test_onemap_has_one_layer_per_requested_layer(http, busy):
     default = decode(http.get(f"/tiles/onemap/WebMercatorQuad/9/{low.y}/{low.x}").content)
     visible = {s.id for s in catalog().values() if s.kind == "vector" and s.minzoom <= 9 <= s.maxzoom}
     assert set(default) <= visible and {"roads", "districts", "rivers"} <= set(default)
-    assert "city_components" not in default and "grids" not in default  # their minzoom is above 9
+    assert "city_components" in default and "grids" not in default  # grids start at 11
     skipped = decode(http.get(f"/tiles/onemap/WebMercatorQuad/9/{low.y}/{low.x}",
-                              params={"layers": "roads,city_components"}).content)
+                              params={"layers": "roads,grids"}).content)
     assert list(skipped) == ["roads"]
 
 
 def test_low_zoom_points_are_clustered(http, components):
-    """City components start at zoom 10 and are clustered at 10 and 11: one feature per cell of a 16x16
+    """City components start at zoom 6 and are clustered at 6 and 7: one feature per cell of a 16x16
     grid over the tile, with point_count and the most common status."""
     cells = 16
-    for tile in {mercator_tile(lon, lat, 10) for lon, lat in components.values()}:
+    for tile in {mercator_tile(lon, lat, 7) for lon, lat in components.values()}:
         features = decode(http.get(tile_url("city_components", tile)).content)["city_components"]
         left, bottom, right, top = MERCATOR.xy_bounds(tile)
         size = (right - left) / cells
@@ -230,7 +230,7 @@ def test_low_zoom_points_are_clustered(http, components):
             assert f["properties"]["status"] in get_layer("city_components").field("status").values
         assert got == expected
         assert len(features) < sum(expected.values())
-    clustered_total = sum(f["properties"]["point_count"] for t in {mercator_tile(lo, la, 11) for lo, la in
+    clustered_total = sum(f["properties"]["point_count"] for t in {mercator_tile(lo, la, 6) for lo, la in
                                                                    components.values()}
                           for f in decode(http.get(tile_url("city_components", t)).content)["city_components"])
     assert clustered_total == len(components)

@@ -38,9 +38,12 @@ def etag_of(data: bytes) -> str:
     return '"' + hashlib.blake2b(data, digest_size=16).hexdigest() + '"'
 
 
-def cache_key(path: str, query_string: bytes | str) -> str:
+def cache_key(path: str, query_string: bytes | str, hidden: frozenset[str] = frozenset()) -> str:
+    """`hidden`: the private layers a composite tile leaves out for its caller (twin.access), which
+    shape the tile as much as its URL does."""
     query = query_string.decode("latin-1") if isinstance(query_string, bytes) else query_string
-    return path + "?" + urlencode(sorted(parse_qsl(query, keep_blank_values=True)))
+    key = path + "?" + urlencode(sorted(parse_qsl(query, keep_blank_values=True)))
+    return key + "#hidden=" + ",".join(sorted(hidden)) if hidden else key
 
 
 class TileCache:

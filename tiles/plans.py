@@ -6,7 +6,8 @@ composed with SQLAlchemy Core (tiles.sources) the first time the shape is asked 
 text with named parameters and kept (least recently used out). A tile of that shape binds its
 envelope and resolution (`tile_values`) beside the plan's own values (filter literals, as_of):
 values are always parameters, never SQL text, and the one text per shape lets the database
-keep it prepared. Except for low zooms of point layers, where every tile is clustered: after five
+keep it prepared. Except for low zooms of point layers clustered from their points (not from
+counted cells, tiles.sources), where every tile is clustered: after five
 runs PostgreSQL would switch a prepared statement to its generic plan, which cannot see how many
 points the tile's envelope holds and clusters a million points twice as slowly. Those are planned
 afresh each time (`prepare` false); planning is nothing beside clustering.
@@ -19,7 +20,8 @@ from dataclasses import dataclass
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 
 from tiles.settings import TileSettings
-from tiles.sources import LayerRequest, clustered_at, tile_statement, tile_values
+from tiles.request import TileRequest
+from tiles.sources import LayerRequest, cell_block, clustered_at, from_cells, tile_statement, tile_values
 from tiles.tms import TileAddress
 
 DIALECT = PGDialect_psycopg()
@@ -35,6 +37,11 @@ class TilePlan:
         return self.values | tile_values(tile, settings)
 
 
+def plan_shape(request: TileRequest, settings: TileSettings) -> tuple:
+    """The request's shape (tiles.request), and whether counted cells fit its zoom, which changes the SQL too."""
+    return request.shape(settings) + (cell_block(request.tile, settings) is not None,)
+
+
 def compile_plan(requests: list[LayerRequest], tile: TileAddress, settings: TileSettings) -> TilePlan:
     """The plan of the shape of `tile` with these layers (any tile of the same shape gives the same plan)."""
     compiled = tile_statement(requests, tile, settings).compile(
@@ -42,8 +49,8 @@ def compile_plan(requests: list[LayerRequest], tile: TileAddress, settings: Tile
     processors = compiled._bind_processors  # type adaptations SQLAlchemy applies on execute (none for most types)
     values = {name: processors[name](value) if name in processors else value
               for name, value in compiled.construct_params().items() if name not in tile_values(tile, settings)}
-    return TilePlan(str(compiled), values,
-                    prepare=not any(clustered_at(r.spec, tile.z, settings) for r in requests))
+    return TilePlan(str(compiled), values, prepare=not any(
+        clustered_at(r.spec, tile.z, settings) and not from_cells(r, tile, settings) for r in requests))
 
 
 class PlanCache:

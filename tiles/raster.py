@@ -5,14 +5,20 @@ ETL job), never from the client. Only files whose header is TIFF's are handed to
 GTiff driver opens them, never the VRT driver (a VRT is XML that can point GDAL at any file or
 URL). GDAL_SKIP=VRT is not an option: rio-tiler reprojects tiles through in-memory warped VRTs.
 Sidecar files are not looked for (GDAL_DISABLE_READDIR_ON_OPEN): a COG carries its overviews.
+
+Before titiler reads anything, `checked_request` refuses what would fail deep inside rio-tiler or
+exhaust memory: bands the COG does not have (in `bidx` or `expression`), image sizes beyond
+MAX_PIXELS a side and zoom levels outside the grids'.
 """
 
 from functools import cache
 
-from fastapi import FastAPI, Path as PathParam, Request
+import rasterio
+from fastapi import Depends, FastAPI, Path as PathParam, Request
 from fastapi.responses import JSONResponse
 from rio_tiler.errors import (InvalidBandName, InvalidColorFormat, InvalidColorMapName, InvalidExpression,
-                              InvalidFormat, MissingBands, PointOutsideBounds, TileOutsideBounds)
+                              InvalidFormat, MissingBands, PointOutsideBounds, RioTilerError, TileOutsideBounds)
+from rio_tiler.expression import parse_expression
 from sqlalchemy import Column, MetaData, Table, Text, select
 from titiler.core.factory import TilerFactory
 
@@ -34,7 +40,17 @@ CLIENT_ERRORS = {
     InvalidFormat: (400, "invalid_parameter"),
     InvalidBandName: (400, "invalid_parameter"),
     MissingBands: (400, "invalid_parameter"),
+    # rio-tiler's own complaints about what it was asked (e.g. "Invalid geometry" for a feature without one);
+    # a fault of the file comes from rasterio instead
+    RioTilerError: (400, "invalid_parameter"),
 }
+GDAL_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+MAX_PIXELS = 2048  # a side of any image asked for: 2048² float32 bands stay within tens of MB
+MAX_ZOOM = max(GRIDS.get(grid).maxzoom for grid in GRIDS.list())
+# query parameters that size the work: (lowest, highest)
+BOUNDS = {"tilesize": (1, MAX_PIXELS), "width": (1, MAX_PIXELS), "height": (1, MAX_PIXELS),
+          "max_size": (1, MAX_PIXELS), "buffer": (0, 256), "padding": (0, 256),
+          "minzoom": (0, MAX_ZOOM), "maxzoom": (0, MAX_ZOOM)}
 
 
 @cache
@@ -53,7 +69,7 @@ async def cog_path(request: Request, layer: str = PathParam(description="A raste
         known = ", ".join(s.id for s in catalog().values() if s.kind == "raster")
         raise ApiError(404, "unknown_layer", f"No raster layer '{layer[:80]}'. Raster layers: {known}.",
                        where="path.layer")
-    async with request.app.state.engine.connect() as conn:
+    async with request.app.state.read_engine.connect() as conn:
         path = (await conn.execute(select(raster_source.c.path).where(raster_source.c.layer == spec.id))).scalar()
     if path is None:
         raise ApiError(404, "raster_not_loaded", f"No data loaded for raster layer {spec.id} yet.", where="path.layer")
@@ -63,12 +79,50 @@ async def cog_path(request: Request, layer: str = PathParam(description="A raste
     return path
 
 
+@cache
+def band_count(path: str) -> int:
+    with rasterio.Env(**GDAL_ENV), rasterio.open(path) as src:
+        return src.count
+
+
+def _check_bounds(request: Request) -> None:
+    for name, (lowest, highest) in BOUNDS.items():
+        try:
+            value = float(request.query_params[name])
+        except (KeyError, ValueError):  # absent, or not a number: titiler's own validation answers
+            continue
+        if not lowest <= value <= highest:
+            raise ApiError(400, "invalid_parameter", f"{name} must lie between {lowest} and {highest}, not "
+                           f"{request.query_params[name][:40]}.", where=f"query.{name}")
+
+
+def _check_bands(request: Request, count: int) -> None:
+    asked = [("bidx", b) for b in request.query_params.getlist("bidx") if b.lstrip("-").isdigit()]
+    expression = request.query_params.get("expression")
+    if expression:
+        try:
+            asked += [("expression", str(b)) for b in parse_expression(expression)]
+        except (ValueError, RioTilerError) as e:
+            raise ApiError(400, "invalid_parameter", f"expression: {e}", where="query.expression") from e
+    for where, band in asked:
+        if not 1 <= int(band) <= count:
+            bands = "band 1 (b1)" if count == 1 else f"bands 1 to {count} (b1 … b{count})"
+            raise ApiError(400, "invalid_parameter", f"{where} names band {band}; this layer has {bands}.",
+                           where=f"query.{where}")
+
+
+async def checked_request(request: Request, path: str = Depends(cog_path)) -> None:
+    """Refuse sizes, zooms and bands that would exhaust memory or fail inside rio-tiler (see the module doc)."""
+    _check_bounds(request)
+    _check_bands(request, band_count(path))
+
+
 def install(app: FastAPI) -> None:
     """Mount the raster tiler and answer rio-tiler's errors as JSON with a reason."""
     factory = TilerFactory(router_prefix=PREFIX, path_dependency=cog_path, supported_tms=GRIDS,
-                           environment_dependency=lambda: {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"},
+                           environment_dependency=lambda: GDAL_ENV,
                            add_viewer=False, add_preview=False, add_part=False)
-    app.include_router(factory.router, prefix=PREFIX, tags=["raster"])
+    app.include_router(factory.router, prefix=PREFIX, tags=["raster"], dependencies=[Depends(checked_request)])
 
     def handler(status: int, code: str):
         async def respond(request: Request, exc: Exception):

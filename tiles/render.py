@@ -11,7 +11,7 @@ and the tile tried once more on a fresh one.
 import psycopg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tiles.plans import PlanCache, TilePlan, compile_plan
+from tiles.plans import PlanCache, TilePlan, compile_plan, plan_shape
 from tiles.request import TileRequest
 from tiles.settings import TileSettings
 from twin.db import async_engine
@@ -24,15 +24,16 @@ class TileRenderer:
         self.plans = PlanCache(tiles.plans)
         self.engine: AsyncEngine | None = None  # from open() to close(): the app's life
 
-    def open(self, settings: Settings) -> None:
+    def open(self, settings: Settings, **options) -> None:
+        """`options`: the engine's, e.g. `async_creator` to read from a replica (tiles.changes)."""
         self.engine = async_engine(settings, max_overflow=0, pool_pre_ping=False, pool_reset_on_return=None,
-                                   isolation_level="AUTOCOMMIT")
+                                   isolation_level="AUTOCOMMIT", **options)
 
     async def close(self) -> None:
         await self.engine.dispose()
 
     def plan(self, request: TileRequest) -> TilePlan:
-        return self.plans.get(request.shape(self.settings),
+        return self.plans.get(plan_shape(request, self.settings),
                               lambda: compile_plan(request.layer_requests(), request.tile, self.settings))
 
     async def render(self, request: TileRequest) -> bytes:

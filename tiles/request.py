@@ -65,9 +65,11 @@ def layer_tile(layer: str, tms: str, z: int, y: int, x: int, query: Mapping[str,
     return TileRequest(tile, (spec,), (tuple(selected.fields(spec)),), moment, where)
 
 
-def onemap_tile(tms: str, z: int, y: int, x: int, query: Mapping[str, str]) -> TileRequest:
-    """`/tiles/onemap/{tms}/{z}/{y}/{x}`: the layers asked for (default all) visible at z, every field."""
+def onemap_tile(tms: str, z: int, y: int, x: int, query: Mapping[str, str],
+                hidden: frozenset[str] = frozenset()) -> TileRequest:
+    """`/tiles/onemap/{tms}/{z}/{y}/{x}`: the layers asked for (default all) visible at z, every field,
+    but the private layers `hidden` from the caller (twin.access)."""
     tile = address(tms, z, x, y)
     moment = as_of(query.get("as_of"))
-    chosen = tuple(onemap_layers(query.get("layers"), tile.z))
+    chosen = tuple(s for s in onemap_layers(query.get("layers"), tile.z) if s.id not in hidden)
     return TileRequest(tile, chosen, tuple(tuple(f.name for f in spec.fields) for spec in chosen), moment)

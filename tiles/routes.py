@@ -18,15 +18,16 @@ from tiles.params import tile_address, vector_layer
 from tiles.request import TileRequest, layer_tile, onemap_tile
 from tiles.responses import MVT, tile_response
 from tiles.tms import TileAddress
+from twin.access import hidden_layers
 
 router = APIRouter(tags=["tiles"])
 TILE_RESPONSES = {200: {"content": {MVT: {}}, "description": "The tile"}, 204: {"description": "No features here"},
                   304: {"description": "Not modified (If-None-Match)"}}
 
 
-async def serve(request: Request, ask) -> Response:
+async def serve(request: Request, ask, hidden: frozenset[str] = frozenset()) -> Response:
     """The tile as the fast path (tiles.fastpath) serves it, for requests it hands on."""
-    key = cache_key(request.scope["path"], request.scope["query_string"])
+    key = cache_key(request.scope["path"], request.scope["query_string"], hidden)
     tile, state = await request.app.state.tile_provider.tile(key, ask)
     status, headers, body = tile_response(tile, request.headers.get("if-none-match"), state)
     return Response(body, status_code=status, headers=headers)
@@ -50,6 +51,8 @@ async def onemap_tile_route(request: Request, tile: TileAddress = Depends(tile_a
                             layers: str | None = Query(None, description="Comma-separated layers (default: every "
                                                        "vector layer visible at this zoom)"),
                             moment: datetime | None = Depends(as_of)):
+    hidden = await hidden_layers(request)
+
     def ask() -> TileRequest:
-        return onemap_tile(tile.tms, tile.z, tile.y, tile.x, request.query_params)
-    return await serve(request, ask)
+        return onemap_tile(tile.tms, tile.z, tile.y, tile.x, request.query_params, hidden)
+    return await serve(request, ask, hidden)

@@ -14,14 +14,9 @@ from tiles.provider import TileProvider
 from tiles.render import TileRenderer
 from tiles.settings import tile_settings
 from tiles.shared import SharedTileCache
-from twin.db import database_url
-from twin.settings import Settings
+from twin.replicas import ReadSources
 
 log = logging.getLogger("twin.tiles")
-
-
-def _url(settings: Settings) -> str:
-    return database_url(settings).replace("postgresql+psycopg://", "postgresql://")
 
 
 def install(app: FastAPI) -> None:
@@ -41,8 +36,14 @@ async def running(app: FastAPI):
     """For the app's life: the renderer's connection pool, and the change listener (the caches serve
     once it is connected)."""
     provider: TileProvider = app.state.tile_provider
-    provider.renderer.open(app.state.settings)
-    follower = ChangeFollower(_url(app.state.settings), provider.memory, provider.shared, tile_settings())
+    settings = app.state.settings
+
+    async def drop_renderer_connections():
+        await provider.renderer.engine.dispose()
+
+    follower = ChangeFollower(ReadSources(settings).tile_sources(), provider.memory, provider.shared, tile_settings(),
+                              settings, drop_renderer_connections)
+    provider.renderer.open(settings, async_creator=follower.connect)
     task = asyncio.create_task(follower.run(), name="tile-change-listener")
     try:
         await asyncio.wait_for(follower.connected.wait(), timeout=10)

@@ -6,27 +6,38 @@ and one database round trip. The feature test is index-using in the storage CRS 
 tile envelope transformed to EPSG:4490 once, `geom && envelope`); geometries are then
 transformed to the grid's CRS, simplified to the tile's resolution and clipped by
 `ST_AsMVTGeom`. Dense point layers become clusters: one feature per grid cell with its
-`point_count` and the cell's most common category.
+`point_count` and the cell's most common category. A layer whose points are counted per fine cell in
+`twin.tile_cell` (migration 0008) clusters its current Web Mercator tiles from those counts, down to
+zoom 13, instead of from its points; `as_of` and `filter` tiles, and the other grids, cluster the points.
 """
 
 from dataclasses import dataclass
 from datetime import datetime
 from functools import reduce
 
-from sqlalchemy import BigInteger, Float, LargeBinary, bindparam, cast, func, null, select, union_all
+from sqlalchemy import (BigInteger, Column, Float, Integer, LargeBinary, MetaData, Table, Text, bindparam, cast,
+                        func, literal, null, select, union_all)
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.sql import ColumnElement, Select, Selectable
 
 from layers.catalog import SRID, LayerSpec
 from layers.filters import Filter
-from layers.tables import source
+from layers.tables import current, source
 from tiles.settings import TileSettings
 from tiles.tms import BUFFER, EXTENT, TileAddress
 
 POINT_COUNT = "point_count"
 SIMPLIFY_UNITS = 4  # simplification tolerance in MVT units: half a pixel of a tile drawn 512 px wide
 SCREEN_PIXELS = 512  # polygons smaller than one such pixel of the tile are dropped
+CELL_LEVEL = 17  # twin.tile_cell cuts the Web Mercator world into 2^17 x 2^17 cells
+CELL_LAYERS = frozenset({"city_components"})  # the layers migration 0008 counts, by their `category`
 FIELD_KINDS = {"text": "String", "integer": "Number", "real": "Number", "boolean": "Boolean", "date": "String",
                "timestamptz": "String"}
+
+
+TILE_CELL = Table("tile_cell", MetaData(), Column("layer", Text), Column("cx", Integer), Column("cy", Integer),
+                  Column("category", Text), Column("points", BigInteger), Column("sum_x", Float),
+                  Column("sum_y", Float), schema="twin")
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,21 @@ def clustered_at(spec: LayerSpec, z: int, settings: TileSettings) -> bool:
     return clusters(spec) and z < spec.minzoom + settings.cluster_zooms
 
 
+def cell_block(tile: TileAddress, settings: TileSettings) -> int | None:
+    """How many of twin.tile_cell's cells make a side of one of the tile's cluster cells, None when they do
+    not fit whole (another grid, or a zoom above 13)."""
+    per_side = 2 ** tile.z * settings.cluster_cells
+    if tile.tms != "WebMercatorQuad" or per_side > 2 ** CELL_LEVEL or 2 ** CELL_LEVEL % per_side:
+        return None
+    return 2 ** CELL_LEVEL // per_side
+
+
+def from_cells(request: LayerRequest, tile: TileAddress, settings: TileSettings) -> bool:
+    """Whether the layer's clusters in this tile are summed from twin.tile_cell, which holds the current points."""
+    return (request.spec.id in CELL_LAYERS and request.as_of is None and request.filter is None
+            and cell_block(tile, settings) is not None)
+
+
 def field_kinds(spec: LayerSpec) -> dict[str, str]:
     """TileJSON's vector_layers fields: attribute → String | Number | Boolean."""
     kinds = {f.name: FIELD_KINDS[f.type] for f in spec.fields}
@@ -69,7 +95,15 @@ def tile_values(tile: TileAddress, settings: TileSettings) -> dict[str, float]:
             "tile_reach": span * BUFFER / EXTENT, "tile_tolerance": span * SIMPLIFY_UNITS / EXTENT,
             # polygons smaller than a screen pixel are dropped (both in square degrees)
             "tile_min_area": (east - west) * (north - south) / SCREEN_PIXELS ** 2,
-            "tile_cell": cell}
+            "tile_cell": cell} | _cell_values(tile, settings)
+
+
+def _cell_values(tile: TileAddress, settings: TileSettings) -> dict[str, int]:
+    """The tile's range of twin.tile_cell cells (inclusive) and how many make a cluster cell's side."""
+    block = cell_block(tile, settings) or 1
+    side = block * settings.cluster_cells
+    return {"cell_block": block, "cell_x0": tile.x * side, "cell_x1": (tile.x + 1) * side - 1,
+            "cell_y0": tile.y * side, "cell_y1": (tile.y + 1) * side - 1}
 
 
 def _value(values: dict[str, float], name: str) -> ColumnElement:
@@ -114,19 +148,70 @@ def _clustered(points: Selectable, request: LayerRequest, tile: TileAddress, val
         func.floor((x - _value(values, "tile_xmin")) / cell), func.floor((_value(values, "tile_ymax") - y) / cell))
 
 
+def _count(values: dict, name: str) -> ColumnElement:
+    return bindparam(name, values[name], Integer)
+
+
+def _tile_cells(request: LayerRequest, values: dict) -> list:
+    """The layer's twin.tile_cell rows inside the tile (by the primary key)."""
+    cells = TILE_CELL
+    return [cells.c.layer == literal(request.spec.id),
+            cells.c.cx.between(_count(values, "cell_x0"), _count(values, "cell_x1")),
+            cells.c.cy.between(_count(values, "cell_y0"), _count(values, "cell_y1"))]
+
+
+def _clustered_cells(request: LayerRequest, tile: TileAddress, values: dict) -> Select:
+    """The clusters of `_clustered`, summed from the layer's counts in twin.tile_cell: per cluster cell and
+    category first, then per cluster cell with the category of most points (ties: the first, as mode())."""
+    cells, inside = TILE_CELL, _tile_cells(request, values)
+    block = _count(values, "cell_block")
+    by_category = select((cells.c.cx // block).label("gx"), (cells.c.cy // block).label("gy"), cells.c.category,
+                         func.sum(cells.c.points).label("n"), func.sum(cells.c.sum_x).label("sx"),
+                         func.sum(cells.c.sum_y).label("sy")).where(*inside).group_by(
+        "gx", "gy", cells.c.category).subquery(f"{request.spec.id}_cells")
+    shown, total = category(request.spec), func.sum(by_category.c.n)
+    src = current(request.spec).c
+    most = func.nullif(func.array_agg(aggregate_order_by(by_category.c.category, by_category.c.n.desc(),
+                                                         by_category.c.category))[1], "")  # '' stands for null
+    mean = [func.sum(c).op("/", return_type=Float)(cast(total, Float)) for c in (by_category.c.sx, by_category.c.sy)]
+    position = func.ST_SetSRID(func.ST_MakePoint(*mean), tile.srid)
+    return select(
+        cast(null(), BigInteger).label("fid"),
+        *(cast(most, src[name].type).label(name) if name == shown else cast(null(), src[name].type).label(name)
+          for name in request.properties),
+        cast(total, BigInteger).label(POINT_COUNT),
+        _mvt_geom(position, tile, values).label("geom"),
+    ).group_by(by_category.c.gx, by_category.c.gy)
+
+
+def _dense_cells(request: LayerRequest, values: dict, limit: int) -> ColumnElement:
+    return (select(func.coalesce(func.sum(TILE_CELL.c.points), 0) > limit).where(*_tile_cells(request, values))
+            .scalar_subquery())
+
+
 def _points(request: LayerRequest, src: Selectable, where: list, tile: TileAddress, values: dict,
             settings: TileSettings):
     """Points as they are, or clustered when the zoom is low for the layer or the tile is dense."""
     spec, names = request.spec, request.properties
     points = select(src.c.fid, *(src.c[n] for n in names), func.ST_Transform(src.c.geom, tile.srid).label("g"))
+    counted = from_cells(request, tile, settings)
+    if counted and clustered_at(spec, tile.z, settings):
+        return _clustered_cells(request, tile, values)
     if clustered_at(spec, tile.z, settings):
         # OFFSET 0 keeps the subquery from being merged into the clusters' query, where each use of `g`
         # would transform every point again
         return _clustered(points.where(*where).offset(0).subquery(f"{spec.id}_points"), request, tile, values)
     candidates = points.where(*where).cte(f"{spec.id}_points")
+    if counted:
+        # MATERIALIZED: only read when the tile is not dense; inlined, a parallel scan of the whole layer
+        # would start its workers before the dense test could skip it
+        candidates = candidates.prefix_with("MATERIALIZED")
     as_is = select(candidates.c.fid, *(candidates.c[n] for n in names), cast(null(), BigInteger).label(POINT_COUNT),
                    _mvt_geom(candidates.c.g, tile, values).label("geom"))
     limit = settings.dense_points
+    if counted:
+        dense = _dense_cells(request, values, limit)
+        return union_all(as_is.where(~dense), _clustered_cells(request, tile, values).where(dense))
     dense = (select(func.count() > limit)
              .select_from(select(candidates.c.fid).limit(limit + 1).subquery(f"{spec.id}_sample"))
              .scalar_subquery())

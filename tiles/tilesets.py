@@ -47,7 +47,7 @@ async def _bounds(request: Request, spec: LayerSpec) -> tuple[float, float, floa
     """The layer's extent in lon/lat, or the world when it is empty."""
     geom = current(spec).c.geom
     box = func.ST_Extent(geom)
-    async with request.app.state.engine.connect() as conn:
+    async with request.app.state.read_engine.connect() as conn:
         row = (await conn.execute(select(func.ST_XMin(box), func.ST_YMin(box), func.ST_XMax(box),
                                          func.ST_YMax(box)))).first()
     return WORLD if row is None or row[0] is None else tuple(row)

@@ -2,11 +2,12 @@
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from layers import collections as collection_routes
 from layers import changes as change_routes, diff as diff_routes, edits as edit_routes, revert as revert_routes
 from layers import items as item_routes
+from layers import openapi as ogc_openapi
 from layers import export as export_routes
 from layers import series as series_routes
 from layers import queries as query_routes
@@ -14,10 +15,11 @@ from layers.catalog import catalog
 from tiles import server as tile_server
 from etl.water_class import classify_frame
 from etl import routes as etl_routes
-from twin import errors, health
+from twin import access, admin, errors, health, limits
 from twin import styles as style_routes
 from twin import viewer
 from twin.db import async_engine
+from twin.replicas import read_engine
 from twin.logs import configure
 from twin.settings import Settings, get_settings
 
@@ -29,9 +31,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.engine = async_engine(settings)
-        async with tile_server.running(app):
+        app.state.read_engine = read_engine(settings, app.state.engine)  # reads that may lag: twin.replicas
+        async with tile_server.running(app), access.following(app):
             yield
-        await app.state.engine.dispose()
+        for engine in {app.state.engine, app.state.read_engine}:
+            await engine.dispose()
 
     app = FastAPI(
         title="OneMap Twin",
@@ -40,8 +44,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/api",
         docs_url="/docs",
         lifespan=lifespan,
+        dependencies=[Depends(access.layer_in_path)],  # private layers: twin.access
     )
     app.state.settings = settings
+    access.install(app, catalog().values())
     app.state.classify_water = classify_frame  # layers.series classifies aggregates without importing etl
     app.include_router(health.router(lambda: [s for s in catalog().values() if s.kind != "raster"]))
     app.include_router(collection_routes.router)
@@ -52,8 +58,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(series_routes.router)
     app.include_router(query_routes.router)
     app.include_router(style_routes.router)
+    app.include_router(admin.router)
     app.include_router(etl_routes.router)
     tile_server.install(app)
     viewer.install(app)
+    limits.install(app, upload_bytes=settings.max_upload_mb << 20)  # body sizes and speeds, before parsing
+    ogc_openapi.install(app)  # {layer} documented as OGC's {collectionId}
     errors.install(app)  # last, so its URL check is the outermost middleware
     return app

@@ -134,6 +134,35 @@ def db_analyst_role(name: str = typer.Option("twin_analyst", help="the role's na
     print(url)
 
 
+@db_app.command("backup")
+def db_backup(file: Path = typer.Argument(..., help="the backup file to write (pg_dump custom format)")):
+    """Back up the whole database (layers, history, change log, runs, keys) to FILE."""
+    from twin.backup import BackupError, backup
+
+    try:
+        size = backup(database_url(), file)
+    except (BackupError, DatabaseError) as e:
+        fail(str(e))
+    console.print(f"backed up to {file} ({size / 2**20:.1f} MB)")
+
+
+@db_app.command("restore")
+def db_restore(file: Path = typer.Argument(..., help="a file written by twin db backup"),
+               force: bool = typer.Option(False, "--force", help="replace a database that already holds data")):
+    """Restore FILE into the database, which must be empty unless --force (then its contents are replaced)."""
+    from twin.backup import BackupError, restore
+
+    try:
+        restored = restore(database_url(), file, force)
+    except (BackupError, DatabaseError) as e:
+        fail(str(e))
+    console.print(f"restored {restored.tables} tables from {file}; migration revision {restored.revision} "
+                  "(run twin db migrate to bring it to the current one)")
+    if restored.skipped_roles:
+        err.print(f"[yellow]grants to roles missing here were skipped:[/] {', '.join(restored.skipped_roles)} "
+                  "(for an analyst role: twin db analyst-role)")
+
+
 # -- keys ---------------------------------------------------------------------
 @keys_app.command("create")
 def keys_create(department: str = typer.Option(..., help="the department, e.g. 生态环境局"),
@@ -190,6 +219,21 @@ def layers_list():
         table.add_row(s.id, s.title.zh, s.title.en, s.kind, s.geometry or "", s.department, s.group,
                       f"{s.minzoom}–{s.maxzoom}", str(len(s.fields)))
     console.print(table)
+
+
+@layers_app.command("private")
+def layers_private(name: str = typer.Argument(..., help="the layer"),
+                   private: bool = typer.Option(..., "--on/--off", help="private (reads need a key) or public")):
+    """Make a layer private (read only with an admin key or a key of its department or listing it) or public
+    again; running servers follow at once."""
+    from layers.catalog import catalog
+    from twin.access import switch_statement
+
+    if name not in catalog():
+        fail(f"unknown layer {name} (see: twin layers list)")
+    with sync_engine().begin() as conn:
+        conn.execute(switch_statement(name, private, _cli_actor(None)))
+    console.print(f"{name} is now {'private' if private else 'public'}")
 
 
 # -- ETL ----------------------------------------------------------------------
@@ -348,6 +392,7 @@ def run_server(host: str, port: int, workers: int) -> None:
     console.print(f"OneMap Twin on {base}\n  map         {base}/map\n  API         {base}/\n  docs        {base}/docs\n"
                   f"  collections {base}/collections\n  health      {base}/health")
     argv = [sys.executable, "-m", "uvicorn", "--factory", "twin.app:create_app", "--host", host, "--port", str(port),
+            "--http", "twin.limits:TimelyHeaders",  # bounded request headers (twin.limits)
             "--workers", str(workers), "--proxy-headers", "--no-access-log"]
     raise typer.Exit(subprocess.call(argv))
 

@@ -16,6 +16,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from twin.deadline import RequestDeadline
+
 log = logging.getLogger("twin.errors")
 
 # The database cannot answer now (refused, shut down, restarting, connection lost, pool exhausted,
@@ -24,6 +26,8 @@ UNAVAILABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutErr
                psycopg.OperationalError, psycopg.InterfaceError)
 RETRY_AFTER_S = 5
 QUERY_TIMEOUT = "57014"
+# A request is answered 503 this long after the statement timeout, whatever the database does (twin.deadline).
+DEADLINE_MARGIN_S = 5
 
 
 class ApiError(Exception):
@@ -99,6 +103,8 @@ class NoNulInUrl:
 
 
 def install(app: FastAPI) -> None:
+    app.add_middleware(RequestDeadline, seconds=app.state.settings.statement_timeout_ms / 1000 + DEADLINE_MARGIN_S,
+                       retry_after_s=RETRY_AFTER_S)
     app.add_middleware(NoNulInUrl)
     generate = app.openapi
 
@@ -135,6 +141,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
+        if isinstance(exc.__cause__, RecursionError):  # FastAPI's "error parsing the body" of json.loads
+            return JSONResponse(_body("invalid_json", "The JSON body is nested too deeply to read.", "body"),
+                                status_code=400)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(_body(code, str(exc.detail)), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))

@@ -2,8 +2,10 @@
 
 from functools import cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -13,6 +15,8 @@ class Settings(BaseSettings):
 
     # An external PostGIS; when unset, the managed local cluster in data_dir is used.
     database_url: str | None = None
+    # Streaming replicas for reads, comma-separated (twin.replicas); writes stay on database_url.
+    database_read_urls: Annotated[list[str], NoDecode] = []
     data_dir: Path = Path("var")
     host: str = "127.0.0.1"
     port: int = 8000
@@ -31,6 +35,16 @@ class Settings(BaseSettings):
     styles_dir: Path = REPO_ROOT / "styles"
     # A Redis (redis://host:port/db) the workers share tiles through; unset: each worker caches alone.
     redis_url: str | None = None
+
+    @field_validator("database_read_urls", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        urls = [url.strip() for url in value.split(",") if url.strip()] if isinstance(value, str) else value
+        for url in urls:
+            if not url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+                raise ValueError(f"not a PostgreSQL URL: {url.split('@')[-1][:80]!r} "
+                                 "(postgresql://user:pw@host:port/db)")
+        return urls
 
 
 @cache

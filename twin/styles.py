@@ -19,6 +19,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from twin.access import hidden_layers
 from twin.errors import ApiError
 from twin.urls import base_url
 
@@ -59,8 +60,9 @@ def _with_layers(url: str, layer_ids: list[str]) -> str:
     return f"{url}{'&' if '?' in url else '?'}layers={','.join(layer_ids)}"
 
 
-def compose(directory: Path, style: dict) -> dict:
-    """The composite style with every grouped layer's style layers in it."""
+def compose(directory: Path, style: dict, hidden: frozenset[str] = frozenset()) -> dict:
+    """The composite style with every grouped layer's style layers in it, but those of `hidden` layers
+    (private ones the caller may not read, twin.access)."""
     meta = style.get("metadata", {})
     composite_id = meta.get("twin:composite-source")
     composite = style["sources"].get(composite_id)
@@ -68,6 +70,7 @@ def compose(directory: Path, style: dict) -> dict:
         raise ApiError(500, "broken_style", f"The composite source '{composite_id}' is not among the style's sources.")
     drawn, vector_layers, promote = [], [], {}
     for group in meta["twin:groups"]:
+        group["layers"] = [layer_id for layer_id in group["layers"] if layer_id not in hidden]
         for layer_id in group["layers"]:
             path = _path(directory, layer_id)
             if path is None or path.parent.name != "layers":
@@ -119,13 +122,13 @@ def absolutize(style: dict, base: str) -> dict:
     return style
 
 
-def load(directory: Path, name: str) -> dict | None:
+def load(directory: Path, name: str, hidden: frozenset[str] = frozenset()) -> dict | None:
     path = _path(directory, name)
     if path is None:
         return None
     style = _read(path)
     if "twin:groups" in style.get("metadata", {}):
-        style = compose(directory, style)
+        style = compose(directory, style, hidden)
     return style
 
 
@@ -154,7 +157,7 @@ async def list_styles(request: Request):
             responses={200: {"content": {STYLE_TYPE: {}}, "description": "A MapLibre style document"}})
 async def get_style(name: str, request: Request):
     directory = _directory(request)
-    style = load(directory, name)
+    style = load(directory, name, await hidden_layers(request))
     if style is None:
         raise ApiError(404, "unknown_style", f"No style '{name[:80]}'. Known styles: {', '.join(names(directory))}.",
                        where="path.name")

@@ -48,7 +48,7 @@ SERIAL_LIMIT = 999_999
 
 def chunks(total: int, roads: gpd.GeoDataFrame, grids: gpd.GeoDataFrame, seed: int) -> Iterator[gpd.GeoDataFrame]:
     classes = component_classes()
-    weights = np.array([WEIGHTS.get(c.minor_name, DEFAULT_WEIGHT) for c in classes])
+    shares = _shares(np.array([WEIGHTS.get(c.minor_name, DEFAULT_WEIGHT) for c in classes]), total)
     owners = [_owners(c) for c in classes]
     segments = _segments(roads)
     grid_tree = shapely.STRtree(grids.geometry.values)
@@ -56,7 +56,7 @@ def chunks(total: int, roads: gpd.GeoDataFrame, grids: gpd.GeoDataFrame, seed: i
     for index, start in enumerate(range(0, total, CHUNK)):
         n = min(CHUNK, total - start)
         rng = stream(seed, "components", index)
-        kind = rng.choice(len(classes), n, p=weights / weights.sum())
+        kind = rng.choice(len(classes), n, p=shares)
         # Serials count up per class in file order, across chunks.
         rank = pd.Series(kind).groupby(kind).cumcount().to_numpy() + 1 + serial[kind]
         serial += np.bincount(kind, minlength=len(classes))
@@ -82,6 +82,21 @@ def chunks(total: int, roads: gpd.GeoDataFrame, grids: gpd.GeoDataFrame, seed: i
             "installed_on": pd.arrays.ArrowExtensionArray(pa.array(day.astype("int32"), pa.date32())),
         }, geometry=points)
         yield table
+
+
+def _shares(weights: np.ndarray, total: int) -> np.ndarray:
+    """Each class's share of the components. A class that would outgrow its 6-digit serials (the common
+    ones past about 8M components) is capped and its excess spread over the others in proportion."""
+    shares = weights / weights.sum()
+    cap = 0.95 * SERIAL_LIMIT / total  # 5% headroom for the random draw
+    if cap * len(shares) < 1:
+        raise ValueError(f"at most {int(0.95 * SERIAL_LIMIT * len(shares)):,} components: the 6-digit serials "
+                         f"of {len(shares)} classes would overflow")
+    while (over := shares > cap).any():
+        spare = (shares[over] - cap).sum()
+        shares[over] = cap
+        shares[~over] += spare * shares[~over] / shares[~over].sum()
+    return shares
 
 
 def _owners(component) -> list[str]:

@@ -1,0 +1,203 @@
+"""The server across a frozen database, on a cluster and server of its own.
+
+Every PostgreSQL process is stopped with SIGSTOP for FROZEN_S seconds: the kernel still accepts
+connections and acknowledges what is sent, nothing answers. Every request still ends within the
+deadline (statement timeout + twin.errors.DEADLINE_MARGIN_S) with 503 JSON and Retry-After, and
+after SIGCONT the server serves again by itself. Acknowledged writes are kept.
+"""
+
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.conftest import reachable_tmpdir
+from tests.server_support import logged_server
+from tests.test_faults import LAYER, Outcome, _centre, _hammer, _recovered_at, _requests
+from tests.tile_support import wait_for
+from twin.auth import create_key
+from twin.cluster import Cluster
+from twin.db import migrate
+from twin.errors import DEADLINE_MARGIN_S
+
+STATEMENT_TIMEOUT_MS = 1000
+DEADLINE_S = STATEMENT_TIMEOUT_MS / 1000 + DEADLINE_MARGIN_S
+BOUND_S = DEADLINE_S + 1.5  # the deadline, plus answering under load on two shared cores
+FROZEN_S = 14.0
+WORKERS = 12  # a request waits out the deadline while frozen: enough threads to ask every endpoint twice
+RECOVERY_S = 15.0
+
+
+def postgres_processes(pgdata: Path) -> list[int]:
+    """The postmaster and every process it forked (backends, checkpointer, walwriter …)."""
+    postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == postmaster:
+            children.append(int(stat.parent.name))
+    return [postmaster, *children]
+
+
+@pytest.fixture(scope="module")
+def site():
+    """(cluster, sync engine, write key, base URL, server log) of a throwaway cluster and its own server."""
+    root = reachable_tmpdir("twin-freeze-")
+    cluster = Cluster(root / "db")
+    try:
+        cluster.up()
+        migrate(url=cluster.url())
+        engine = create_engine(cluster.url().replace("postgresql://", "postgresql+psycopg://", 1), pool_pre_ping=True)
+        lon, lat = _centre()
+        with engine.begin() as conn:
+            for i in range(5):
+                conn.execute(text(f"INSERT INTO layers.{LAYER} (code, name, evaluation_type, geom) VALUES "
+                                  "(:code, :name, 'river', ST_SetSRID(ST_MakePoint(:lon, :lat), 4490))"),
+                             {"code": f"F{i}", "name": f"站点{i}", "lon": lon + i * 1e-4, "lat": lat})
+            key = create_key(conn, "生态环境局", [LAYER])
+        log = root / "server.log"
+        with logged_server(cluster.url(), root, log, statement_timeout_ms=STATEMENT_TIMEOUT_MS) as base:
+            yield cluster, engine, key, base, log
+        engine.dispose()
+    finally:
+        for pid in postgres_processes(cluster.pgdata) if (cluster.pgdata / "postmaster.pid").exists() else []:
+            os.kill(pid, signal.SIGCONT)  # never leave a stopped cluster behind
+        cluster.destroy()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def freeze(site):
+    """Requests from WORKERS threads while every PostgreSQL process is stopped for FROZEN_S seconds."""
+    cluster, _, key, base, _ = site
+    requests = _requests(key)
+    outcomes: list[Outcome] = []
+    stop = threading.Event()
+    threads = [threading.Thread(target=_hammer, args=(base, requests, i, stop, outcomes), daemon=True)
+               for i in range(WORKERS)]
+    for thread in threads:
+        thread.start()
+    processes: list[int] = []
+    try:
+        time.sleep(1.5)  # the pools hold idle connections now: the case that used to hang
+        processes = postgres_processes(cluster.pgdata)
+        for pid in processes:  # the postmaster first: it forks no backend after that
+            os.kill(pid, signal.SIGSTOP)
+        processes = postgres_processes(cluster.pgdata)
+        for pid in processes:
+            os.kill(pid, signal.SIGSTOP)
+        frozen = time.monotonic()
+        time.sleep(FROZEN_S)
+    finally:
+        for pid in processes:
+            os.kill(pid, signal.SIGCONT)
+    thawed = time.monotonic()
+    try:
+        recovered = wait_for(lambda: _recovered_at(outcomes, requests, thawed), seconds=RECOVERY_S + 5)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=BOUND_S + 30)
+    return {"outcomes": outcomes, "frozen": frozen, "thawed": thawed, "recovered": recovered,
+            "names": list(requests), "processes": len(processes)}
+
+
+def test_every_request_ends_within_the_deadline(freeze):
+    outcomes = freeze["outcomes"]
+    assert [o for o in outcomes if o.status is None] == []
+    slowest = max(outcomes, key=lambda o: o.seconds)
+    assert slowest.seconds <= BOUND_S, slowest
+    during = [o for o in outcomes if freeze["frozen"] <= o.started <= freeze["thawed"]]
+    print(f"\n{freeze['processes']} postgres processes frozen {FROZEN_S:.0f} s; {len(outcomes)} requests, "
+          f"{len(during)} started during the freeze, {sum(o.status == 503 for o in outcomes)} answered 503, "
+          f"slowest {slowest.seconds:.2f} s ({slowest.endpoint}, {slowest.status})")
+
+
+def test_the_only_errors_are_503_json_with_retry_after(freeze):
+    outcomes = freeze["outcomes"]
+    assert {o.status for o in outcomes} <= {200, 201, 503}, sorted({(o.endpoint, o.status) for o in outcomes})
+    unavailable = [o for o in outcomes if o.status == 503]
+    assert unavailable
+    for o in unavailable:
+        assert o.retry_after is not None and int(o.retry_after) > 0, o
+        assert o.content_type == "application/json" and o.json_body is not None, o
+
+
+def test_while_frozen_every_database_endpoint_answers_503(freeze):
+    """Requests that started and ended inside the freeze; a request started late in it may still be waiting
+    at the thaw, and then succeeds."""
+    inside = [o for o in freeze["outcomes"] if freeze["frozen"] + 0.5 <= o.started and
+              o.started + o.seconds <= freeze["thawed"]]
+    by_endpoint = {name: {o.status for o in inside if o.endpoint == name} for name in freeze["names"]}
+    assert by_endpoint == {name: {503} for name in freeze["names"]}
+    codes = {o.json_body.get("code") for o in inside if o.endpoint != "health"}
+    assert codes <= {"request_timeout", "database_unavailable"} and "request_timeout" in codes
+
+
+def test_the_server_recovers_by_itself(freeze):
+    assert freeze["recovered"] is not None, "some endpoint never answered 200 again"
+    seconds = freeze["recovered"] - freeze["thawed"]
+    assert seconds <= RECOVERY_S
+    after = [o for o in freeze["outcomes"] if o.started >= freeze["recovered"]]
+    assert after and {o.status for o in after} <= {200, 201}
+    print(f"\nall endpoints answered 200 again {seconds:.2f} s after the thaw")
+
+
+def test_acknowledged_writes_are_kept(freeze, site):
+    engine = site[1]
+    writes = [o for o in freeze["outcomes"] if o.endpoint == "write"]
+    acknowledged = {o.json_body["properties"]["code"]: o.json_body["id"] for o in writes if o.status == 201}
+    with engine.connect() as conn:
+        stored = dict(conn.execute(text(f"SELECT code, fid FROM layers.{LAYER} WHERE code LIKE 'W%'")).all())
+        logged = set(conn.execute(text("SELECT fid FROM twin.change WHERE layer = :layer AND operation = 'insert'"),
+                                  {"layer": LAYER}).scalars())
+    assert acknowledged and {code: stored.get(code) for code in acknowledged} == acknowledged
+    assert set(acknowledged.values()) <= logged and set(stored.values()) <= logged
+    print(f"\n{len(writes)} writes: {len(acknowledged)} acknowledged and kept, "
+          f"{len(set(stored) - set(acknowledged))} answered 503 yet committed at the thaw")
+
+
+def test_the_server_log_has_no_unhandled_exception(freeze, site):
+    log = site[4].read_text(errors="replace")
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log[-3000:]
+    assert "503 request_timeout" in log
+
+
+def test_a_slow_upload_is_not_cut_by_the_deadline(site):
+    """The deadline counts from the request's last input: a body trickling in for longer than the deadline
+    is still read whole (here: refused for its content, a 4xx, not a 503)."""
+    _, _, key, base, _ = site
+
+    def trickle():
+        boundary = "twinboundary"
+        yield f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="s.csv"\r\n\r\n'.encode()
+        for _ in range(int(DEADLINE_S) + 3):
+            time.sleep(1)
+            yield b"x" * 10
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    body = b"".join(trickle())  # sized: the server wants a Content-Length
+    chunks = [body[i:i + 16] for i in range(0, len(body), 16)]
+
+    def paced():
+        for i, chunk in enumerate(chunks):
+            if i and i % max(1, len(chunks) // (int(DEADLINE_S) + 3)) == 0:
+                time.sleep(1)
+            yield chunk
+
+    started = time.monotonic()
+    r = httpx.post(f"{base}/etl/monitoring_stations", content=paced(), timeout=60,
+                   headers={"Authorization": f"Bearer {key}", "Content-Length": str(len(body)),
+                            "Content-Type": "multipart/form-data; boundary=twinboundary"})
+    assert time.monotonic() - started > DEADLINE_S
+    assert r.status_code != 503 and r.status_code < 500, r.text

@@ -1,0 +1,209 @@
+"""Low-zoom city-component tiles clustered from the counts kept in twin.tile_cell (migration 0008):
+the counts agree with the layer after every write, in the writing transaction; cluster tiles summed
+from them equal the clusters computed from the points (the as_of and filter paths) and an
+independent count; other grids, the composite tile, errors; the migration's downgrade."""
+
+import math
+from collections import Counter
+from datetime import datetime, timezone
+
+import morecantile
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from layers.catalog import get_layer
+from tests.tile_support import EXTENT, MERCATOR, TO_MERCATOR, decode, mercator_tile, points, tile_url, wait_for
+
+HALF_WORLD = 20037508.342789244
+FINE = 2 ** 17  # cells across the world (migration 0008)
+SPOT = (120.4123, 31.5234)  # inside the district
+
+
+def fine_cell(lon: float, lat: float) -> tuple[int, int]:
+    x, y = TO_MERCATOR.transform(lon, lat)
+    size = 2 * HALF_WORLD / FINE
+    return math.floor((x + HALF_WORLD) / size), math.floor((HALF_WORLD - y) / size)
+
+
+def cell_counts(conn) -> Counter:
+    rows = conn.execute(text("SELECT cx, cy, category, points FROM twin.tile_cell WHERE layer = 'city_components'"))
+    return Counter({(cx, cy, category): n for cx, cy, category, n in rows})
+
+
+def layer_counts(conn) -> Counter:
+    rows = conn.execute(text("SELECT ST_X(geom), ST_Y(geom), status FROM layers.city_components"))
+    return Counter(fine_cell(lon, lat) + (status,) for lon, lat, status in rows)
+
+
+def clusters(data: bytes) -> dict[tuple[int, int], tuple[int, str]]:
+    """Cluster features of a tile by their 16x16 cell: (point_count, status)."""
+    return {(int(x * 16 // EXTENT), int(y * 16 // EXTENT)): (f["properties"]["point_count"], f["properties"]["status"])
+            for f in decode(data)["city_components"] for x, y in [f["geometry"]["coordinates"]]}
+
+
+@pytest.fixture(scope="module")
+def components(engine, loaded):
+    return points(engine, "city_components")
+
+
+@pytest.fixture(scope="module")
+def district(components):
+    """The zoom-8 tile holding every city component."""
+    tiles = {mercator_tile(lon, lat, 8) for lon, lat in components.values()}
+    assert len(tiles) == 1
+    return tiles.pop()
+
+
+def test_cells_count_every_component(engine, components):
+    with engine.connect() as conn:
+        kept, counted = cell_counts(conn), layer_counts(conn)
+        sums = conn.execute(text("SELECT sum(points), sum(sum_x), sum(sum_y) FROM twin.tile_cell")).one()
+    assert kept == counted and sum(kept.values()) == len(components) == 3000
+    xs, ys = zip(*(TO_MERCATOR.transform(lon, lat) for lon, lat in components.values()))
+    assert (sums[1], sums[2]) == (pytest.approx(sum(xs)), pytest.approx(sum(ys)))
+
+
+def test_cells_follow_writes_within_the_transaction(engine):
+    """Insert, update (status and position), delete: the counts agree at every step, before commit; a
+    rollback leaves them as they were."""
+    with engine.connect() as conn:
+        before = cell_counts(conn)
+    with engine.connect() as conn, conn.begin() as tx:
+        conn.execute(text("INSERT INTO layers.city_components (code, status, geom) SELECT "
+                          "format('3202140199%s', lpad(i::text, 6, '0')), '丢失', ST_Point(:lon + i * 1e-4, :lat, 4490) "
+                          "FROM generate_series(1, 5) i"), {"lon": SPOT[0], "lat": SPOT[1]})
+        assert cell_counts(conn) == layer_counts(conn) != before
+        conn.execute(text("UPDATE layers.city_components SET status = '占用', geom = ST_Point(120.51, 31.49, 4490) "
+                          "WHERE code IN ('3202140199000001', '3202140199000002')"))
+        conn.execute(text("UPDATE layers.city_components SET status = status WHERE code = '3202140199000003'"))
+        conn.execute(text("DELETE FROM layers.city_components WHERE fid = (SELECT min(fid) FROM layers.city_components)"))
+        assert cell_counts(conn) == layer_counts(conn)
+        assert cell_counts(conn)[fine_cell(120.51, 31.49) + ("占用",)] >= 2
+        tx.rollback()
+    with engine.connect() as conn:
+        assert cell_counts(conn) == before
+        assert conn.execute(text("SELECT count(*) FROM twin.tile_cell WHERE points <= 0")).scalar() == 0
+
+
+@pytest.mark.parametrize("z", [6, 8, 10, 13])
+def test_cell_clusters_equal_point_clusters(http, components, z):
+    """Per tile, the clusters summed from cells (current) equal those computed from the points (as_of now,
+    which reads source(spec, as_of)) and an independent count per 16x16 cell with the most common status."""
+    now = datetime.now(timezone.utc).isoformat()
+    for tile in {mercator_tile(lon, lat, z) for lon, lat in components.values()}:
+        left, bottom, right, top = MERCATOR.xy_bounds(tile)
+        size, counts, statuses = (right - left) / 16, Counter(), {}
+        for fid, (lon, lat) in components.items():
+            x, y = TO_MERCATOR.transform(lon, lat)
+            if left <= x <= right and bottom <= y <= top:
+                counts[(int((x - left) // size), int((top - y) // size))] += 1
+        if sum(counts.values()) <= 2000 and z > 7:
+            continue  # drawn as points, not clusters (tests/test_tiles.py)
+        cells = http.get(tile_url("city_components", tile), params={"properties": "status"})
+        computed = http.get(tile_url("city_components", tile), params={"properties": "status", "as_of": now})
+        assert cells.status_code == computed.status_code == 200
+        got = clusters(cells.content)
+        assert got == clusters(computed.content)
+        assert {cell: n for cell, (n, _) in got.items()} == dict(counts)
+
+
+def test_z8_cluster_status_is_the_most_common(engine, http, district):
+    got = clusters(http.get(tile_url("city_components", district), params={"properties": "status"}).content)
+    left, bottom, right, top = MERCATOR.xy_bounds(district)
+    size = (right - left) / 16
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT ST_X(geom), ST_Y(geom), status FROM layers.city_components")).all()
+    per_cell: dict[tuple[int, int], Counter] = {}
+    for lon, lat, status in rows:
+        x, y = TO_MERCATOR.transform(lon, lat)
+        per_cell.setdefault((int((x - left) // size), int((top - y) // size)), Counter())[status] += 1
+    for cell, (n, status) in got.items():
+        ranked = sorted(per_cell[cell].items(), key=lambda kv: (-kv[1], kv[0]))
+        assert (n, status) == (sum(per_cell[cell].values()), ranked[0][0])
+
+
+def test_cluster_tile_follows_a_committed_write(engine, http, district):
+    """The cached z8 tile is evicted through the change log and redrawn from the updated counts."""
+    url = tile_url("city_components", district)
+
+    def total() -> int:
+        return sum(n for n, _ in clusters(http.get(url, params={"properties": "status"}).content).values())
+    start = total()
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO layers.city_components (code, status, geom) VALUES "
+                          "('3202140198000001', '丢失', ST_Point(:lon, :lat, 4490))"), {"lon": SPOT[0], "lat": SPOT[1]})
+    try:
+        assert wait_for(lambda: total() == start + 1)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM layers.city_components WHERE code = '3202140198000001'"))
+    assert wait_for(lambda: total() == start)
+
+
+def test_filtered_and_other_grid_tiles_cluster_the_points(http, engine, components, district):
+    with engine.connect() as conn:
+        broken = conn.execute(text("SELECT count(*) FROM layers.city_components WHERE status = '破损'")).scalar()
+    low = mercator_tile(*next(iter(components.values())), 6)
+    filtered = clusters(http.get(tile_url("city_components", low),
+                                 params={"properties": "status", "filter": "status = '破损'"}).content)
+    assert sum(n for n, _ in filtered.values()) == broken > 0
+    assert {status for _, status in filtered.values()} == {"破损"}
+    total = 0
+    for tile in {morecantile.tms.get("WorldCRS84Quad").tile(lon, lat, 6) for lon, lat in components.values()}:
+        geographic = http.get(tile_url("city_components", tile, "WorldCRS84Quad"), params={"properties": "code"})
+        total += sum(f["properties"]["point_count"] for f in decode(geographic.content)["city_components"])
+    assert total == len(components)
+
+
+def test_composite_tile_carries_the_clusters(http, district):
+    alone = clusters(http.get(tile_url("city_components", district)).content)
+    onemap = decode(http.get(f"/tiles/onemap/WebMercatorQuad/8/{district.y}/{district.x}").content)
+    assert {"city_components", "districts"} <= set(onemap)
+    assert sum(f["properties"]["point_count"] for f in onemap["city_components"]) == sum(
+        n for n, _ in alone.values())
+
+
+@pytest.mark.parametrize(("path", "params", "status", "code"), [
+    ("/collections/city_components/tiles/WebMercatorQuad/5/13/26", {}, 404, "zoom_out_of_range"),
+    ("/collections/city_components/tiles/WebMercatorQuad/8/104/213", {"properties": "nope"}, 400, None),
+    ("/collections/city_components/tiles/WebMercatorQuad/8/104/213", {"as_of": "yesterday-ish"}, 400, None),
+    ("/collections/city_components/tiles/WebMercatorQuad/8/104/213", {"as_of": "1900-01-01T00:00:00Z"}, 204, None),  # nothing then: empty
+    ("/collections/city_components/tiles/WebMercatorQuad/8/104/213", {"filter": "status = '; DROP TABLE x"}, 400, None),
+    ("/collections/city_components/tiles/WebMercatorQuad/8/104/213", {"properties": "status," * 5000}, 400, None),
+    ("/collections/city_components/tiles/WebMercatorQuad/8/999/213", {}, 400, "tile_out_of_range"),
+    ("/collections/city_components/tiles/WebMercatorQuad/8/104/213", {"properties": ""}, 200, None),
+])
+def test_low_zoom_bad_input(http, path, params, status, code):
+    response = http.get(path, params=params)
+    assert response.status_code == status, response.text
+    if status >= 400:
+        assert response.json()["description"] and (code is None or response.json()["code"] == code)
+
+
+def test_migration_downgrades_and_upgrades(database_url):
+    """0008 down and up again on a scratch database: the triggers go and come back, the counts rebuilt."""
+    from twin.db import downgrade, migrate
+
+    base, name = database_url.rsplit("/", 1)[0], "twin_tile_cells_migration"
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = f"{base}/{name}"
+    try:
+        migrate("0008", url=url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("INSERT INTO layers.city_components (code, status, geom) VALUES "
+                         "('3202140197000001', '完好', ST_Point(120.4, 31.5, 4490))")
+        downgrade("0007", url=url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("SELECT to_regclass('twin.tile_cell')").fetchone()[0] is None
+            conn.execute("INSERT INTO layers.city_components (code, status, geom) VALUES "
+                         "('3202140197000002', '完好', ST_Point(120.4, 31.5, 4490))")
+        migrate("0008", url=url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            rows = conn.execute("SELECT cx, cy, category, points FROM twin.tile_cell").fetchall()
+        assert rows == [(*fine_cell(120.4, 31.5), "完好", 2)]
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
