@@ -11,6 +11,8 @@ Runs go through the synchronous ETL (`twin.db.sync_engine()`) in a worker thread
 record and its lock are taken in the request, so the id answered is the run doing the work.
 """
 
+import errno
+
 from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
@@ -130,6 +132,13 @@ async def start(job: str, request: Request, background: BackgroundTasks,
             status = 413 if isinstance(e, uploads.UploadTooLarge) else 422
             raise ApiError(status, "unusable_file", f"{e} (run {run.id})", where="file",
                            headers={"Location": _run_url(request, run.id)}) from e
+        except OSError as e:  # the data directory is full or not writable: nothing was kept (uploads.store)
+            await run_in_threadpool(records.fail, run, f"the upload could not be stored: {e.strerror}")
+            full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise ApiError(507 if full else 503, "insufficient_storage" if full else "storage_unavailable",
+                           f"The server cannot store the upload now ({e.strerror}); nothing was loaded (run "
+                           f"{run.id}). Retry later.", headers={"Location": _run_url(request, run.id),
+                                                                "Retry-After": "60"}) from e
         background.add_task(_perform, run, job, spec, path, mode, fields, principal.actor,
                             settings.data_dir / "rasters", sha)
         handed_over = True

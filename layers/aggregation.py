@@ -21,7 +21,7 @@ from sqlalchemy.sql.elements import Grouping
 from layers.catalog import SRID, LayerSpec
 
 OUTSIDE, EDGE = 0, -1
-CELLS = 40_000  # cells the polygons' bounding boxes are cut into: few enough to label in ~0.1 s
+CELLS = 40_000  # cells the polygons' bounding boxes are cut into: labelled in a fraction of a second
 MAX_CELLS = 250_000  # cells in the whole frame, when the polygons lie far apart
 # Cells are labelled widened by this much (degrees, ~0.1 mm), so a point that rounding puts in
 # the neighbouring cell is still judged by a label that holds for it.
@@ -109,6 +109,12 @@ def _tally(polygon: int, row) -> Tally:
     return Tally(polygon, figures.get("value"), figures["count"], figures.get("sum"))
 
 
+def _polygons_hit(row) -> list[int]:
+    if row.cell == EDGE:
+        return row.polygons or []
+    return [] if row.cell in (OUTSIDE, None) else [row.cell]  # None: an empty point, which no polygon holds
+
+
 async def _by_join(conn, src, polygons, group_by, sum_field, where) -> list[Tally]:
     value, measures = _measures(src, group_by, sum_field)
     rows = await conn.execute(select(polygons.c.fid.label("polygon"), *value, *measures)
@@ -138,7 +144,7 @@ async def _by_cells(conn, src, polygons, group_by, sum_field, where) -> list[Tal
                               .group_by(located.c.cell, *value, polygons_hit))
     tallies: dict[tuple, Tally] = {}
     for row in rows:
-        for polygon in (row.polygons or []) if row.cell == EDGE else [row.cell] if row.cell != OUTSIDE else []:
+        for polygon in _polygons_hit(row):
             part = _tally(polygon, row)
             known = tallies.get((polygon, part.value))
             tallies[(polygon, part.value)] = part if known is None else Tally(

@@ -72,7 +72,7 @@ def _properties(spec: LayerSpec, row):
     return case((row.c.fid.is_(None), null()), else_=built)
 
 
-def _content(spec: LayerSpec, change_ids: list[int]):
+def change_content(spec: LayerSpec, change_ids: list[int]):
     """Per change id of the layer: the properties before and after, the geometry after, and the move."""
     c = change.c
     after, before = versions(spec).alias("after"), history(spec).alias("before")
@@ -97,7 +97,7 @@ async def with_content(conn, rows: list) -> list[tuple]:
         ids.setdefault(row.layer, []).append(row.change_id)
     content = {}
     for layer, change_ids in ids.items():
-        for found in (await conn.execute(_content(get_layer(layer), change_ids))).all():
+        for found in (await conn.execute(change_content(get_layer(layer), change_ids))).all():
             content[found.change_id] = found
     return [(row, content[row.change_id]) for row in rows]
 

@@ -22,6 +22,7 @@ from twin.errors import ApiError
 
 MAX_BODY = 16 * 1024 * 1024
 MAX_TEXT = 10_000
+MAX_VERTICES = 100_000  # the district's most detailed boundary has 580; validation time grows with vertices
 # Nesting of GeoJSON coordinates: positions are depth 0.
 DEPTH = {"Point": 0, "MultiPoint": 1, "LineString": 1, "MultiLineString": 2, "Polygon": 2, "MultiPolygon": 3}
 
@@ -79,6 +80,15 @@ def _check_positions(value, depth: int, where: str) -> None:
         _check_positions(item, depth - 1, f"{where}[{n}]")
 
 
+def _count_positions(value, depth: int) -> int:
+    """Positions in GeoJSON coordinates of that nesting, counted before anything is checked one by one."""
+    if not isinstance(value, list):
+        return 0
+    if depth <= 1:
+        return len(value) if depth == 1 else 1
+    return sum(_count_positions(item, depth - 1) for item in value)
+
+
 def parse_geometry(value, crs: crs_.Crs, where: str = "geometry"):
     """A GeoJSON geometry object as a 2D shapely geometry in the storage CRS (None for JSON null)."""
     if value is None:
@@ -89,6 +99,10 @@ def parse_geometry(value, crs: crs_.Crs, where: str = "geometry"):
     if kind not in DEPTH:
         raise ApiError(422, "wrong_geometry_type", f"geometry type {kind[:40]!r} is not one a layer holds "
                        f"({', '.join(DEPTH)})", where=f"{where}.type")
+    vertices = _count_positions(value.get("coordinates"), DEPTH[kind])
+    if vertices > MAX_VERTICES:
+        raise ApiError(413, "geometry_too_large", f"The geometry has {vertices} vertices; a feature may have at most "
+                       f"{MAX_VERTICES}. Simplify it first.", where=f"{where}.coordinates")
     _check_positions(value.get("coordinates"), DEPTH[kind], f"{where}.coordinates")
     try:
         geom = shapely.force_2d(shape(value))

@@ -99,7 +99,8 @@ async def queries():
     return {
         "queries": {
             "nearest": "POST /query/nearest — the k nearest features of layers to a point, with distances",
-            "within": "POST /query/within — features within a distance of a geometry or of selected features",
+            "within": "POST /query/within — features within a distance of a geometry or of selected features "
+                      "(pages: limit, offset)",
             "intersects": "POST /query/intersects — features in a polygon, counted per layer and category",
             "at": "POST /query/at — the polygons (districts, streets, grids …) containing a point",
             "aggregate": "POST /query/aggregate — a layer counted or summed per polygon of another layer",
@@ -140,7 +141,8 @@ async def nearest(query: Nearest, request: Request) -> Response:
 @router.post("/within", **GEOJSON_ANSWER)
 async def within(query: Within, request: Request) -> Response:
     """Features within `distance` metres of a geometry, or of the features a selector picks
-    (each with its distance to the nearest of them)."""
+    (each with its distance to the nearest of them), nearest first; `limit` and `offset` page
+    through them, `numberMatched` counts them all."""
     crs = parse_crs(query.crs, "body.crs")
     spec = vector_layer(query.layer, "body.layer")
     await require_read(request, [spec.id], "body.layer")
@@ -173,8 +175,10 @@ async def within(query: Within, request: Request) -> Response:
                          .join_from(src, hits, src.c.fid == hits.c.fid).order_by(hits.c.distance_m, src.c.fid))
         page = statement.add_columns(func.count().over().label("matched"))
         rows = (await conn.execute(page.limit(query.limit or MAX_RESULTS + 1).offset(query.offset))).all()
-        matched = rows[0].matched if rows else query.offset and await conn.scalar(
-            select(func.count()).select_from(statement.subquery()))
+        if rows:
+            matched = rows[0].matched
+        else:  # past the last page, or nothing at all
+            matched = await conn.scalar(select(func.count()).select_from(statement.subquery())) if query.offset else 0
     if query.limit is None and matched - query.offset > MAX_RESULTS:
         raise too_many(matched, "Ask for pages with limit and offset, use a shorter distance or a narrower "
                        "selection, or /query/aggregate for counts.")

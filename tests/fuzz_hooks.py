@@ -43,8 +43,9 @@ def before_load_schema(context, raw_schema: dict) -> None:
         layers = _layers(raster=path.startswith("/raster/"))
         for operation in operations.values():
             for parameter in operation.get("parameters", []) if isinstance(operation, dict) else []:
-                if parameter.get("in") == "path" and parameter.get("name") in {"layer", *known}:
-                    parameter["schema"] = layers if parameter["name"] == "layer" else known[parameter["name"]]
+                if parameter.get("in") == "path" and parameter.get("name") in {"layer", "collectionId", *known}:
+                    named_layer = parameter["name"] in ("layer", "collectionId")  # OGC's name under /collections
+                    parameter["schema"] = layers if named_layer else known[parameter["name"]]
 
 
 @schemathesis.hook

@@ -154,7 +154,7 @@ def test_a_database_with_data_is_refused_unless_forced(round_trip, scratch, data
     assert fingerprint(scratch) == original  # the rows added since are gone: the backup's state, exactly
 
 
-@pytest.mark.parametrize("content", [b"", b"PGDMP" + os.urandom(2000), os.urandom(4096), b"SELECT 1;\n"])
+@pytest.mark.parametrize("content", [b"", b"PGDMP" + os.urandom(2000), b"SELECT 1;\n"])
 def test_a_corrupt_or_foreign_file_changes_nothing(round_trip, scratch, data_dir, tmp_path, content):
     bad = tmp_path / "bad.dump"
     bad.write_bytes(content)

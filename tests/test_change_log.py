@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 
 from layers.catalog import get_layer
-from layers.changelog import _content, change
+from layers.changelog import change, change_content
 from twin.db import downgrade, migrate
 
 WRITES = [
@@ -71,7 +71,7 @@ def _read_back(engine) -> list[tuple]:
         for layer in dict.fromkeys(r.layer for r in rows):
             ids = [r.change_id for r in rows if r.layer == layer]
             out += [(r.change_id, r.before, r.after, None if r.geom_after is None else bytes(r.geom_after),
-                     r.geom_changed, r.shift_m) for r in conn.execute(_content(get_layer(layer), ids))]
+                     r.geom_changed, r.shift_m) for r in conn.execute(change_content(get_layer(layer), ids))]
     return sorted(out, key=lambda r: r[0])
 
 

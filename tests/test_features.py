@@ -120,7 +120,7 @@ def test_limit_default_clamp_and_openapi(http, readings):
     assert clamped["numberReturned"] == 10_000 and clamped["numberMatched"] == len(readings)
     next_link = next(link["href"] for link in clamped["links"] if link["rel"] == "next")
     assert "limit=10000" in next_link and "offset=10000" in next_link
-    parameters = http.get("/api").json()["paths"]["/collections/{layer}/items"]["get"]["parameters"]
+    parameters = http.get("/api").json()["paths"]["/collections/{collectionId}/items"]["get"]["parameters"]
     limit = next(p for p in parameters if p["name"] == "limit")["schema"]
     assert limit["default"] == 100 and limit["maximum"] == 10_000
     assert {"bbox", "bbox-crs", "crs", "datetime", "filter", "filter-lang", "filter-crs", "properties", "sortby",

@@ -12,7 +12,6 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from layers.catalog import get_layer
 from tests.tile_support import EXTENT, MERCATOR, TO_MERCATOR, decode, mercator_tile, points, tile_url, wait_for
 
 HALF_WORLD = 20037508.342789244
@@ -71,13 +70,15 @@ def test_cells_follow_writes_within_the_transaction(engine):
         before = cell_counts(conn)
     with engine.connect() as conn, conn.begin() as tx:
         conn.execute(text("INSERT INTO layers.city_components (code, status, geom) SELECT "
-                          "format('3202140199%s', lpad(i::text, 6, '0')), '丢失', ST_Point(:lon + i * 1e-4, :lat, 4490) "
-                          "FROM generate_series(1, 5) i"), {"lon": SPOT[0], "lat": SPOT[1]})
+                          "format('3202140199%s', lpad(i::text, 6, '0')), '丢失', "
+                          "ST_Point(:lon + i * 1e-4, :lat, 4490) FROM generate_series(1, 5) i"),
+                     {"lon": SPOT[0], "lat": SPOT[1]})
         assert cell_counts(conn) == layer_counts(conn) != before
         conn.execute(text("UPDATE layers.city_components SET status = '占用', geom = ST_Point(120.51, 31.49, 4490) "
                           "WHERE code IN ('3202140199000001', '3202140199000002')"))
         conn.execute(text("UPDATE layers.city_components SET status = status WHERE code = '3202140199000003'"))
-        conn.execute(text("DELETE FROM layers.city_components WHERE fid = (SELECT min(fid) FROM layers.city_components)"))
+        conn.execute(text("DELETE FROM layers.city_components "
+                          "WHERE fid = (SELECT min(fid) FROM layers.city_components)"))
         assert cell_counts(conn) == layer_counts(conn)
         assert cell_counts(conn)[fine_cell(120.51, 31.49) + ("占用",)] >= 2
         tx.rollback()
@@ -93,7 +94,7 @@ def test_cell_clusters_equal_point_clusters(http, components, z):
     now = datetime.now(timezone.utc).isoformat()
     for tile in {mercator_tile(lon, lat, z) for lon, lat in components.values()}:
         left, bottom, right, top = MERCATOR.xy_bounds(tile)
-        size, counts, statuses = (right - left) / 16, Counter(), {}
+        size, counts = (right - left) / 16, Counter()
         for fid, (lon, lat) in components.items():
             x, y = TO_MERCATOR.transform(lon, lat)
             if left <= x <= right and bottom <= y <= top:
@@ -132,7 +133,8 @@ def test_cluster_tile_follows_a_committed_write(engine, http, district):
     start = total()
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO layers.city_components (code, status, geom) VALUES "
-                          "('3202140198000001', '丢失', ST_Point(:lon, :lat, 4490))"), {"lon": SPOT[0], "lat": SPOT[1]})
+                          "('3202140198000001', '丢失', ST_Point(:lon, :lat, 4490))"),
+                     {"lon": SPOT[0], "lat": SPOT[1]})
     try:
         assert wait_for(lambda: total() == start + 1)
     finally:
@@ -168,7 +170,8 @@ def test_composite_tile_carries_the_clusters(http, district):
     ("/collections/city_components/tiles/WebMercatorQuad/5/13/26", {}, 404, "zoom_out_of_range"),
     ("/collections/city_components/tiles/WebMercatorQuad/8/104/213", {"properties": "nope"}, 400, None),
     ("/collections/city_components/tiles/WebMercatorQuad/8/104/213", {"as_of": "yesterday-ish"}, 400, None),
-    ("/collections/city_components/tiles/WebMercatorQuad/8/104/213", {"as_of": "1900-01-01T00:00:00Z"}, 204, None),  # nothing then: empty
+    # nothing then: an empty tile
+    ("/collections/city_components/tiles/WebMercatorQuad/8/104/213", {"as_of": "1900-01-01T00:00:00Z"}, 204, None),
     ("/collections/city_components/tiles/WebMercatorQuad/8/104/213", {"filter": "status = '; DROP TABLE x"}, 400, None),
     ("/collections/city_components/tiles/WebMercatorQuad/8/104/213", {"properties": "status," * 5000}, 400, None),
     ("/collections/city_components/tiles/WebMercatorQuad/8/999/213", {}, 400, "tile_out_of_range"),

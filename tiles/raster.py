@@ -8,9 +8,10 @@ Sidecar files are not looked for (GDAL_DISABLE_READDIR_ON_OPEN): a COG carries i
 
 Before titiler reads anything, `checked_request` refuses what would fail deep inside rio-tiler or
 exhaust memory: bands the COG does not have (in `bidx` or `expression`), image sizes beyond
-MAX_PIXELS a side and zoom levels outside the grids'.
+MAX_PIXELS a side, zoom levels outside the grids' and `algorithm_params` that are not a JSON object.
 """
 
+import json
 from functools import cache
 
 import rasterio
@@ -111,9 +112,22 @@ def _check_bands(request: Request, count: int) -> None:
                            where=f"query.{where}")
 
 
+def _check_algorithm_params(request: Request) -> None:
+    given = request.query_params.get("algorithm_params")
+    try:
+        params = json.loads(given) if given is not None else {}
+    except ValueError:
+        params = None
+    if not isinstance(params, dict):
+        raise ApiError(400, "invalid_parameter", "algorithm_params must be a JSON object, e.g. {\"azimuth\": 45}.",
+                       where="query.algorithm_params")
+
+
 async def checked_request(request: Request, path: str = Depends(cog_path)) -> None:
-    """Refuse sizes, zooms and bands that would exhaust memory or fail inside rio-tiler (see the module doc)."""
+    """Refuse sizes, zooms, bands and parameters that would exhaust memory or fail inside rio-tiler (see the
+    module doc)."""
     _check_bounds(request)
+    _check_algorithm_params(request)
     _check_bands(request, band_count(path))
 
 

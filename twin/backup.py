@@ -55,7 +55,10 @@ def pg_tool(name: str) -> str:
 
 def _connection(url: str) -> tuple[str, dict]:
     """(conninfo without the password, environment carrying it): no password in the process list."""
-    params = conninfo_to_dict(url)
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as e:
+        raise BackupError(f"Not a usable database URL: {e}") from e
     password = params.pop("password", None)
     env = os.environ | ({"PGPASSWORD": password} if password else {})
     return make_conninfo(**params), env
@@ -103,11 +106,14 @@ def _contents(file: Path, env: dict) -> list[str]:
 
 
 def _occupied(url: str) -> list[str]:
-    with psycopg.connect(url, connect_timeout=10) as conn:
-        schemas = [r[0] for r in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s) "
-                                              "ORDER BY nspname", [list(OURS)])]
-        if conn.execute("SELECT to_regclass('public.alembic_version')").fetchone()[0]:
-            schemas.append("public.alembic_version")
+    try:
+        with psycopg.connect(url, connect_timeout=10) as conn:
+            schemas = [r[0] for r in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s) "
+                                                  "ORDER BY nspname", [list(OURS)])]
+            if conn.execute("SELECT to_regclass('public.alembic_version')").fetchone()[0]:
+                schemas.append("public.alembic_version")
+    except psycopg.OperationalError as e:
+        raise BackupError(f"Cannot reach the database: {str(e).strip().splitlines()[-1]}") from e
     return schemas
 
 

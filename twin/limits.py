@@ -22,7 +22,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from twin.errors import ApiError, error_body
 
 MB = 1 << 20
-JSON_BODY_BYTES = 16 * MB  # a feature at most (layers.feature_input.MAX_BODY)
+# A feature's 100,000 vertices (layers.feature_input.MAX_VERTICES) take about 4 MB of JSON; parsing twice that
+# already holds the event loop for a fraction of a second.
+JSON_BODY_BYTES = 8 * MB
 QUERY_BODY_BYTES = 2 * MB  # spatial queries take at most 10,000 vertices (layers.query_geometry)
 BODY_GRACE_S = 10.0
 BODY_IDLE_S = 30.0

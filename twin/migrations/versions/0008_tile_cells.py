@@ -27,10 +27,14 @@ LAYERS = {"city_components": "status"}
 HALF_WORLD = 20037508.342789244  # Web Mercator's half extent in metres
 LEVEL = 17  # 2^LEVEL cells across the world (tiles.sources.CELL_LEVEL)
 
-# The fine cell of a point (`%1$s.geom`), its category, its Web Mercator x and y.
-CELL = (f"floor((ST_X(%1$s.m) + {HALF_WORLD}) / (2 * {HALF_WORLD} / 2 ^ {LEVEL}))::int, "
-        f"floor(({HALF_WORLD} - ST_Y(%1$s.m)) / (2 * {HALF_WORLD} / 2 ^ {LEVEL}))::int, "
-        "%1$s.category, ST_X(%1$s.m), ST_Y(%1$s.m)")
+# A point's Web Mercator x and y (`%1$s.geom` in EPSG:4490, whose axes CGCS2000 shares with WGS84 to well
+# under a millimetre), by the spherical formulas: half the cost of ST_Transform, within 1e-8 m of it.
+MERCATOR = (f"ST_X(%1$s.geom) * {HALF_WORLD} / 180",
+            f"ln(tan(pi() / 4 + radians(ST_Y(%1$s.geom)) / 2)) * {HALF_WORLD} / pi()")
+# Of a point: its fine cell (column from the world's west edge, row from its north edge), category, x and y.
+CELL = (f"floor(({MERCATOR[0]} + {HALF_WORLD}) / (2 * {HALF_WORLD} / 2 ^ {LEVEL}))::int, "
+        f"floor(({HALF_WORLD} - {MERCATOR[1]}) / (2 * {HALF_WORLD} / 2 ^ {LEVEL}))::int, "
+        f"%1$s.category, {MERCATOR[0]}, {MERCATOR[1]}")
 
 FUNCTIONS = r"""
 CREATE TABLE twin.tile_cell (
@@ -47,7 +51,7 @@ CREATE TABLE twin.tile_cell (
 -- TG_ARGV[0]: the category column. Points moved from old_rows (-1) and to new_rows (+1), by cell.
 CREATE FUNCTION twin.count_tile_cells() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    rows_of text := 'SELECT ST_Transform(geom, 3857) AS m, coalesce(%I::text, '''') AS category, %s AS sign '
+    rows_of text := 'SELECT geom, coalesce(%I::text, '''') AS category, %s AS sign '
                    'FROM %s WHERE geom IS NOT NULL';
     moved text;
 BEGIN
@@ -60,7 +64,7 @@ BEGIN
         'INSERT INTO twin.tile_cell AS t (layer, cx, cy, category, points, sum_x, sum_y) '
         'SELECT $1, cx, cy, category, sum(sign), sum(sign * x), sum(sign * y) FROM ('
         '  SELECT %s, p.sign FROM (%s) p) c (cx, cy, category, x, y, sign) '
-        'GROUP BY cx, cy, category '
+        'GROUP BY cx, cy, category HAVING sum(sign) <> 0 OR sum(sign * x) <> 0 OR sum(sign * y) <> 0 '
         'ON CONFLICT (layer, cx, cy, category) DO UPDATE SET points = t.points + excluded.points, '
         'sum_x = t.sum_x + excluded.sum_x, sum_y = t.sum_y + excluded.sum_y',
         format('%CELL%', 'p'), moved) USING TG_TABLE_NAME;
@@ -76,7 +80,7 @@ def upgrade() -> None:
     for layer, category in LAYERS.items():
         op.execute(f"INSERT INTO twin.tile_cell (layer, cx, cy, category, points, sum_x, sum_y) "
                    f"SELECT '{layer}', cx, cy, category, count(*), sum(x), sum(y) FROM ("
-                   f"  SELECT {CELL.replace('%1$s', 'p')} FROM (SELECT ST_Transform(geom, 3857) AS m, "
+                   f"  SELECT {CELL.replace('%1$s', 'p')} FROM (SELECT geom, "
                    f"  coalesce({category}::text, '') AS category FROM layers.{layer} WHERE geom IS NOT NULL) p"
                    ") c (cx, cy, category, x, y) GROUP BY cx, cy, category")
         for operation, tables in (("INSERT", "NEW TABLE AS new_rows"),
