@@ -32,7 +32,7 @@ LAYER = get_layer("city_components")
 BOX = (120.40, 31.50, 120.45, 31.55)
 OURS = ("begin_change", "refuse_truncate", "stamp_insert", "bump_version", "record_insert", "record_update",
         "record_delete")
-SCHEMAS = {"0003 full log": "0006", "0007 lean log": "0007"}  # label: revision migrated to
+SCHEMAS = {"0003 full log": "0006", "0007 lean log": "head"}  # label: revision migrated to
 START = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
 
@@ -143,7 +143,7 @@ def main(rows: int = typer.Option(100_000, min=0, help="features written per cas
     names = {label: f"twin_bench_tracking_{revision}" for label, revision in SCHEMAS.items()}
     try:
         if rows:
-            engine = _scratch(base, names["0007 lean log"], "head")
+            engine = _scratch(base, names["0007 lean log"], SCHEMAS["0007 lean log"])
             with engine.connect() as conn:
                 others = set(conn.execute(text("SELECT tgname FROM pg_trigger WHERE tgrelid = CAST(:t AS regclass) "
                                                "AND NOT tgisinternal"), {"t": LAYER.table}).scalars()) - set(OURS)
@@ -170,7 +170,7 @@ def main(rows: int = typer.Option(100_000, min=0, help="features written per cas
                         for step in ("insert", "update", "delete")))
             _drop(base, names.values())
         if as_of_features:
-            engine = _scratch(base, names["0007 lean log"], "head")
+            engine = _scratch(base, names["0007 lean log"], SCHEMAS["0007 lean log"])
             start = time.perf_counter()
             moments = _versions(engine, as_of_features, versions)
             print(f"built {as_of_features:,} features × {versions} versions in {time.perf_counter() - start:.0f} s")
