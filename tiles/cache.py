@@ -42,7 +42,7 @@ def cache_key(path: str, query_string: bytes | str, hidden: frozenset[str] = fro
     """`hidden`: the private layers a composite tile leaves out for its caller (twin.access), which
     shape the tile as much as its URL does."""
     query = query_string.decode("latin-1") if isinstance(query_string, bytes) else query_string
-    key = path + "?" + urlencode(sorted(parse_qsl(query, keep_blank_values=True)))
+    key = path + "?" + urlencode(sorted(parse_qsl(query, keep_blank_values=True))) if query else path + "?"
     return key + "#hidden=" + ",".join(sorted(hidden)) if hidden else key
 
 

@@ -1,8 +1,7 @@
 """What a tile URL asks for, validated: the tile, its layers and what shapes them.
 
-Both doors to a tile use it: the fast path before routing (tiles.fastpath) and the routes
-(tiles.routes), whose FastAPI dependencies check the same parameters with the same functions and
-document them. Anything wrong is an ApiError naming the parameter.
+The routes (tiles.routes) make a tile from it; their FastAPI dependencies check the same parameters
+with the same functions and document them. Anything wrong is an ApiError naming the parameter.
 """
 
 from collections.abc import Mapping

@@ -26,7 +26,7 @@ TILE_RESPONSES = {200: {"content": {MVT: {}}, "description": "The tile"}, 204: {
 
 
 async def serve(request: Request, ask, hidden: frozenset[str] = frozenset()) -> Response:
-    """The tile as the fast path (tiles.fastpath) serves it, for requests it hands on."""
+    """The tile, from the caches or rendered (a cached one is usually served before routing: tiles.fastpath)."""
     key = cache_key(request.scope["path"], request.scope["query_string"], hidden)
     tile, state = await request.app.state.tile_provider.tile(key, ask)
     status, headers, body = tile_response(tile, request.headers.get("if-none-match"), state)

@@ -28,7 +28,11 @@ def install(app: FastAPI) -> None:
     app.include_router(tilesets.router)
     app.include_router(routes.router)
     raster.install(app)
-    app.add_middleware(TileFastPath, provider=provider)
+
+
+def install_fast_path(app: FastAPI) -> None:
+    """Cached tiles are answered before every other middleware: call last."""
+    app.add_middleware(TileFastPath, provider=app.state.tile_provider)
 
 
 @contextlib.asynccontextmanager

@@ -47,11 +47,15 @@ layer_access = Table("layer_access", MetaData(), Column("layer", Text, primary_k
 class LayerAccess:
     defaults: dict[str, bool]  # layer → private by its spec
     owners: dict[str, str]  # layer → the department that owns it
-    switched: dict[str, bool] = field(default_factory=dict)  # layer → private, as an admin set it
+    switched: dict[str, bool] = field(default_factory=dict)  # layer → private, as an admin set it; replaced, never changed in place
     live: bool = False  # `switched` follows the database (the listener is connected)
+    _private: tuple[dict, frozenset[str]] | None = field(default=None, repr=False)
 
     def private(self, switched: dict[str, bool] | None = None) -> frozenset[str]:
-        switched = self.switched if switched is None else switched
+        if switched is None:  # asked on every tile hit: worked out once per state of the switches
+            if self._private is None or self._private[0] is not self.switched:
+                self._private = (self.switched, self.private(self.switched))
+            return self._private[1]
         return frozenset(layer for layer, default in self.defaults.items() if switched.get(layer, default))
 
     def may_read(self, principal: Principal, layer: str) -> bool:

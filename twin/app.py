@@ -64,5 +64,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     viewer.install(app)
     limits.install(app, upload_bytes=settings.max_upload_mb << 20)  # body sizes and speeds, before parsing
     ogc_openapi.install(app)  # {layer} documented as OGC's {collectionId}
-    errors.install(app)  # last, so its URL check is the outermost middleware
+    errors.install(app)  # its URL check is outside every middleware but the tile fast path
+    tile_server.install_fast_path(app)  # last: a cached tile goes out before anything else runs
     return app
