@@ -1,10 +1,10 @@
 """OGC API landing page, conformance and the collections (the layer catalog)."""
 
 from fastapi import APIRouter, Request
-from sqlalchemy import text
 
 from layers import crs, html
 from layers.catalog import LayerSpec, catalog, get_layer
+from layers.extents import extent
 from twin.access import hidden_layers
 from twin.errors import ApiError
 from twin.urls import base_url
@@ -62,24 +62,17 @@ def layer_or_404(layer_id: str) -> LayerSpec:
     return spec
 
 
-async def _extent(conn, spec: LayerSpec) -> dict:
-    extent = {}
-    if spec.geometry:
-        box = (await conn.execute(text(
-            f"SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) FROM (SELECT ST_Extent(geom) e FROM {spec.table}) s"
-        ))).first()
-        if box and box[0] is not None:
-            extent["spatial"] = {"bbox": [list(box)], "crs": CRS84}
-    if spec.time_field:
-        span = (await conn.execute(text(
-            f'SELECT min("{spec.time_field}"), max("{spec.time_field}") FROM {spec.table}'))).first()
-        if span and span[0] is not None:
-            extent["temporal"] = {"interval": [[span[0].isoformat(), span[1].isoformat()]],
-                                  "trs": "http://www.opengis.net/def/uom/ISO-8601/0/Gregorian"}
-    return extent
+async def _extent(request: Request, spec: LayerSpec) -> dict:
+    found, described = await extent(request, spec), {}
+    if found.bbox:
+        described["spatial"] = {"bbox": [list(found.bbox)], "crs": CRS84}
+    if found.interval:
+        described["temporal"] = {"interval": [[moment.isoformat() for moment in found.interval]],
+                                 "trs": "http://www.opengis.net/def/uom/ISO-8601/0/Gregorian"}
+    return described
 
 
-async def _describe(request: Request, conn, spec: LayerSpec) -> dict:
+async def _describe(request: Request, spec: LayerSpec) -> dict:
     base = f"{base_url(request)}/collections/{spec.id}"
     description = {
         "id": spec.id,
@@ -99,7 +92,7 @@ async def _describe(request: Request, conn, spec: LayerSpec) -> dict:
         # the draft's rel, which GDAL's OAPIF driver follows to learn which properties a filter may name
         description["links"].append({"rel": "queryables", "type": "application/schema+json",
                                      "href": f"{base}/queryables"})
-        description["extent"] = await _extent(conn, spec)
+        description["extent"] = await _extent(request, spec)
         description["crs"] = list(crs.SUPPORTED) if spec.geometry else [CRS84]
         if spec.geometry:
             description["storageCrs"] = crs.STORAGE.uri
@@ -111,8 +104,7 @@ async def _describe(request: Request, conn, spec: LayerSpec) -> dict:
 @router.get("/collections")
 async def collections(request: Request):
     hidden = await hidden_layers(request)  # private layers the caller may not read are not listed
-    async with request.app.state.read_engine.connect() as conn:
-        described = [await _describe(request, conn, spec) for spec in catalog().values() if spec.id not in hidden]
+    described = [await _describe(request, spec) for spec in catalog().values() if spec.id not in hidden]
     base = base_url(request)
     body = {"links": [{"rel": "self", "type": "application/json", "href": f"{base}/collections"}],
             "collections": described}
@@ -122,6 +114,5 @@ async def collections(request: Request):
 @router.get("/collections/{layer}")
 async def collection(layer: str, request: Request):
     spec = layer_or_404(layer)
-    async with request.app.state.read_engine.connect() as conn:
-        body = await _describe(request, conn, spec)
+    body = await _describe(request, spec)
     return html.page("collection.html", base=base_url(request), body=body) if html.wanted(request) else body

@@ -210,7 +210,8 @@ async def _versions(request: Request, spec: LayerSpec, fid: int, version: int) -
     return kept, known
 
 
-@router.post("/collections/{layer}/items/{fid}/revert")
+@router.post("/collections/{layer}/items/{fid}/revert",
+             responses={200: {"content": {GEOJSON: {}}, "description": "The feature as it now is"}})
 async def revert_feature(request: Request, layer: str, fid: int = Path(ge=1, le=MAX_FID),
                          to_version: int = Query(ge=1, le=2**31 - 1, description="the version to bring back"),
                          if_match: str | None = Header(None), principal: Principal = Depends(authenticate)):

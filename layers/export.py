@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pyogrio
 import pyproj
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy import Text, cast, func, select
 from starlette.background import BackgroundTask
@@ -208,7 +208,8 @@ async def _file(chunks, schema: pa.Schema, write: Callable[[pa.RecordBatchReader
         await anyio.to_thread.run_sync(write, pa.RecordBatchReader.from_batches(schema, batches()), path)
 
 
-@router.get("/collections/{layer}/export")
+@router.get("/collections/{layer}/export", response_class=Response,
+            responses={200: {"content": {media: {} for media in MEDIA.values()}, "description": "The download"}})
 async def export(
     request: Request,
     spec: LayerSpec = Depends(feature_layer),

@@ -210,6 +210,22 @@ def test_truncate_is_refused(site):
             conn.execute(text(f"TRUNCATE layers.{LAYER}"))
 
 
+def test_a_feature_made_and_deleted_in_one_transaction_is_recorded(site):
+    """Both changes carry the transaction's moment; the version between them lived for no time at all."""
+    start, _ = last_change(site["engine"])
+    with site["engine"].begin() as conn:
+        fid = conn.execute(text(f"INSERT INTO layers.{LAYER} (credit_code, name, permit_class, geom) VALUES "
+                                "(:code, '一闪', '登记管理', ST_SetSRID(ST_MakePoint(120.95, 32.1), 4490)) "
+                                "RETURNING fid"), {"code": credit_code(next(serials))}).scalar()
+        conn.execute(text(f"DELETE FROM layers.{LAYER} WHERE fid = :fid"), {"fid": fid})
+    feed = site["api"].get("/changes", params={"after": start}).json()["changes"]
+    assert [(c["fid"], c["operation"], c["version"]) for c in feed] == [(fid, "insert", 1), (fid, "delete", 2)]
+    assert feed[0]["time"] == feed[1]["time"]
+    history = site["api"].get(f"{ITEMS}/{fid}/history").json()
+    assert history["deleted"] is True and [v["operation"] for v in history["versions"]] == ["delete", "insert"]
+    assert site["api"].get(f"{ITEMS}/{fid}", params={"as_of": feed[0]["time"]}).status_code == 404
+
+
 def test_feature_history_newest_first_with_fields_and_shift(site):
     api = site["api"]
     fid = post(site, next(serials), 120.93, 32.08, address="甲")

@@ -37,13 +37,6 @@ BUDGET_S = float(os.environ.get("FUZZ_SECONDS", "90"))
 COPIED = 20  # features copied per layer into the write target
 CHECKS = [not_a_server_error, content_type_conformance, response_schema_conformance]
 READ_ONLY_POSTS = ("/query/", "/raster/")
-# Failures in modules still being finished by others, reported to the lead: (method, path, failure code).
-# ST101 is a server error, ST105 an undocumented content type; an entry goes when its module is fixed.
-ELSEWHERE = {
-    ("GET", "/collections/{collectionId}/export", "ST105"): "layers/export.py: CSV/GeoPackage/… documented as JSON",
-    ("POST", "/collections/{collectionId}/items/{fid}/revert", "ST105"):
-        "layers/revert.py: geo+json documented as JSON",
-}
 UNUSABLE_SCHEMA = {("GET", "/raster/{layer}/info"): "titiler's Info model: `items` given as a list (invalid in 3.1)"}
 
 
@@ -128,8 +121,8 @@ def test_no_server_error_and_responses_as_documented(read_target, write_target):
     print(f"\nfuzzed {len(tally)} operations with {sum(tally.values())} requests in {seconds:.0f} s "
           f"({EXAMPLES} examples per operation and mode)" + (f"; out of time for {left_out}" if left_out else ""))
     for key, reason in found.items():
-        print(("known, elsewhere: " if key in ELSEWHERE else "NEW: ") + " ".join(key), "—", reason)
-    assert {key: reason for key, reason in found.items() if key not in ELSEWHERE} == {}
+        print(" ".join(key), "—", reason)  # ST101 a server error, ST105 an undocumented content type, …
+    assert found == {}
 
 
 TRACE = {"point": [120.45, 31.49], "direction": "upstream"}

@@ -255,6 +255,15 @@ def test_raster_statistics_of_a_feature_without_geometry_is_400(http):
     assert good.status_code == 200 and good.content.startswith(b"\x89PNG")
 
 
+@pytest.mark.parametrize("position", [[1e300, 31.5], [-2.6e16, 31.5], [120.4, 91], [120.4]])
+def test_raster_statistics_of_an_impossible_position_is_400(http, position):
+    ring = [[120.4, 31.5], position, [120.41, 31.51], [120.4, 31.5]]
+    feature = {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [ring]}}
+    refused(http.post(f"{RASTER}/statistics", json=feature), 400, "invalid_geometry", "body.geometry", "coordinate pair")
+    collection = {"type": "FeatureCollection", "features": [feature]}
+    refused(http.post(f"{RASTER}/statistics", json=collection), 400, "invalid_geometry", "body.geometry", "±180")
+
+
 # -- uploads ------------------------------------------------------------------------------------------------
 
 def _zip(members: dict[str, bytes]) -> bytes:

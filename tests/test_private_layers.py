@@ -137,6 +137,9 @@ def test_the_catalog_lists_private_layers_only_to_their_readers(http, keys, priv
     assert listed(keys["ecology"]) == everyone - {GRIDS, IMAGERY}
     assert listed(keys["urban"]) == everyone - {SOURCES, IMAGERY}
     assert http.get("/collections", headers=bearer(keys["revoked"])).status_code == 401
+    counted = set(http.get("/health").json()["features"])
+    assert counted == set(http.get("/health", headers=bearer(keys["admin"])).json()["features"]) - set(PRIVATE)
+    assert SOURCES not in counted and GRIDS not in counted
 
 
 def test_the_change_feed_leaves_out_private_layers(http, keys, engine, private):

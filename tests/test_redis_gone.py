@@ -1,4 +1,4 @@
-"""Redis killed while a server shares its tiles there: tiles keep coming (rendered, or from the worker's
+"""Redis killed while a server shares its tiles there: tiles keep coming (rendered, then from the worker's
 memory), every answer a 200 within the Redis timeouts, a change made meanwhile still shows in the next
 tile; when Redis is back the server shares tiles again without a restart."""
 
@@ -87,6 +87,8 @@ def test_serving_goes_on_without_redis_and_sharing_resumes(site, engine):
             answers.append((r.status_code, time.monotonic() - started))
     assert {status for status, _ in answers} <= {200, 204}  # 204: no feature in that tile
     assert max(seconds for _, seconds in answers) < 2.5  # Redis's socket timeouts are 2 s
+    again = tile_url("city_components", mercator_tile(*ELSEWHERE[1], 14))
+    assert client.get(again).headers["x-tile-cache"] == "hit"  # the worker's memory still serves
 
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO layers.city_components (code, status, geom) "
@@ -99,6 +101,7 @@ def test_serving_goes_on_without_redis_and_sharing_resumes(site, engine):
         return r.status_code == 200 and CODE in {f["properties"].get("code") for f in decode(r.content).get("city_components", [])}
 
     assert wait_for(shows_change, 10), "a change made while Redis was down never reached the tile"
+    assert client.get(here).headers["x-tile-cache"] == "hit", "after a change the worker stopped caching in memory"
 
     processes.append(start_redis(port, directory))
     fresh = tile_url("city_components", mercator_tile(*ELSEWHERE[0], 17))

@@ -97,12 +97,16 @@ class TileCache:
             if not level:
                 del self._where[layer][(tile.tms, tile.z)]
 
+    def changed(self, layer: str) -> None:
+        """Anything worked out from `layer` before now is out of date (see `generation`)."""
+        self._generation[layer] += 1
+
     def evict_area(self, layer: str, bbox: tuple[float, float, float, float], changed_at: datetime) -> int:
         """Drop the layer's tiles (single-layer and composite) whose buffered area touches a lon/lat box.
 
         A tile of a past moment (as_of before the change) does not show the change and stays.
         """
-        self._generation[layer] += 1
+        self.changed(layer)
         doomed = []
         for (tms, z), level in self._where.get(layer, {}).items():
             reach = buffer_degrees(tms, z)

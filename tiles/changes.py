@@ -82,7 +82,7 @@ class ChangeFollower:
         self.cursor = row[0]
         self.cache.clear()  # whatever was cached before this connection may have missed changes
         if self.shared:
-            await self.shared.clear()
+            await self.shared.reset()
         self.cache.live = True
         self.connected.set()
         log.info("tile change listener following %s%s at change %s", where(url), " (standby)" if standby else "",
@@ -102,6 +102,8 @@ class ChangeFollower:
             rows = await (await conn.execute(ROWS, {"after": self.cursor, "limit": BATCH})).fetchall()
             changes = [(layer, tuple(box), changed_at) for _, layer, changed_at, *boxes in rows
                        for box in (boxes[:4], boxes[4:]) if box[0] is not None]
+            for layer in {row[1] for row in rows}:  # a layer without geometry evicts no tile but changes all the same
+                self.cache.changed(layer)
             for change in changes:
                 self.cache.evict_area(*change)
             if self.shared:

@@ -47,6 +47,7 @@ CLIENT_ERRORS = {
 }
 GDAL_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 MAX_PIXELS = 2048  # a side of any image asked for: 2048² float32 bands stay within tens of MB
+MAX_PROJECTED = 1e8  # metres: beyond any projected CRS's range
 MAX_ZOOM = max(GRIDS.get(grid).maxzoom for grid in GRIDS.list())
 # query parameters that size the work: (lowest, highest)
 BOUNDS = {"tilesize": (1, MAX_PIXELS), "width": (1, MAX_PIXELS), "height": (1, MAX_PIXELS),
@@ -123,12 +124,47 @@ def _check_algorithm_params(request: Request) -> None:
                        where="query.algorithm_params")
 
 
+def _positions(value):
+    """Every position (a list of numbers) under a `coordinates` member of a GeoJSON body."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _positions_in(item) if key == "coordinates" else _positions(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _positions(item)
+
+
+def _positions_in(value):
+    if isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from _positions_in(item)
+
+
+async def _check_geometry(request: Request) -> None:
+    """A posted geometry's coordinates must be plausible (rasterio overflows on absurd ones): lon/lat
+    unless `coord_crs` names another CRS, then within any projected CRS's range."""
+    if request.method != "POST":
+        return
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        return  # FastAPI's own validation answers
+    x_max, y_max = (MAX_PROJECTED, MAX_PROJECTED) if "coord_crs" in request.query_params else (180, 90)
+    for position in _positions(body):
+        if len(position) < 2 or not (abs(position[0]) <= x_max and abs(position[1]) <= y_max):
+            raise ApiError(400, "invalid_geometry", f"The position {position[:3]} is not a coordinate pair within "
+                           f"±{x_max:g}, ±{y_max:g} (lon/lat unless coord_crs is given).", where="body.geometry")
+
+
 async def checked_request(request: Request, path: str = Depends(cog_path)) -> None:
-    """Refuse sizes, zooms, bands and parameters that would exhaust memory or fail inside rio-tiler (see the
-    module doc)."""
+    """Refuse sizes, zooms, bands, parameters and geometries that would exhaust memory or fail inside rio-tiler
+    (see the module doc)."""
     _check_bounds(request)
     _check_algorithm_params(request)
     _check_bands(request, band_count(path))
+    await _check_geometry(request)
 
 
 def install(app: FastAPI) -> None:

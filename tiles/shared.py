@@ -8,7 +8,9 @@ change evicts by area exactly as the in-memory cache does, tiles of an earlier a
 
 Every worker's change listener evicts every change (deleting is idempotent), so one that misses an
 eviction (it failed, or was not running) is covered by the others; a listener that reconnects clears
-the shared tiles as it clears its own. A tile whose layers changed while it rendered is removed again
+the shared tiles as it clears its own. While Redis cannot be reached (an eviction failed), a worker
+neither reads nor writes it and serves from its own memory; it uses Redis again once it has
+cleared it, since the tiles there may have missed evictions meanwhile. A tile whose layers changed while it rendered is removed again
 after it is stored (`fresh`). Workers follow the change log each at its own pace, so a worker does
 not copy shared tiles into its memory (tiles.provider): one shared by a worker that had not yet seen
 a change this worker has already evicted would stay there. A shared tile is thus never served longer
@@ -17,6 +19,7 @@ after a change than the slowest listener takes to evict it.
 
 import logging
 import math
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -30,6 +33,7 @@ log = logging.getLogger("twin.tiles.shared")
 PREFIX = "twin:tile"
 DIRECT_LOOKUP = 256  # a level's range of at most this many tiles is looked up tile by tile, else listed
 BATCH = 500
+RETRY_S = 5  # between attempts to clear and use again an unreachable Redis
 # KEYS: sorted sets of tile keys; ARGV[i]: the earliest change to KEYS[i] (as_of score). Deletes the tiles
 # scored from it on (live ones included) and drops them from the set.
 EVICT = """
@@ -61,20 +65,26 @@ class SharedTileCache:
         self.redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         self.ttl_s = ttl_s
         self._evict = self.redis.register_script(EVICT)
+        self.usable = False  # cleared since Redis last failed this worker (it may have missed evictions)
+        self.retry_at = 0.0  # when to try clearing it again
 
     async def close(self) -> None:
         await self.redis.aclose()
 
     async def get(self, key: str) -> tuple[bytes, str, str] | None:
         """(data, etag, cache-control), or None when absent or Redis cannot answer (then the tile is rendered)."""
+        if not self.usable:
+            return None
         try:
             data, etag, control = await self.redis.hmget(f"{PREFIX}:{key}", "data", "etag", "control")
         except redis.RedisError as e:
-            log.warning("shared tile cache unreachable (%s); rendering", e)
+            self._unreachable(e)
             return None
         return None if etag is None else (data, etag.decode(), control.decode())
 
     async def put(self, key: str, tile: CachedTile, fresh: Callable[[], bool]) -> None:
+        if not self.usable:
+            return
         name = f"{PREFIX}:{key}"
         score = math.inf if tile.as_of is None else tile.as_of.timestamp()
         pipe = self.redis.pipeline(transaction=False)
@@ -92,13 +102,24 @@ class SharedTileCache:
             if not fresh():
                 await self.redis.unlink(name)
         except redis.RedisError as e:
-            log.warning("shared tile cache unreachable (%s); tile not shared", e)
+            self._unreachable(e)
 
     async def evict(self, changes: Iterable[tuple[str, tuple[float, float, float, float], datetime]]) -> int:
         """Evict the tiles whose buffered area touches each change's lon/lat box, at every cached level.
 
-        Redis errors are raised: the listener then starts over and clears the shared tiles.
+        When Redis cannot be reached the cache is set aside until `reset` can clear it.
         """
+        if not self.usable:
+            if time.monotonic() >= self.retry_at:
+                await self.reset()  # clearing covers these changes too
+            return 0
+        try:
+            return await self._evict_areas(changes)
+        except redis.RedisError as e:
+            self._unreachable(e)
+            return 0
+
+    async def _evict_areas(self, changes) -> int:
         boxes = defaultdict(list)
         for layer, bbox, changed_at in changes:
             boxes[layer].append((bbox, changed_at.timestamp() - 0.001))  # float scores: err towards evicting
@@ -146,6 +167,21 @@ class SharedTileCache:
             evicted += await self._evict(keys=chunk, args=[earliest[k] for k in chunk])
         return evicted
 
-    async def clear(self) -> None:
-        async for name in self.redis.scan_iter(match=f"{PREFIX}*", count=1000):
-            await self.redis.unlink(name)
+    def _unreachable(self, error: Exception) -> None:
+        if self.usable:
+            log.warning("shared tile cache unreachable (%s); serving from this worker's memory until it is back",
+                        error)
+        self.usable = False
+        self.retry_at = time.monotonic() + RETRY_S
+
+    async def reset(self) -> None:
+        """Clear the shared tiles, and use the cache again if that worked."""
+        try:
+            async for name in self.redis.scan_iter(match=f"{PREFIX}*", count=1000):
+                await self.redis.unlink(name)
+        except redis.RedisError as e:
+            self._unreachable(e)
+            return
+        if not self.usable:
+            log.info("shared tile cache cleared and in use")
+        self.usable = True

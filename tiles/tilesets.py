@@ -5,10 +5,9 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
 from morecantile import TileMatrixSet
-from sqlalchemy import func, select
 
 from layers.catalog import LayerSpec
-from layers.tables import current
+from layers.extents import extent
 from layers.filters import Filter
 from layers.params import Properties, as_of, cql_filter, properties
 from tiles.params import vector_layer
@@ -45,12 +44,7 @@ async def tile_matrix_set(tms: str):
 
 async def _bounds(request: Request, spec: LayerSpec) -> tuple[float, float, float, float]:
     """The layer's extent in lon/lat, or the world when it is empty."""
-    geom = current(spec).c.geom
-    box = func.ST_Extent(geom)
-    async with request.app.state.read_engine.connect() as conn:
-        row = (await conn.execute(select(func.ST_XMin(box), func.ST_YMin(box), func.ST_XMax(box),
-                                         func.ST_YMax(box)))).first()
-    return WORLD if row is None or row[0] is None else tuple(row)
+    return (await extent(request, spec)).bbox or WORLD
 
 
 def _tiles_url(request: Request, spec: LayerSpec, tms: str, template: str) -> str:

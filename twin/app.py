@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dependencies=[Depends(access.layer_in_path)],  # private layers: twin.access
     )
     app.state.settings = settings
+    app.state.extents = {}  # layers.extents
     access.install(app, catalog().values())
     app.state.classify_water = classify_frame  # layers.series classifies aggregates without importing etl
     app.include_router(health.router(lambda: [s for s in catalog().values() if s.kind != "raster"]))

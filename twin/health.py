@@ -1,4 +1,5 @@
-"""`/health`: is the database reachable, which PostGIS, how many features per layer."""
+"""`/health`: is the database reachable, which PostGIS, how many features per layer (of the layers the
+caller may read: a private layer's size is its own business, twin.access)."""
 
 from collections.abc import Callable
 
@@ -7,6 +8,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from twin.access import hidden_layers
 from twin.errors import RETRY_AFTER_S, UNAVAILABLE
 
 
@@ -17,10 +19,11 @@ def router(tables: Callable[[], list]) -> APIRouter:
     @api.get("/health")
     async def health(request: Request):
         try:
+            hidden = await hidden_layers(request)
             async with request.app.state.engine.connect() as conn:
                 postgis = (await conn.execute(text("SELECT postgis_full_version()"))).scalar()
                 counts = {}
-                for spec in tables():
+                for spec in (spec for spec in tables() if spec.id not in hidden):
                     counts[spec.id] = (await conn.execute(text(f"SELECT count(*) FROM {spec.table}"))).scalar()
         except (DBAPIError, *UNAVAILABLE) as e:  # unreachable, or reachable but not migrated
             cause = getattr(e, "orig", None) or e

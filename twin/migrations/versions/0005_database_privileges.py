@@ -1,4 +1,4 @@
-"""Privileges: only the owner of the change log may serialise writers (reliability helper).
+"""Privileges: only the owner of the change log may serialise writers.
 
 Migration 0003 serialised writers with `pg_advisory_xact_lock(1953982830)`, taken by
 `twin.claim_change_log()`, a function every role could call; and advisory locks are open to

@@ -1,4 +1,4 @@
-"""Private layers: which layers an admin switched private or public (private-layers helper).
+"""Private layers: which layers an admin switched private or public.
 
 A layer's privacy defaults to its spec (`private = true`); a row here overrides it. Every change
 is announced on channel `twin_access`, so each server process follows it at once (twin.access).

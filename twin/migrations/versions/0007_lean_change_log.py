@@ -54,9 +54,10 @@ BEGIN
                        'SELECT $1, n.fid, ''update'', n.version, n.updated_at, $2, $3, %s, %s '
                        'FROM old_rows o JOIN new_rows n USING (fid)', format(envelope, 'o'), format(envelope, 'n'))
             USING layer, actor, run;
-    ELSE
+    ELSE  -- the moment is not upper(valid): a feature deleted in the transaction that made it has an empty range
         EXECUTE format('WITH moved AS (INSERT INTO history.%I SELECT o.*, tstzrange(o.updated_at, '
-                       'greatest($4, o.updated_at)) FROM old_rows o RETURNING fid, version, upper(valid) AS until, %s AS bbox) '
+                       'greatest($4, o.updated_at)) FROM old_rows o '
+                       'RETURNING fid, version, greatest($4, updated_at) AS until, %s AS bbox) '
                        'INSERT INTO twin.change (layer, fid, operation, version, changed_at, actor, run_id, bbox_before) '
                        'SELECT $1, fid, ''delete'', version + 1, until, $2, $3, bbox FROM moved',
                        layer, replace(envelope, '%s.', ''))

@@ -1,4 +1,4 @@
-"""Maintained per-cell point counts for low-zoom tiles (tiles helper).
+"""Maintained per-cell point counts for low-zoom tiles.
 
 A dense point layer's low-zoom tiles are clusters: per cell of a 16x16 grid over the tile, the points
 counted at their mean position with the most common category. Counting a million points per tile

@@ -1,4 +1,4 @@
-"""Storage of water-quality readings for time-range queries at scale (scale helper).
+"""Storage of water-quality readings for time-range queries at scale.
 
 The layer's unique btree (station_code, observed_at) answers one station's range; queries across
 stations by time (a day of every station, the viewer's newest classified readings) scanned the
@@ -18,11 +18,9 @@ branch_labels = None
 depends_on = None
 
 
-# IF [NOT] EXISTS: databases were stamped 0009 while this slot was still empty.
 def upgrade() -> None:
-    op.create_index("water_quality_observed_at_idx", "water_quality", ["observed_at"], schema="layers",
-                    if_not_exists=True)
+    op.create_index("water_quality_observed_at_idx", "water_quality", ["observed_at"], schema="layers")
 
 
 def downgrade() -> None:
-    op.drop_index("water_quality_observed_at_idx", table_name="water_quality", schema="layers", if_exists=True)
+    op.drop_index("water_quality_observed_at_idx", table_name="water_quality", schema="layers")
