@@ -21,7 +21,7 @@ from tests.test_etl_runs import components_csv
 
 DB = "twin_etl_kill_points"
 TWIN = [str(Path(sys.executable).with_name("twin"))]
-KNOWN, NEW, BAD = 2_000, 28_000, 50
+KNOWN, NEW, BAD = 2_000, 148_000, 50
 # where to kill: a stage seen in the run record, then a random delay up to the given seconds
 KILL_POINTS = [("reading", 0.3), ("converting coordinates", 0.3), ("loading", 0.05), ("loading", 0.6),
                ("loading", 0.8)]
