@@ -240,6 +240,9 @@ RASTER_CASES = [
     (f"{RASTER}/statistics?max_size=100000000", "query.max_size", "2048"),
     (f"{RASTER}/statistics?width=100000&height=100000", "query.width", "2048"),
     (f"{TILE}.png?algorithm=max&algorithm_params=null", "query.algorithm_params", "JSON object"),
+    (f"{RASTER}/statistics?histogram_bins=0", "query.histogram_bins", "between 1 and 10000"),
+    (f"{RASTER}/statistics?histogram_bins=3,2,1", "query.histogram_bins", "rising"),
+    (f"{RASTER}/statistics?histogram_range=5,1", "query.histogram_range", "low,high"),
 ]
 
 

@@ -52,7 +52,7 @@ MAX_ZOOM = max(GRIDS.get(grid).maxzoom for grid in GRIDS.list())
 # query parameters that size the work: (lowest, highest)
 BOUNDS = {"tilesize": (1, MAX_PIXELS), "width": (1, MAX_PIXELS), "height": (1, MAX_PIXELS),
           "max_size": (1, MAX_PIXELS), "buffer": (0, 256), "padding": (0, 256),
-          "minzoom": (0, MAX_ZOOM), "maxzoom": (0, MAX_ZOOM)}
+          "minzoom": (0, MAX_ZOOM), "maxzoom": (0, MAX_ZOOM), "histogram_bins": (1, 10_000)}
 
 
 @cache
@@ -113,6 +113,20 @@ def _check_bands(request: Request, count: int) -> None:
                            where=f"query.{where}")
 
 
+def _check_histogram(request: Request) -> None:
+    """Bin edges must rise and a range is low,high (numpy raises otherwise: a 500)."""
+    for name in ("histogram_bins", "histogram_range"):
+        given = request.query_params.get(name, "")
+        try:
+            values = [float(v) for v in given.split(",")] if "," in given else []
+        except ValueError:
+            continue  # titiler's own validation answers
+        rising = all(a < b for a, b in zip(values, values[1:]))
+        if values and (not rising or len(values) > 10_000 or (name == "histogram_range" and len(values) != 2)):
+            raise ApiError(400, "invalid_parameter", f"{name} must be rising values (a range: low,high), not "
+                           f"{given[:40]}.", where=f"query.{name}")
+
+
 def _check_algorithm_params(request: Request) -> None:
     given = request.query_params.get("algorithm_params")
     try:
@@ -162,6 +176,7 @@ async def checked_request(request: Request, path: str = Depends(cog_path)) -> No
     """Refuse sizes, zooms, bands, parameters and geometries that would exhaust memory or fail inside rio-tiler
     (see the module doc)."""
     _check_bounds(request)
+    _check_histogram(request)
     _check_algorithm_params(request)
     _check_bands(request, band_count(path))
     await _check_geometry(request)
