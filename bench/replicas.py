@@ -10,7 +10,6 @@ then the latency of cached-tile and item reads. Also the replica's replay lag as
 """
 
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -21,14 +20,10 @@ import httpx
 import psycopg
 import typer
 
-from tests.conftest import REPO, reachable_tmpdir
-from tests.etl_support import engine_for
-from tests.history_support import ECOLOGY, LAYER, bearer, source_feature
-from tests.replica_support import standby_of
+from tests.conftest import REPO
+from tests.history_support import LAYER, bearer, source_feature
+from tests.replica_support import primary_and_standby
 from tests.tile_support import decode, mercator_tile, tile_url
-from twin.auth import create_key
-from twin.cluster import Cluster
-from twin.db import migrate
 
 HERE = (120.9311, 32.1017)
 PATCH = {"Content-Type": "application/merge-patch+json"}
@@ -93,16 +88,7 @@ def pct(values: list[float], q: float) -> float:
 
 def main(writes: int = typer.Option(30, min=1), reads: int = typer.Option(300, min=1),
          port: int = typer.Option(8850, help="the first of two loopback ports for the servers")) -> None:
-    root = reachable_tmpdir("twin-bench-replica-")
-    primary, replica = Cluster(root / "primary"), None
-    try:
-        primary.up()
-        migrate(url=primary.url())
-        engine = engine_for(primary.url())
-        with engine.begin() as conn:
-            key = create_key(conn, ECOLOGY, [LAYER])
-        engine.dispose()
-        replica = standby_of(primary, root / "replica")
+    with primary_and_standby("twin-bench-replica-") as (root, primary, replica, key):
         url = tile_url(LAYER, mercator_tile(*HERE, 14))
         print(f"load average at start: {os.getloadavg()}")
         with server(port, primary.url(), root) as on_primary, \
@@ -126,11 +112,6 @@ def main(writes: int = typer.Option(30, min=1), reads: int = typer.Option(300, m
             lag = conn.execute("SELECT write_lag, flush_lag, replay_lag FROM pg_stat_replication").fetchone()
         print(f"pg_stat_replication write/flush/replay lag: {lag}")
         print(f"load average at end: {os.getloadavg()}")
-    finally:
-        for cluster in (replica, primary):
-            if cluster:
-                cluster.destroy()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,11 @@ the path `/collections/{collectionId}/items`. Renaming the parameter in the docu
 every URL the same while clients that read the document by the standard's names find them.
 """
 
-from fastapi import FastAPI
-
 PREFIX = "/collections/{layer}"
 OGC_NAME = "collectionId"
 
 
-def _ogc_names(schema: dict) -> None:
+def ogc_names(schema: dict) -> None:
     renamed = {}
     for path, operations in schema.get("paths", {}).items():
         if path.startswith(PREFIX):
@@ -24,14 +22,3 @@ def _ogc_names(schema: dict) -> None:
                         parameter.setdefault("description", "the layer id, as listed at /collections")
         renamed[path] = operations
     schema["paths"] = renamed
-
-
-def install(app: FastAPI) -> None:
-    generate = app.openapi
-
-    def openapi() -> dict:
-        if app.openapi_schema is None:
-            _ogc_names(generate())
-        return app.openapi_schema
-
-    app.openapi = openapi

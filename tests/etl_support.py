@@ -1,7 +1,9 @@
 """Helpers for the ETL tests: a private, migrated database per test module (the ETL tests write to
 layers that other modules count), component codes, and what a load stored."""
 
+import io
 import time
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,15 +22,29 @@ REPO = Path(__file__).resolve().parent.parent
 COUNTY = "320214"  # 新吴区
 
 
-def private_database(database_url: str, name: str) -> str:
-    """A fresh database `name` in the test cluster, migrated to head."""
+def empty_database(database_url: str, name: str) -> str:
+    """A fresh, empty database `name` in the test cluster."""
     base, _ = database_url.rsplit("/", 1)
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"{base}/{name}"
+    return f"{base}/{name}"
+
+
+def private_database(database_url: str, name: str) -> str:
+    """A fresh database `name` in the test cluster, migrated to head."""
+    url = empty_database(database_url, name)
     migrate(url=url)
     return url
+
+
+def zipped(members: dict[str, bytes]) -> bytes:
+    """A zip archive of the given members (name → content)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    return out.getvalue()
 
 
 def drop_database(database_url: str, name: str) -> None:

@@ -4,12 +4,12 @@ Writes of every kind are made under 0003, which stored each change's properties 
 after upgrading, the content read back from the versions (`layers.changelog`) must be the same,
 bit for bit; downgrading must put the same columns back."""
 
-import psycopg
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select, text
 
 from layers.catalog import get_layer
 from layers.changelog import change, change_content
+from tests.etl_support import drop_database, empty_database, engine_for
 from twin.db import downgrade, migrate
 
 WRITES = [
@@ -46,16 +46,11 @@ RECORDED = ("SELECT change_id, layer, before, after, ST_AsBinary(geom_after) AS 
 
 @pytest.fixture
 def scratch(database_url):
-    base, _ = database_url.rsplit("/", 1)
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS twin_change_log WITH (FORCE)")
-        conn.execute("CREATE DATABASE twin_change_log")
-    url = f"{base}/twin_change_log"
-    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    url = empty_database(database_url, "twin_change_log")
+    engine = engine_for(url)
     yield url, engine
     engine.dispose()
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("DROP DATABASE twin_change_log WITH (FORCE)")
+    drop_database(database_url, "twin_change_log")
 
 
 def _recorded(engine) -> list[tuple]:

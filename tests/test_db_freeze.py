@@ -7,7 +7,6 @@ after SIGCONT the server serves again by itself. Acknowledged writes are kept.
 """
 
 import os
-import shutil
 import signal
 import threading
 import time
@@ -15,15 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
-from tests.conftest import reachable_tmpdir
-from tests.server_support import logged_server
-from tests.test_faults import LAYER, Outcome, _centre, _hammer, _recovered_at, _requests
+from tests.test_faults import LAYER, _recovered_at, hammering, station_site
 from tests.tile_support import wait_for
-from twin.auth import create_key
-from twin.cluster import Cluster
-from twin.db import migrate
 from twin.errors import DEADLINE_MARGIN_S
 
 STATEMENT_TIMEOUT_MS = 1000
@@ -50,29 +44,13 @@ def postgres_processes(pgdata: Path) -> list[int]:
 
 @pytest.fixture(scope="module")
 def site():
-    """(cluster, sync engine, write key, base URL, server log) of a throwaway cluster and its own server."""
-    root = reachable_tmpdir("twin-freeze-")
-    cluster = Cluster(root / "db")
-    try:
-        cluster.up()
-        migrate(url=cluster.url())
-        engine = create_engine(cluster.url().replace("postgresql://", "postgresql+psycopg://", 1), pool_pre_ping=True)
-        lon, lat = _centre()
-        with engine.begin() as conn:
-            for i in range(5):
-                conn.execute(text(f"INSERT INTO layers.{LAYER} (code, name, evaluation_type, geom) VALUES "
-                                  "(:code, :name, 'river', ST_SetSRID(ST_MakePoint(:lon, :lat), 4490))"),
-                             {"code": f"F{i}", "name": f"站点{i}", "lon": lon + i * 1e-4, "lat": lat})
-            key = create_key(conn, "生态环境局", [LAYER])
-        log = root / "server.log"
-        with logged_server(cluster.url(), root, log, statement_timeout_ms=STATEMENT_TIMEOUT_MS) as base:
-            yield cluster, engine, key, base, log
-        engine.dispose()
-    finally:
-        for pid in postgres_processes(cluster.pgdata) if (cluster.pgdata / "postmaster.pid").exists() else []:
-            os.kill(pid, signal.SIGCONT)  # never leave a stopped cluster behind
-        cluster.destroy()
-        shutil.rmtree(root, ignore_errors=True)
+    with station_site("twin-freeze-", statement_timeout_ms=STATEMENT_TIMEOUT_MS) as built:
+        try:
+            yield built
+        finally:
+            pgdata = built[0].pgdata
+            for pid in postgres_processes(pgdata) if (pgdata / "postmaster.pid").exists() else []:
+                os.kill(pid, signal.SIGCONT)  # never leave a stopped cluster behind
 
 
 def _probe(base: str, name: str, make, probed: dict) -> None:
@@ -87,43 +65,32 @@ def _probe(base: str, name: str, make, probed: dict) -> None:
 def freeze(site):
     """Requests from WORKERS threads while every PostgreSQL process is stopped for FROZEN_S seconds."""
     cluster, _, key, base, _ = site
-    requests = _requests(key)
-    outcomes: list[Outcome] = []
-    stop = threading.Event()
-    threads = [threading.Thread(target=_hammer, args=(base, requests, i, stop, outcomes), daemon=True)
-               for i in range(WORKERS)]
-    for thread in threads:
-        thread.start()
     processes: list[int] = []
     probed: dict[str, tuple[int, float]] = {}
-    try:
-        time.sleep(1.5)  # the pools hold idle connections now: the case that used to hang
-        processes = postgres_processes(cluster.pgdata)
-        for pid in processes:  # the postmaster first: it forks no backend after that
-            os.kill(pid, signal.SIGSTOP)
-        processes = postgres_processes(cluster.pgdata)
-        for pid in processes:
-            os.kill(pid, signal.SIGSTOP)
-        frozen = time.monotonic()
-        time.sleep(1.0)
-        probes = [threading.Thread(target=_probe, args=(base, name, make, probed), daemon=True)
-                  for name, make in requests.items()]
-        for probe in probes:
-            probe.start()
-        for probe in probes:
-            probe.join(timeout=FROZEN_S)
-        time.sleep(max(0.0, frozen + FROZEN_S - time.monotonic()))
-    finally:
-        for pid in processes:
-            os.kill(pid, signal.SIGCONT)
-    thawed = time.monotonic()
-    try:
+    with hammering(base, key, WORKERS, BOUND_S) as (requests, outcomes):
+        try:
+            time.sleep(1.5)  # the pools hold idle connections now: the case that used to hang
+            processes = postgres_processes(cluster.pgdata)
+            for pid in processes:  # the postmaster first: it forks no backend after that
+                os.kill(pid, signal.SIGSTOP)
+            processes = postgres_processes(cluster.pgdata)
+            for pid in processes:
+                os.kill(pid, signal.SIGSTOP)
+            frozen = time.monotonic()
+            time.sleep(1.0)
+            probes = [threading.Thread(target=_probe, args=(base, name, make, probed), daemon=True)
+                      for name, make in requests.items()]
+            for probe in probes:
+                probe.start()
+            for probe in probes:
+                probe.join(timeout=FROZEN_S)
+            time.sleep(max(0.0, frozen + FROZEN_S - time.monotonic()))
+        finally:
+            for pid in processes:
+                os.kill(pid, signal.SIGCONT)
+        thawed = time.monotonic()
         recovered = wait_for(lambda: _recovered_at(outcomes, requests, thawed), seconds=RECOVERY_S + 5)
         time.sleep(1.0)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=BOUND_S + 30)
     return {"outcomes": outcomes, "frozen": frozen, "thawed": thawed, "recovered": recovered,
             "names": list(requests), "processes": len(processes), "probed": probed}
 

@@ -4,7 +4,6 @@ against the real server on a private database (upload limit lowered to 1 MB for 
 import io
 import shutil
 import time
-import zipfile
 
 import httpx
 import numpy as np
@@ -15,7 +14,8 @@ from affine import Affine
 from sqlalchemy import text
 
 from tests.conftest import reachable_tmpdir
-from tests.etl_support import component_codes, district_points, drop_database, engine_for, private_database, serve
+from tests.etl_support import component_codes, district_points, drop_database, engine_for, private_database, serve, \
+    zipped
 from twin.auth import create_key
 
 DB = "twin_etl_http"
@@ -104,18 +104,10 @@ def test_missing_file_part(http, site):
     assert response.status_code == 400 and response.json()["where"] == "file"
 
 
-def _zip(members: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, content in members.items():
-            archive.writestr(name, content)
-    return out.getvalue()
-
-
 @pytest.mark.parametrize("name, content, expected", [
     ("parts.gpkg", b"code,status\n1,2\n", "named as a GeoPackage but its content is plain text"),
-    ("parts.zip", _zip({"../../evil.shp": b"\x00\x00\x27\x0a"}), "unsafe path '../../evil.shp'"),
-    ("parts.zip", _zip({"bomb.shp": b"\x00" * (64 << 20)}), "possible zip bomb"),
+    ("parts.zip", zipped({"../../evil.shp": b"\x00\x00\x27\x0a"}), "unsafe path '../../evil.shp'"),
+    ("parts.zip", zipped({"bomb.shp": b"\x00" * (64 << 20)}), "possible zip bomb"),
 ])
 def test_unusable_files_are_refused_and_recorded(http, site, name, content, expected):
     response = post(http, site, name, content)

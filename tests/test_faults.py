@@ -10,6 +10,7 @@ import itertools
 import shutil
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -42,16 +43,17 @@ def _station(code: str, dx: float = 0.0) -> dict:
             "properties": {"code": code, "name": f"站点{code}", "evaluation_type": "river"}}
 
 
-@pytest.fixture(scope="module")
-def site():
-    """(cluster, sync engine, write key, base URL, server log) of a throwaway cluster and its own server."""
-    root = reachable_tmpdir("twin-faults-")
+@contextmanager
+def station_site(prefix: str, **server_options):
+    """(cluster, sync engine, write key, base URL, server log) of a throwaway cluster holding a few stations, and
+    a server of its own on it."""
+    root = reachable_tmpdir(prefix)
     cluster = Cluster(root / "db")
     try:
         cluster.up()
         migrate(url=cluster.url())
         engine = create_engine(cluster.url().replace("postgresql://", "postgresql+psycopg://", 1),
-                               pool_pre_ping=True)  # the test's own connections outlive the restart too
+                               pool_pre_ping=True)  # the test's own connections outlive the fault too
         lon, lat = _centre()
         with engine.begin() as conn:
             for i in range(5):
@@ -60,12 +62,18 @@ def site():
                              {"code": f"F{i}", "name": f"站点{i}", "lon": lon + i * 1e-4, "lat": lat})
             key = create_key(conn, "生态环境局", [LAYER])
         log = root / "server.log"
-        with logged_server(cluster.url(), root, log) as base:
+        with logged_server(cluster.url(), root, log, **server_options) as base:
             yield cluster, engine, key, base, log
         engine.dispose()
     finally:
         cluster.destroy()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def site():
+    with station_site("twin-faults-") as built:
+        yield built
 
 
 @dataclass
@@ -126,18 +134,29 @@ def _recovered_at(outcomes: list[Outcome], names, since: float) -> float | None:
     return max(firsts)
 
 
-@pytest.fixture(scope="module")
-def restart(site):
-    """Requests from WORKERS threads while the database is stopped for DOWN_S seconds and started again."""
-    cluster, engine, key, base, log = site
+@contextmanager
+def hammering(base: str, key: str, workers: int, bound_s: float):
+    """`workers` threads asking every endpoint in turn while the block runs: (requests, outcomes)."""
     requests = _requests(key)
     outcomes: list[Outcome] = []
     stop = threading.Event()
     threads = [threading.Thread(target=_hammer, args=(base, requests, i, stop, outcomes), daemon=True)
-               for i in range(WORKERS)]
+               for i in range(workers)]
     for thread in threads:
         thread.start()
     try:
+        yield requests, outcomes
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=bound_s + 30)
+
+
+@pytest.fixture(scope="module")
+def restart(site):
+    """Requests from WORKERS threads while the database is stopped for DOWN_S seconds and started again."""
+    cluster, engine, key, base, log = site
+    with hammering(base, key, WORKERS, BOUND_S) as (requests, outcomes):
         time.sleep(1.5)
         stopping = time.monotonic()
         cluster.down()  # pg_ctl stop -m fast: sessions are terminated mid-query
@@ -148,10 +167,6 @@ def restart(site):
         up = time.monotonic()
         recovered = wait_for(lambda: _recovered_at(outcomes, requests, up), seconds=RECOVERY_S + 5)
         time.sleep(1.0)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=BOUND_S + 30)
     return {"outcomes": outcomes, "stopping": stopping, "down": down, "starting": starting, "up": up,
             "recovered": recovered, "names": list(requests)}
 

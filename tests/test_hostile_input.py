@@ -16,7 +16,7 @@ import pytest
 import shapely
 from sqlalchemy import text
 
-from tests.etl_support import drop_database, engine_for, private_database, serve
+from tests.etl_support import drop_database, engine_for, private_database, serve, zipped
 from twin.auth import create_key
 from twin.limits import BODY_GRACE_S, HEADER_TIMEOUT_S, MAX_HEADER_BYTES
 
@@ -269,14 +269,6 @@ def test_raster_statistics_of_an_impossible_position_is_400(http, position):
 
 # -- uploads ------------------------------------------------------------------------------------------------
 
-def _zip(members: dict[str, bytes]) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, content in members.items():
-            archive.writestr(name, content)
-    return out.getvalue()
-
-
 def _zeros(megabytes: int, declared: int | None = None) -> bytes:
     """A zipped Shapefile of zeros (about 1,000-fold smaller), its header declaring `declared` bytes if given."""
     out = io.BytesIO()
@@ -294,8 +286,8 @@ def _zeros(megabytes: int, declared: int | None = None) -> bytes:
 
 @pytest.mark.parametrize("name, content, words", [
     ("parts.zip", b"\x89PNG\r\n\x1a\n" + bytes(200), "named as a zipped dataset but its content is a PNG image"),
-    ("parts.zip", _zip({"/etc/passwd.shp": b"\x00\x00\x27\x0a"}), "unsafe path '/etc/passwd.shp'"),
-    ("parts.zip", _zip({"C:/Windows/x.shp": b"\x00\x00\x27\x0a"}), "unsafe path 'C:/Windows/x.shp'"),
+    ("parts.zip", zipped({"/etc/passwd.shp": b"\x00\x00\x27\x0a"}), "unsafe path '/etc/passwd.shp'"),
+    ("parts.zip", zipped({"C:/Windows/x.shp": b"\x00\x00\x27\x0a"}), "unsafe path 'C:/Windows/x.shp'"),
     ("parts.zip", 256, "possible zip bomb"),  # 256 MB of zeros in 250 KB
 ])
 def test_unsafe_uploads_fail_their_run_and_load_nothing(site, api, name, content, words):

@@ -5,19 +5,15 @@ import pytest
 from sqlalchemy import text
 
 from layers.catalog import SQL_TYPES, catalog
+from tests.etl_support import drop_database, empty_database
 from twin.db import current_revision, downgrade, head_revision, migrate
 
 
 @pytest.fixture
 def scratch_url(database_url):
     """A separate database in the test cluster."""
-    base, _ = database_url.rsplit("/", 1)
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS twin_migrations")
-        conn.execute("CREATE DATABASE twin_migrations")
-    yield f"{base}/twin_migrations"
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("DROP DATABASE twin_migrations WITH (FORCE)")
+    yield empty_database(database_url, "twin_migrations")
+    drop_database(database_url, "twin_migrations")
 
 
 def _tables(url: str) -> set[str]:

@@ -5,7 +5,6 @@ What a map user must never see: a feature or tile that goes back to an older sta
 from before a change that the replica has already replayed. While the replica lags, reads stay on its
 (older) state consistently; when it is down, the primary serves."""
 
-import shutil
 import time
 
 import httpx
@@ -13,15 +12,10 @@ import psycopg
 import pytest
 from pydantic import ValidationError
 
-from tests.conftest import reachable_tmpdir
-from tests.etl_support import engine_for
-from tests.history_support import ECOLOGY, LAYER, bearer, source_feature
-from tests.replica_support import standby_of
+from tests.history_support import LAYER, bearer, source_feature
+from tests.replica_support import primary_and_standby
 from tests.server_support import logged_server
 from tests.tile_support import decode, mercator_tile, tile_url
-from twin.auth import create_key
-from twin.cluster import Cluster
-from twin.db import migrate
 from twin.settings import Settings
 
 HERE = (120.9311, 32.1017)  # inside the layer's plausible extent, away from everything else
@@ -30,25 +24,10 @@ PATCH = {"Content-Type": "application/merge-patch+json"}
 
 @pytest.fixture(scope="module")
 def pair():
-    root = reachable_tmpdir("twin-replica-")
-    primary = Cluster(root / "primary")
-    replica = None
-    try:
-        primary.up()
-        migrate(url=primary.url())
-        engine = engine_for(primary.url())
-        with engine.begin() as conn:
-            key = create_key(conn, ECOLOGY, [LAYER])
-        engine.dispose()
-        replica = standby_of(primary, root / "replica")
+    with primary_and_standby("twin-replica-") as (root, primary, replica, key):
         with logged_server(primary.url(), root, root / "server.log", database_read_urls=replica.url()) as base:
             with httpx.Client(base_url=base, timeout=30) as client:
                 yield {"api": client, "key": key, "primary": primary, "replica": replica}
-    finally:
-        for cluster in (replica, primary):
-            if cluster:
-                cluster.destroy()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def replica_sql(pair, sql: str):

@@ -15,6 +15,7 @@ from tiles.render import TileRenderer
 from tiles.settings import tile_settings
 from tiles.shared import SharedTileCache
 from twin.replicas import ReadSources
+from twin.tasks import in_background
 
 log = logging.getLogger("twin.tiles")
 
@@ -48,18 +49,15 @@ async def running(app: FastAPI):
     follower = ChangeFollower(ReadSources(settings).tile_sources(), provider.memory, provider.shared, tile_settings(),
                               settings, drop_renderer_connections)
     provider.renderer.open(settings, async_creator=follower.connect)
-    task = asyncio.create_task(follower.run(), name="tile-change-listener")
     try:
-        await asyncio.wait_for(follower.connected.wait(), timeout=10)
-    except TimeoutError:
-        log.warning("tile change listener not connected yet; tiles are served uncached until it is")
-    app.state.tile_follower = follower
-    try:
-        yield
+        async with in_background(follower.run(), "tile-change-listener"):
+            try:
+                await asyncio.wait_for(follower.connected.wait(), timeout=10)
+            except TimeoutError:
+                log.warning("tile change listener not connected yet; tiles are served uncached until it is")
+            app.state.tile_follower = follower
+            yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         await provider.renderer.close()
         if provider.shared:
             await provider.shared.close()

@@ -34,6 +34,7 @@ from sqlalchemy.dialects.postgresql import insert
 from twin.auth import Principal, authenticate
 from twin.db import database_url
 from twin.errors import ApiError
+from twin.tasks import in_background
 
 log = logging.getLogger("twin.access")
 CHANNEL = "twin_access"
@@ -50,6 +51,8 @@ class LayerAccess:
     switched: dict[str, bool] = field(default_factory=dict)  # layer → private, as an admin set it; replaced, never changed in place
     live: bool = False  # `switched` follows the database (the listener is connected)
     _private: tuple[dict, frozenset[str]] | None = field(default=None, repr=False)
+    # reads of the switches run one at a time, so an older read never replaces a newer one
+    loading: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     def private(self, switched: dict[str, bool] | None = None) -> frozenset[str]:
         if switched is None:  # asked on every tile hit: worked out once per state of the switches
@@ -136,8 +139,18 @@ async def layer_in_path(request: Request) -> None:
 
 
 async def _load(conn: psycopg.AsyncConnection, access: LayerAccess) -> None:
-    rows = await (await conn.execute("SELECT layer, private FROM twin.layer_access")).fetchall()
-    access.switched = dict(rows)
+    async with access.loading:
+        rows = await (await conn.execute("SELECT layer, private FROM twin.layer_access")).fetchall()
+        access.switched = dict(rows)
+
+
+async def reload(app: FastAPI) -> None:
+    """Read the switches now (after a switch made by this process: it holds at once here)."""
+    access: LayerAccess = app.state.access
+    async with access.loading:
+        async with app.state.engine.connect() as conn:
+            rows = (await conn.execute(select(layer_access.c.layer, layer_access.c.private))).all()
+        access.switched = dict(rows)
 
 
 async def _follow(access: LayerAccess, url: str) -> None:
@@ -164,11 +177,8 @@ async def _follow(access: LayerAccess, url: str) -> None:
 async def following(app: FastAPI):
     """For the app's life: keep `app.state.access` in step with `twin.layer_access`."""
     url = database_url(app.state.settings).replace("postgresql+psycopg://", "postgresql://")
-    task = asyncio.create_task(_follow(app.state.access, url), name="layer-access-listener")
     try:
-        yield
+        async with in_background(_follow(app.state.access, url), "layer-access-listener"):
+            yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         app.state.access.live = False

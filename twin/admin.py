@@ -5,7 +5,7 @@ import logging
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, StrictBool
 
-from twin.access import LayerAccess, private_layers, switch_statement
+from twin.access import LayerAccess, private_layers, reload, switch_statement
 from twin.auth import Principal, authenticate
 from twin.errors import ApiError
 
@@ -48,6 +48,6 @@ async def switch_access(layer: str, change: AccessChange, request: Request, admi
                        where="path.layer")
     async with request.app.state.engine.begin() as conn:
         await conn.execute(switch_statement(layer, change.private, admin.actor))
-    access.switched = access.switched | {layer: change.private}  # at once here; other processes follow the notice
+    await reload(request.app)  # at once here; other processes follow the notice
     log.info("%s made layer %s %s", admin.actor, layer, "private" if change.private else "public")
     return _state(access, await private_layers(request.app), layer)

@@ -64,7 +64,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     tile_server.install(app)
     viewer.install(app)
     limits.install(app, upload_bytes=settings.max_upload_mb << 20)  # body sizes and speeds, before parsing
-    ogc_openapi.install(app)  # {layer} documented as OGC's {collectionId}
     errors.install(app)  # its URL check is outside every middleware but the tile fast path
     tile_server.install_fast_path(app)  # last: a cached tile goes out before anything else runs
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = generate()
+            ogc_openapi.ogc_names(schema)  # {layer} documented as OGC's {collectionId}
+            errors.document_errors(schema)
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app

@@ -71,7 +71,7 @@ BEGIN
 END $$;
 """
 
-# Migration 0003's function, restored on downgrade.
+# Migration 0003's function as it ran, restored on downgrade (a migration keeps its own DDL, never imports another's).
 FULL = r"""
 CREATE OR REPLACE FUNCTION twin.record_changes() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
