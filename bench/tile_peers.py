@@ -8,13 +8,14 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
+from twin.cli import uvicorn_argv
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(tempfile.gettempdir()) / "twin-bench-tiles"
@@ -84,19 +85,21 @@ def process(argv: list[str], ready_url: str, env: dict | None = None, log: Path 
             sink.close()
 
 
+KEEP_ALIVE = ["--timeout-keep-alive", "120"]  # connections kept open between the bench's slower requests
+
+
 def uvicorn(python: str, app: list[str], port: int) -> list[str]:
-    """Both servers run the same way: one uvicorn worker with httptools and uvloop, no access log, and
-    connections kept open between the bench's slower requests."""
+    """tipg as its docs run it: one uvicorn worker with httptools and uvloop, no access log."""
     return [python, "-m", "uvicorn", *app, "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
-            "--http", "httptools", "--loop", "uvloop", "--timeout-keep-alive", "120"]
+            "--http", "httptools", "--loop", "uvloop", *KEEP_ALIVE]
 
 
 @contextmanager
 def ours(url: str, data_dir: Path, log: Path):
     port = free_port()
     env = os.environ | {"TWIN_DATABASE_URL": url, "TWIN_DATA_DIR": str(data_dir)}
-    with process(uvicorn(sys.executable, ["--factory", "twin.app:create_app"], port), f"http://127.0.0.1:{port}/health",
-                 env, log):
+    # as `twin serve` runs it: one worker, httptools (with the tile fast path's protocol) and uvloop
+    with process(uvicorn_argv("127.0.0.1", port) + KEEP_ALIVE, f"http://127.0.0.1:{port}/health", env, log):
         yield f"http://127.0.0.1:{port}"
 
 

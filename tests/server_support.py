@@ -3,12 +3,13 @@
 import os
 import socket
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
+from twin.cli import uvicorn_argv
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -21,9 +22,7 @@ def logged_server(database_url: str, data_dir: Path, log: Path, access_log: bool
         port = s.getsockname()[1]
     env = os.environ | {"TWIN_DATABASE_URL": database_url, "TWIN_DATA_DIR": str(data_dir)}
     env |= {f"TWIN_{k.upper()}": str(v) for k, v in settings.items()}
-    argv = [sys.executable, "-m", "uvicorn", "--factory", "twin.app:create_app", "--http",
-            "twin.limits:TimelyHeaders", "--host", "127.0.0.1",
-            "--port", str(port)] + ([] if access_log else ["--no-access-log"])
+    argv = uvicorn_argv("127.0.0.1", port, access_log=access_log)
     with open(log, "wb") as sink:
         process = subprocess.Popen(argv, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink)
     base = f"http://127.0.0.1:{port}"

@@ -1,10 +1,14 @@
-"""The tile fast path: the outermost ASGI middleware, which answers a cached tile before anything else runs.
+"""The tile fast path: a cached tile answered before anything else runs.
 
-A hit goes out at once, with its ETag/304 logic, and no other middleware, router, dependency
-injection or Response object in the way (they cost several times the hit itself). Everything else —
-a miss, a tile the caller's key must be checked for, any request that is not a plain GET of a tile
-URL — goes on to the app, whose routes validate, render and cache (tiles.routes). A hit needs no
-validation: only tiles that passed it are ever cached.
+A hit goes out at once, with its ETag/304 logic; a miss, a tile the caller's key must be checked
+for, or any request that is not a plain GET of a tile URL goes on to the app, whose routes validate,
+render and cache (tiles.routes). A hit needs no validation: only tiles that passed it are cached.
+
+Two doors share one lookup (`TileHits`):
+- `TileProtocol`, the HTTP protocol `twin serve` runs uvicorn with, answers a hit as soon as the
+  request's headers are parsed: no ASGI scope, task, middleware, router or Response object (on a
+  small tile each of those costs more than the hit itself);
+- `TileFastPath`, the outermost ASGI middleware, does the same for any other server of the app.
 
 Private layers (twin.access): a tile of one always goes to the routes, which check the caller's
 key first; a composite tile is served here to callers without a key only, under the cache key of
@@ -14,36 +18,119 @@ is served here.
 
 import re
 
-from tiles.cache import cache_key
+import httptools
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
+
+from tiles.cache import CachedTile, cache_key
 from tiles.provider import TileProvider
 from tiles.responses import tile_response
+from twin import cors
+from twin.limits import TimelyHeaders
 
 TILE_PATH = re.compile(r"^/(?:collections/(?P<layer>[^/]+)/tiles|tiles/onemap)/[^/]+/[0-9]+/[0-9]+/[0-9]+$")
+HITS = "tile_hits"  # the app's TileHits in the lifespan state, which uvicorn hands to its protocols
 
 
-class TileFastPath:
+class TileHits:
     def __init__(self, app, provider: TileProvider):
         self.app, self.provider = app, provider
 
-    def _cached(self, scope):
-        match = TILE_PATH.match(scope["path"]) if scope["type"] == "http" and scope["method"] == "GET" else None
-        access = scope["app"].state.access if match else None
+    def find(self, path: str, query: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[CachedTile, dict] | None:
+        """The cached tile that answers a GET of `path` and the CORS headers to send with it, or None when
+        the app must answer."""
+        match = TILE_PATH.match(path)
+        access = getattr(self.app.state, "access", None) if match else None
         if access is None or not access.live:
+            return None
+        cross_origin = cors.simple_headers(self.app.state.settings.cors_origins, headers)
+        if cross_origin is None:
             return None
         private, layer = access.private(), match.group("layer")
         if layer in private:
             return None
-        if layer is None and private and any(k == b"authorization" for k, _ in scope["headers"]):
+        if layer is None and private and any(k == b"authorization" for k, _ in headers):
             return None
-        return self.provider.memory.get(cache_key(scope["path"], scope["query_string"],
-                                                  private if layer is None else frozenset()))
+        tile = self.provider.memory.get(cache_key(path, query, private if layer is None else frozenset()))
+        return None if tile is None else (tile, cross_origin)
+
+
+def _if_none_match(headers: list[tuple[bytes, bytes]]) -> str | None:
+    return next((v.decode("latin-1") for k, v in headers if k == b"if-none-match"), None)
+
+
+class TileFastPath:
+    def __init__(self, app, hits: TileHits):
+        self.app, self.hits = app, hits
 
     async def __call__(self, scope, receive, send):
-        tile = self._cached(scope)
-        if tile is None:
+        hit = (self.hits.find(scope["path"], scope["query_string"], scope["headers"])
+               if scope["type"] == "http" and scope["method"] == "GET" else None)
+        if hit is None:
             return await self.app(scope, receive, send)
-        if_none_match = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"if-none-match"), None)
-        status, headers, body = tile_response(tile, if_none_match, "hit")
+        status, headers, body = tile_response(hit[0], _if_none_match(scope["headers"]), "hit")
+        headers |= hit[1]
         await send({"type": "http.response.start", "status": status,
                     "headers": [(k.encode(), v.encode()) for k, v in headers.items()]})
         await send({"type": "http.response.body", "body": body})
+
+
+class TileProtocol(TimelyHeaders):
+    """uvicorn's httptools protocol (with twin.limits' header bounds) answering cached tiles itself."""
+
+    answered = False  # the current request was answered here: its end of message is not the app's
+
+    def on_message_begin(self) -> None:
+        # the ASGI scope is built only for a request the app answers (on_headers_complete)
+        self.answered, self.url, self.headers, self.expect_100_continue = False, b"", [], False
+        self._await_headers()
+
+    def on_headers_complete(self) -> None:
+        self._headers_arrived()
+        if self._answer_hit():
+            return
+        url, headers, expect_100_continue = self.url, self.headers, self.expect_100_continue
+        HttpToolsProtocol.on_message_begin(self)  # the scope (TimelyHeaders' part ran at the real beginning)
+        self.url, self.headers, self.expect_100_continue = url, headers, expect_100_continue
+        self.scope["headers"] = headers
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self.answered:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self.answered:
+            super().on_message_complete()
+
+    def _answer_hit(self) -> bool:
+        hits = self.app_state.get(HITS)
+        busy = self.pipeline or (self.cycle is not None and not self.cycle.response_complete)
+        if hits is None or busy or self.parser.get_method() != b"GET" or self.parser.should_upgrade():
+            return False
+        url = httptools.parse_url(self.url)
+        if b"%" in url.path:
+            return False
+        hit = hits.find(self.root_path + url.path.decode("ascii"), url.query or b"", self.headers)
+        if hit is None:
+            return False
+        status, headers, body = tile_response(hit[0], _if_none_match(self.headers), "hit")
+        headers |= hit[1]
+        keep_alive = self.parser.should_keep_alive()
+        self.transport.write(b"".join([
+            STATUS_LINE[status],
+            *(b"%s: %s\r\n" % pair for pair in self.server_state.default_headers),
+            *(f"{k}: {v}\r\n".encode("latin-1") for k, v in headers.items()),
+            b"" if keep_alive else b"connection: close\r\n", b"\r\n", body]))
+        self.answered = True
+        self.server_state.total_requests += 1
+        if self.access_log:
+            scope = {"client": self.client, "path": url.path.decode("ascii"), "query_string": url.query or b""}
+            self.access_logger.info('%s - "GET %s HTTP/%s" %d', get_client_addr(scope),
+                                    get_path_with_query_string(scope), self.parser.get_http_version(), status)
+        if not keep_alive:
+            self.transport.close()
+        else:
+            self._unset_keepalive_if_required()
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+        return True

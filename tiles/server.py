@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from tiles import raster, routes, tilesets
 from tiles.cache import TileCache
 from tiles.changes import ChangeFollower
-from tiles.fastpath import TileFastPath
+from tiles.fastpath import HITS, TileFastPath, TileHits
 from tiles.provider import TileProvider
 from tiles.render import TileRenderer
 from tiles.settings import tile_settings
@@ -33,7 +33,8 @@ def install(app: FastAPI) -> None:
 
 def install_fast_path(app: FastAPI) -> None:
     """Cached tiles are answered before every other middleware: call last."""
-    app.add_middleware(TileFastPath, provider=app.state.tile_provider)
+    app.state.tile_hits = TileHits(app, app.state.tile_provider)
+    app.add_middleware(TileFastPath, hits=app.state.tile_hits)
 
 
 @contextlib.asynccontextmanager
@@ -56,7 +57,7 @@ async def running(app: FastAPI):
             except TimeoutError:
                 log.warning("tile change listener not connected yet; tiles are served uncached until it is")
             app.state.tile_follower = follower
-            yield
+            yield {HITS: app.state.tile_hits}  # the lifespan state: uvicorn hands it to tiles.fastpath.TileProtocol
     finally:
         await provider.renderer.close()
         if provider.shared:

@@ -15,7 +15,7 @@ from layers.catalog import catalog
 from tiles import server as tile_server
 from etl.water_class import classify_frame
 from etl import routes as etl_routes
-from twin import access, admin, errors, health, limits
+from twin import access, admin, cors, errors, health, limits
 from twin import styles as style_routes
 from twin import viewer
 from twin.db import async_engine
@@ -32,8 +32,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         app.state.engine = async_engine(settings)
         app.state.read_engine = read_engine(settings, app.state.engine)  # reads that may lag: twin.replicas
-        async with tile_server.running(app), access.following(app):
-            yield
+        async with tile_server.running(app) as state, access.following(app):
+            yield state
         for engine in {app.state.engine, app.state.read_engine}:
             await engine.dispose()
 
@@ -64,7 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     tile_server.install(app)
     viewer.install(app)
     limits.install(app, upload_bytes=settings.max_upload_mb << 20)  # body sizes and speeds, before parsing
-    errors.install(app)  # its URL check is outside every middleware but the tile fast path
+    errors.install(app)  # its URL check is outside every middleware but CORS and the tile fast path
+    cors.install(app)  # outside the rest, so refusals and errors carry its headers too
     tile_server.install_fast_path(app)  # last: a cached tile goes out before anything else runs
     generate = app.openapi
 

@@ -391,10 +391,15 @@ def run_server(host: str, port: int, workers: int) -> None:
     base = f"http://{host}:{port}"
     console.print(f"OneMap Twin on {base}\n  map         {base}/map\n  API         {base}/\n  docs        {base}/docs\n"
                   f"  collections {base}/collections\n  health      {base}/health")
-    argv = [sys.executable, "-m", "uvicorn", "--factory", "twin.app:create_app", "--host", host, "--port", str(port),
-            "--http", "twin.limits:TimelyHeaders",  # bounded request headers (twin.limits)
-            "--workers", str(workers), "--proxy-headers", "--no-access-log"]
-    raise typer.Exit(subprocess.call(argv))
+    raise typer.Exit(subprocess.call(uvicorn_argv(host, port, workers)))
+
+
+def uvicorn_argv(host: str, port: int, workers: int = 1, access_log: bool = False) -> list[str]:
+    """How the app is served: cached tiles answered by its own HTTP protocol (tiles.fastpath), which also
+    bounds request headers (twin.limits)."""
+    return [sys.executable, "-m", "uvicorn", "--factory", "twin.app:create_app", "--host", host, "--port", str(port),
+            "--http", "tiles.fastpath:TileProtocol", "--loop", "uvloop", "--workers", str(workers), "--proxy-headers",
+            *([] if access_log else ["--no-access-log"])]
 
 
 @app.command()

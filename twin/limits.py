@@ -5,7 +5,7 @@
   the limit — and a body that arrives too slowly (slower than MIN_BODY_RATE on average after
   BODY_GRACE_S, or silent for BODY_IDLE_S) is cut off with a 408. The refusal replaces whatever
   answer the application was making of the broken body, and closes the connection.
-- `TimelyHeaders` (uvicorn's httptools protocol, chosen with `uvicorn --http twin.limits:TimelyHeaders`):
+- `TimelyHeaders` (uvicorn's httptools protocol; `twin serve` runs its subclass `tiles.fastpath.TileProtocol`):
   a request's line and headers must arrive within HEADER_TIMEOUT_S of the connection opening or the
   request beginning, and hold at most MAX_HEADER_BYTES; else a 408 or 431 and the connection closes.
   uvicorn itself bounds neither (its keep-alive timer stops at the first byte), so without this a

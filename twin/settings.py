@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     # Bundled real data; overridable so tests never depend on the checkout's neighbours.
     real_data_dir: Path = REPO_ROOT / "data" / "real"
     max_upload_mb: int = 200
+    # Origins whose web pages may call the API (a map client on another host); [] for none.
+    cors_origins: list[str] = ["*"]
     # MapLibre style documents (`styles/`); read per request, so an edit is served at once.
     styles_dir: Path = REPO_ROOT / "styles"
     # A Redis (redis://host:port/db) the workers share tiles through; unset: each worker caches alone.
