@@ -31,7 +31,7 @@ router = APIRouter(tags=["features"])
 GEOJSON = "application/geo+json"
 
 
-def feature_layer(layer: str) -> LayerSpec:
+async def feature_layer(layer: str) -> LayerSpec:
     """A layer that has features (vector or series); 404 otherwise."""
     spec = layer_or_404(layer)
     if spec.kind == "raster":

@@ -31,7 +31,7 @@ class Page:
     offset: int
 
 
-def page(
+async def page(
     limit: int = Query(DEFAULT_LIMIT, ge=1, json_schema_extra={"maximum": MAX_LIMIT},
                        description=f"Features per page: {DEFAULT_LIMIT} by default; a value above {MAX_LIMIT} "
                                    f"is served as {MAX_LIMIT} (OGC API Features allows the server to clamp)."),
@@ -57,7 +57,7 @@ class BBox:
         return func.ST_Intersects(geom, self.envelope())
 
 
-def bbox(
+async def bbox(
     bbox: str | None = Query(None, description="minx,miny,maxx,maxy (4 or 6 numbers) in the axis order of "
                                                "bbox-crs: for EPSG:4326 and EPSG:4490 that is lat,lon."),
     bbox_crs: str | None = Query(None, alias="bbox-crs", description="CRS of bbox; CRS84 by default."),
@@ -87,7 +87,7 @@ def bbox(
     return BBox(low[0], low[1], high[0], high[1], box_crs)
 
 
-def output_crs(crs: str | None = Query(None, description="CRS of the response geometries; CRS84 by default. "
+async def output_crs(crs: str | None = Query(None, description="CRS of the response geometries; CRS84 by default. "
                                                           "One of: " + ", ".join(crs_.SUPPORTED))) -> crs_.Crs:
     return crs_.parse(crs, "query.crs")
 
@@ -152,34 +152,41 @@ def parse_period(text: str, where: str) -> Period:
     return Period(start, end)
 
 
-def period(datetime: str | None = Query(
+async def period(datetime: str | None = Query(
         None, description="An instant or interval (RFC 3339; '..' or empty for an open end), e.g. "
                           "2020-05-10T00:00:00Z/2020-05-11T00:00:00Z, 2020-05-10/.., 2020-05-10")) -> Period | None:
     return None if datetime is None else parse_period(datetime, "query.datetime")
 
 
-def as_of(as_of: str | None = Query(
+async def as_of(as_of: str | None = Query(
         None, description="Read the layer as it was at this moment (RFC 3339; without an offset: China "
                           "Standard Time).")) -> datetime | None:
-    if as_of is None:
+    return parse_as_of(as_of)
+
+
+def parse_as_of(text: str | None) -> datetime | None:
+    if text is None:
         return None
-    moment = parse_moment(as_of, "query.as_of")
+    moment = parse_moment(text, "query.as_of")
     if not isinstance(moment, datetime):
         raise ApiError(400, "invalid_parameter", "as_of needs a date-time, e.g. 2024-01-01T00:00:00+08:00",
                        where="query.as_of")
     return moment
 
 
-def cql_filter(
+async def cql_filter(
     filter: str | None = Query(None, description="A CQL2 filter (see /collections/{layer}/queryables)."),
     # cql-text: the draft's name for cql2-text, the one GDAL's OAPIF driver looks for and sends
     filter_lang: Literal["cql2-text", "cql2-json", "cql-text"] = Query("cql2-text", alias="filter-lang"),
     filter_crs: str | None = Query(None, alias="filter-crs", description="CRS of geometry literals; CRS84 "
                                                                           "by default."),
 ) -> Filter | None:
-    literal_crs = crs_.parse(filter_crs, "query.filter-crs")
-    lang = "cql2-text" if filter_lang == "cql-text" else filter_lang
-    return None if filter is None else Filter(parse(filter, lang), literal_crs)
+    return parse_filter(filter, filter_lang, filter_crs)
+
+
+def parse_filter(text: str | None, lang: str, crs: str | None) -> Filter | None:
+    literal_crs = crs_.parse(crs, "query.filter-crs")
+    return None if text is None else Filter(parse(text, "cql2-text" if lang == "cql-text" else lang), literal_crs)
 
 
 def _names(text: str, where: str) -> list[str]:
@@ -204,9 +211,13 @@ class Properties:
         return list(dict.fromkeys(self.names))
 
 
-def properties(properties: str | None = Query(
+async def properties(properties: str | None = Query(
         None, description="Comma-separated fields to return; empty for none.")) -> Properties:
-    return Properties(None if properties is None else tuple(_names(properties, "query.properties")))
+    return parse_properties(properties)
+
+
+def parse_properties(text: str | None) -> Properties:
+    return Properties(None if text is None else tuple(_names(text, "query.properties")))
 
 
 @dataclass(frozen=True)
@@ -222,7 +233,7 @@ class SortBy:
         return list(dict(self.keys).items())
 
 
-def sortby(sortby: str | None = Query(
+async def sortby(sortby: str | None = Query(
         None, description="Comma-separated fields, each optionally prefixed + (ascending) or - (descending).")
            ) -> SortBy:
     if sortby is None:

@@ -11,14 +11,18 @@ from twin.errors import ApiError
 PAST_MARGIN = timedelta(minutes=5)  # a moment older than this has all its writes committed
 
 
-def tile_address(tms: str = Path(description="Tile matrix set id, e.g. WebMercatorQuad"),
+async def tile_address(tms: str = Path(description="Tile matrix set id, e.g. WebMercatorQuad"),
                  z: int = Path(description="Tile matrix (zoom level)"),
                  y: int = Path(description="Tile row"),
                  x: int = Path(description="Tile column")) -> TileAddress:
     return address(tms, z, x, y)
 
 
-def vector_layer(layer: str) -> LayerSpec:
+async def vector_layer(layer: str) -> LayerSpec:
+    return vector_spec(layer)
+
+
+def vector_spec(layer: str) -> LayerSpec:
     spec = get_layer(layer)
     if spec is None or spec.kind != "vector":
         known = ", ".join(s.id for s in catalog().values() if s.kind == "vector")

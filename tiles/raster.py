@@ -24,7 +24,7 @@ from sqlalchemy import Column, MetaData, Table, Text, select
 from titiler.core.factory import TilerFactory
 
 from layers.catalog import catalog, get_layer
-from tiles.tms import GRIDS
+from tiles.tms import GRID, GRIDS
 from twin.errors import ApiError
 
 PREFIX = "/raster/{layer}"
@@ -48,7 +48,7 @@ CLIENT_ERRORS = {
 GDAL_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 MAX_PIXELS = 2048  # a side of any image asked for: 2048² float32 bands stay within tens of MB
 MAX_PROJECTED = 1e8  # metres: beyond any projected CRS's range
-MAX_ZOOM = max(GRIDS.get(grid).maxzoom for grid in GRIDS.list())
+MAX_ZOOM = max(grid.maxzoom for grid in GRID.values())
 # query parameters that size the work: (lowest, highest)
 BOUNDS = {"tilesize": (1, MAX_PIXELS), "width": (1, MAX_PIXELS), "height": (1, MAX_PIXELS),
           "max_size": (1, MAX_PIXELS), "buffer": (0, 256), "padding": (0, 256),

@@ -11,8 +11,8 @@ from datetime import datetime
 from layers import crs as crs_
 from layers.catalog import LayerSpec
 from layers.cql2 import LANGS
-from layers.params import as_of, cql_filter, properties
-from tiles.params import onemap_layers, vector_layer
+from layers.params import parse_as_of, parse_filter, parse_properties
+from tiles.params import onemap_layers, vector_spec
 from tiles.settings import TileSettings
 from tiles.sources import LayerRequest, clustered_at
 from tiles.tms import TileAddress, address
@@ -38,7 +38,7 @@ class TileRequest:
         return self.tile.tms, layers, self.moment, self.filter
 
     def layer_requests(self) -> list[LayerRequest]:
-        where = None if self.filter is None else cql_filter(*self.filter)
+        where = None if self.filter is None else parse_filter(*self.filter)
         return [LayerRequest(spec, names, self.moment, where) for spec, names in zip(self.layers, self.properties)]
 
 
@@ -53,10 +53,10 @@ def _filter(query: Mapping[str, str]) -> tuple[str, str, str | None] | None:
 
 def layer_tile(layer: str, tms: str, z: int, y: int, x: int, query: Mapping[str, str]) -> TileRequest:
     """`/collections/{layer}/tiles/{tms}/{z}/{y}/{x}`: one layer, out of its zoom range a 404."""
-    spec = vector_layer(layer)
+    spec = vector_spec(layer)
     tile = address(tms, z, x, y)
-    selected = properties(query.get("properties"))
-    moment = as_of(query.get("as_of"))
+    selected = parse_properties(query.get("properties"))
+    moment = parse_as_of(query.get("as_of"))
     where = _filter(query)
     if not spec.minzoom <= tile.z <= spec.maxzoom:
         raise ApiError(404, "zoom_out_of_range", f"{spec.id} is drawn at zooms {spec.minzoom}..{spec.maxzoom} "
@@ -69,6 +69,6 @@ def onemap_tile(tms: str, z: int, y: int, x: int, query: Mapping[str, str],
     """`/tiles/onemap/{tms}/{z}/{y}/{x}`: the layers asked for (default all) visible at z, every field,
     but the private layers `hidden` from the caller (twin.access)."""
     tile = address(tms, z, x, y)
-    moment = as_of(query.get("as_of"))
+    moment = parse_as_of(query.get("as_of"))
     chosen = tuple(s for s in onemap_layers(query.get("layers"), tile.z) if s.id not in hidden)
     return TileRequest(tile, chosen, tuple(tuple(f.name for f in spec.fields) for spec in chosen), moment)

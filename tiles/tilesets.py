@@ -12,7 +12,7 @@ from layers.filters import Filter
 from layers.params import Properties, as_of, cql_filter, properties
 from tiles.params import vector_layer
 from tiles.sources import POINT_COUNT, field_kinds
-from tiles.tms import GRIDS, SRIDS, grid_or_404, tile_range
+from tiles.tms import GRID, SRIDS, grid_or_404, tile_range
 from twin.urls import base_url
 
 router = APIRouter(tags=["tiles"])
@@ -24,15 +24,15 @@ DIMENSIONS = {"Point": 0, "MultiPoint": 0, "MultiLineString": 1, "MultiPolygon":
 
 
 def _matrix_set_link(base: str, tms: str, rel: str = f"{REL}/tiling-scheme") -> dict:
-    return {"rel": rel, "type": "application/json", "title": GRIDS.get(tms).title or tms,
+    return {"rel": rel, "type": "application/json", "title": GRID[tms].title or tms,
             "href": f"{base}/tileMatrixSets/{tms}"}
 
 
 @router.get("/tileMatrixSets", summary="The tile matrix sets tiles are served in")
 async def tile_matrix_sets(request: Request):
     base = base_url(request)
-    return {"tileMatrixSets": [{"id": tms, "title": GRIDS.get(tms).title or tms, "uri": GRIDS.get(tms).uri,
-                                "crs": str(GRIDS.get(tms).crs.root), "links": [_matrix_set_link(base, tms, "self")]}
+    return {"tileMatrixSets": [{"id": tms, "title": GRID[tms].title or tms, "uri": GRID[tms].uri,
+                                "crs": str(GRID[tms].crs.root), "links": [_matrix_set_link(base, tms, "self")]}
                                for tms in SRIDS]}
 
 
@@ -55,7 +55,7 @@ def _tiles_url(request: Request, spec: LayerSpec, tms: str, template: str) -> st
 
 def _tileset_summary(request: Request, spec: LayerSpec, tms: str) -> dict:
     base = base_url(request)
-    grid = GRIDS.get(tms)
+    grid = GRID[tms]
     registered = {"tileMatrixSetURI": grid.uri} if grid.uri else {}  # CGCS2000Quad is ours: only its link
     return {
         "title": f"{spec.title.zh} ({tms})",

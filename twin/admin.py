@@ -18,7 +18,7 @@ class AccessChange(BaseModel):
     private: StrictBool
 
 
-def admin_key(request: Request, principal: Principal = Depends(authenticate)) -> Principal:
+async def admin_key(request: Request, principal: Principal = Depends(authenticate)) -> Principal:
     if not principal.is_admin:
         client = request.client.host if request.client else "unknown"
         log.warning("refused %s %s from %s: key %s of %s is not an admin key", request.method, request.url.path,
