@@ -1,8 +1,9 @@
 """Features of a layer as GeoJSON (OGC API Features Parts 1-3): items, one item, queryables.
 
 PostgreSQL writes the JSON: each feature is one json_build_object with ST_AsGeoJSON for its
-geometry, the page is one string_agg, and the count of matches comes in the same statement,
-so a page is one round trip and Python only wraps it. water_quality readings have no
+geometry, the page is one string_agg, and the count of matches (up to a bound past the page:
+`TWIN_ITEMS_COUNT_LIMIT`) comes in the same statement, so a page is one round trip and Python only
+wraps it. water_quality readings have no
 geometry of their own and are served with "geometry": null (join monitoring_stations by
 station_code for locations).
 """
@@ -94,11 +95,11 @@ def _url(request: Request, **changes) -> str:
     return f"{base_url(request)}{request.url.path}?{urlencode(query)}"
 
 
-def _links(request: Request, spec: LayerSpec, page: params.Page, matched: int, returned: int) -> list[dict]:
+def _links(request: Request, spec: LayerSpec, page: params.Page, matched: int | None, returned: int) -> list[dict]:
     collection = f"{base_url(request)}/collections/{spec.id}"
     links = [{"rel": "self", "type": GEOJSON, "href": _url(request)},
              {"rel": "collection", "type": "application/json", "href": collection}]
-    if page.offset + returned < matched:
+    if matched is None or page.offset + returned < matched:
         links.append({"rel": "next", "type": GEOJSON,
                       "href": _url(request, offset=page.offset + page.limit, limit=page.limit)})
     if page.offset > 0:
@@ -141,12 +142,17 @@ async def items(
     agg = select(func.count().label("returned"),
                  func.string_agg(feature, aggregate_order_by(literal(",", Text), *page_order, rows.c.fid))
                  .label("features")).subquery("agg")
-    matched = select(func.count()).select_from(src).where(*where).scalar_subquery()
-    statement = select(matched.label("matched"), agg.c.returned, agg.c.features)
+    counted_to = page.offset + page.limit + request.app.state.settings.items_count_limit
+    matches = select(columns.fid).where(*where).limit(counted_to).subquery("matches")
+    statement = select(select(func.count()).select_from(matches).scalar_subquery().label("matched"),
+                       agg.c.returned, agg.c.features)
     async with request.app.state.read_engine.connect() as conn:
         row = await fetch_one(conn, statement)
-    head = orjson.dumps({"type": "FeatureCollection", "numberMatched": row.matched, "numberReturned": row.returned,
-                         "timeStamp": _now(), "links": _links(request, spec, page, row.matched, row.returned)})
+    matched = row.matched if row.matched < counted_to else None
+    counts = {"numberReturned": row.returned} if matched is None else {"numberMatched": matched,
+                                                                        "numberReturned": row.returned}
+    head = orjson.dumps({"type": "FeatureCollection", **counts, "timeStamp": _now(),
+                         "links": _links(request, spec, page, matched, row.returned)})
     body = head[:-1] + b',"features":[' + (row.features or "").encode() + b"]}"
     if html.wanted(request):
         return html.page("items.html", base=base_url(request), spec=spec, names=names, body=orjson.loads(body))

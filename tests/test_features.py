@@ -15,6 +15,7 @@ import shapely
 from sqlalchemy import text
 
 from layers.catalog import get_layer
+from twin.settings import get_settings
 
 ITEMS = "/collections/{}/items"
 CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
@@ -117,7 +118,10 @@ def test_limit_default_clamp_and_openapi(http, readings):
     assert features(http, "city_components")["numberReturned"] == 100
     assert len(readings) > 10_000
     clamped = features(http, "water_quality", limit=50_000, properties="")
-    assert clamped["numberReturned"] == 10_000 and clamped["numberMatched"] == len(readings)
+    assert clamped["numberReturned"] == 10_000
+    # more readings past the page than TWIN_ITEMS_COUNT_LIMIT: not counted, the next link carries on
+    uncounted = len(readings) >= 10_000 + get_settings().items_count_limit
+    assert "numberMatched" not in clamped if uncounted else clamped["numberMatched"] == len(readings)
     next_link = next(link["href"] for link in clamped["links"] if link["rel"] == "next")
     assert "limit=10000" in next_link and "offset=10000" in next_link
     parameters = http.get("/api").json()["paths"]["/collections/{collectionId}/items"]["get"]["parameters"]
@@ -408,3 +412,33 @@ def test_as_of_reads_the_past(http, engine, components):
     finally:
         with engine.begin() as conn:
             conn.execute(text("UPDATE layers.city_components SET status = :s WHERE fid = :f"), {"s": before, "f": fid})
+
+
+def test_a_large_match_is_paged_without_counting_it_all(database_url, data_dir, loaded, engine, tmp_path):
+    """Past items_count_limit matches beyond the page, numberMatched is left out (counting millions costs more
+    than the page); `next` links still walk every feature exactly once, and a page near the end counts again."""
+    import httpx
+
+    from tests.server_support import logged_server
+
+    with engine.connect() as conn:
+        everything = set(conn.execute(text("SELECT fid FROM layers.city_components")).scalars())
+    with logged_server(database_url, data_dir, tmp_path / "server.log", items_count_limit=500) as base, \
+            httpx.Client(base_url=base, timeout=30) as http:
+        first = http.get("/collections/city_components/items", params={"limit": 1000}).json()
+        assert "numberMatched" not in first and first["numberReturned"] == 1000
+        seen, url, pages = [], "/collections/city_components/items?limit=1000", []
+        while url:
+            page = http.get(url).json()
+            pages.append(page)
+            seen += [f["id"] for f in page["features"]]
+            url = next((link["href"] for link in page["links"] if link["rel"] == "next"), None)
+        assert sorted(seen) == sorted(everything) and len(seen) == len(everything)
+        assert pages[-1]["numberMatched"] == len(everything)  # within the bound of the last page
+        assert all("numberMatched" not in p for p in pages if p["numberReturned"] == 1000 and
+                   len(everything) - pages.index(p) * 1000 > 1500)
+        exact = http.get("/collections/city_components/items",
+                         params={"limit": 10, "offset": len(everything) - 505}).json()
+        assert exact["numberMatched"] == len(everything)  # 505 left: within 10 + 500 of the offset
+        html = http.get("/collections/city_components/items", params={"limit": 5, "f": "html"})
+        assert html.status_code == 200 and "5 features" in html.text
