@@ -11,9 +11,11 @@
   indexes and no triggers: what the database needs without reading, validation or the change log.
 
 Our loads run in a subprocess that reports its peak RSS (resource.getrusage). ogr2ogr comes from
-Debian's gdal-bin, installed for this benchmark only: `apt-get install -y gdal-bin`.
+Debian's gdal-bin, installed for this benchmark only: `apt-get install -y gdal-bin`. With --before DIR
+(another checkout, e.g. `git archive` of an older commit), that tree's load runs first into its own fresh
+database, for a before/after in one run.
 
-    .venv/bin/python -m bench.etl_load --components 1000000 [--data var/bench] [--database-url URL]
+    .venv/bin/python -m bench.etl_load --components 1000000 [--data var/bench] [--database-url URL] [--before DIR]
 
 Without --database-url a throwaway PostGIS cluster is started (and destroyed) in a temp directory.
 The GeoPackage comes from `etl.sample.generate` and is kept in --data for the next run.
@@ -63,9 +65,9 @@ print(time.perf_counter() - start)
 """
 
 
-def _python(code: str, *args: str) -> str:
+def _python(code: str, *args: str, tree: Path | None = None) -> str:
     done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parent.parent)
+                          cwd=tree or Path(__file__).resolve().parent.parent)
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-2000:])
     return done.stdout.strip().splitlines()[-1]
@@ -116,13 +118,17 @@ def _floor(url: str) -> float:
         return time.perf_counter() - start
 
 
-def _database(url: str | None, scratch: Path) -> tuple[str, Cluster | None]:
-    cluster = None
-    if url is None:
-        scratch.chmod(0o755)
-        cluster = Cluster(scratch / "db")
-        cluster.up()
-        url = cluster.url()
+def _cluster(url: str | None, scratch: Path) -> tuple[str, Cluster | None]:
+    if url is not None:
+        return url, None
+    scratch.chmod(0o755)
+    cluster = Cluster(scratch / "db")
+    cluster.up()
+    return cluster.url(), cluster
+
+
+def _database(url: str) -> str:
+    """A fresh, migrated bench database on the server of `url`."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {DB}")
@@ -130,15 +136,20 @@ def _database(url: str | None, scratch: Path) -> tuple[str, Cluster | None]:
     migrate(url=bench_url)
     with psycopg.connect(bench_url, autocommit=True) as conn:
         conn.execute("CREATE SCHEMA bench")
-    return bench_url, cluster
+    return bench_url
 
 
 def main(components: int = typer.Option(1_000_000, min=1), data: Path = typer.Option(Path("var/bench")),
-         database_url: str = typer.Option(None, help="a PostGIS to create the bench database in")) -> None:
+         database_url: str = typer.Option(None, help="a PostGIS to create the bench database in"),
+         before: Path = typer.Option(None, help="another checkout whose load runs first, for before/after")) -> None:
     full, changed = _sample(data, components)
     scratch = Path(tempfile.mkdtemp(prefix="twin-bench-"))
-    url, cluster = _database(database_url, scratch)
+    server, cluster = _cluster(database_url, scratch)
     try:
+        if before:
+            earlier = json.loads(_python(OUR_LOAD, _database(server), str(full.resolve()), tree=before))
+            assert earlier["error"] is None and earlier["counts"]["inserted"] == components, earlier
+        url = _database(server)
         ours = json.loads(_python(OUR_LOAD, url, str(full)))
         assert ours["error"] is None and ours["counts"]["inserted"] == components, ours
         floor = _floor(url)
@@ -155,6 +166,9 @@ def main(components: int = typer.Option(1_000_000, min=1), data: Path = typer.Op
     rate = lambda seconds: f"{components / seconds:,.0f} rows/s"  # noqa: E731
     print(f"| load of {components:,} points | seconds | rate | peak RSS |")
     print("| --- | ---: | ---: | ---: |")
+    if before:
+        print(f"| before: {before} (validated, change log: {earlier['changes']:,} rows) | "
+              f"{earlier['seconds']:.1f} | {rate(earlier['seconds'])} | {earlier['peak_rss_mib']:,.0f} MiB |")
     print(f"| ours (validated, change log: {ours['changes']:,} rows) | {ours['seconds']:.1f} | "
           f"{rate(ours['seconds'])} | {ours['peak_rss_mib']:,.0f} MiB |")
     print(f"| ogr2ogr -f PostgreSQL, PG_USE_COPY=YES | {ogr:.1f} | {rate(ogr)} | |")

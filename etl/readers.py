@@ -5,19 +5,30 @@ the geometries with the CRS the file declares, so nothing is interpreted before
 validation can say what was wrong with it. A table's coordinate columns stay among
 the attributes (the quarantine shows them as sent); rows whose coordinates cannot be
 read are listed with the reason.
+
+Vector files (GeoPackage, FlatGeobuf, Shapefile, GeoJSON, GeoParquet) are read in batches of
+rows through Arrow (`opened(...).pieces(n)`), so a load holds one batch, not the file; a
+cheap pass over chosen columns without geometry (`.values(...)`) serves checks that need the
+whole file, such as duplicate keys. CSV and XLSX tables are read in one piece.
 """
 
 import codecs
+import contextlib
 import csv
 import io
+import json
 import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import geopandas as gpd
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pyogrio
+import pyproj
 import shapely
 
 from etl import archive, formats
@@ -26,6 +37,7 @@ LON_HEADERS = ["经度", "东经", "lon", "lng", "long", "longitude", "x", "x坐
 LAT_HEADERS = ["纬度", "北纬", "lat", "latitude", "y", "y坐标", "纵坐标", "point_y", "坐标y", "northing"]
 WKT_HEADERS = ["wkt", "geometry", "geom", "the_geom", "shape", "几何", "空间信息"]
 ENCODING_PROBE = 1 << 20
+BATCH = 100_000  # rows read (and then validated) at a time
 
 
 class ReadError(ValueError):
@@ -40,6 +52,7 @@ class Dataset:
     source: str
     coordinates: list[str] = field(default_factory=list)  # a table's columns the geometry was built from
     problems: dict = field(default_factory=dict)  # row label -> why its geometry could not be read
+    offset: int = 0  # rows of the file before this piece's first row (a piece of a file read in batches)
 
 
 def detect_encoding(data: bytes | Path) -> str:
@@ -173,36 +186,154 @@ def _shapefile_encoding(shp: Path) -> str | None:
     return "UTF-8" if detect_encoding(dbf).startswith("utf-8") else "GB18030"
 
 
-def _read_vector(path: Path, name: str, layer: str | None) -> Dataset:
+class Whole:
+    """A dataset already in memory, handed out in pieces of its rows."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+        self.source, self.crs = dataset.source, dataset.crs
+        self.columns = [str(c) for c in dataset.attributes.columns]
+        self.coordinates = dataset.coordinates
+        self.has_geometry = dataset.geometry is not None
+
+    def pieces(self, size: int = BATCH) -> Iterator[Dataset]:
+        d = self.dataset
+        for start in range(0, max(len(d.attributes), 1), size):
+            rows = slice(start, start + size)
+            yield Dataset(d.attributes.iloc[rows], None if d.geometry is None else d.geometry.iloc[rows], d.crs,
+                          d.source, d.coordinates, d.problems, d.offset + start)
+
+    def values(self, columns: list[str], size: int = BATCH) -> Iterator[pd.DataFrame]:
+        yield self.dataset.attributes[columns]
+
+    def whole(self) -> Dataset:
+        return self.dataset
+
+
+class Batches:
+    """A vector file read in batches of rows through Arrow: a piece's row labels are its rows' places in the file."""
+
+    coordinates: list[str] = []  # geometries are the file's own, not built from attribute columns
+
+    def __init__(self, path: Path, name: str, layer: str | None, encoding: str | None):
+        self.path, self.source, self.layer, self.encoding = path, name, layer, encoding
+        with self._arrow(None, read_geometry=False) as (meta, _):
+            self.columns = [str(c) for c in meta["fields"]]
+            self.geometry_name = meta["geometry_name"] or "wkb_geometry"
+            self.has_geometry = meta["geometry_type"] is not None
+            self.crs = pyproj.CRS(meta["crs"]).to_wkt() if meta["crs"] else None
+
+    @contextlib.contextmanager
+    def _arrow(self, columns: list[str] | None, size: int = BATCH, read_geometry: bool = True):
+        # datetimes as the file writes them: validation reads the text (offsets included)
+        with pyogrio.raw.open_arrow(self.path, layer=self.layer, encoding=self.encoding, columns=columns,
+                                    read_geometry=read_geometry, batch_size=size, use_pyarrow=True,
+                                    datetime_as_string=True) as opened:
+            yield opened
+
+    def _batches(self, columns: list[str] | None, size: int, read_geometry: bool) -> Iterator[pa.RecordBatch]:
+        try:
+            with self._arrow(columns, size, read_geometry) as (_, reader):
+                yield from reader
+        except Exception as e:  # GDAL's and pyarrow's errors for a file broken past its header
+            raise ReadError(f"{self.source} cannot be read to its end: {e}") from e
+
+    def pieces(self, size: int = BATCH) -> Iterator[Dataset]:
+        offset = 0
+        for batch in self._batches(None, size, self.has_geometry):
+            attributes, geometry = _split(batch, self.geometry_name if self.has_geometry else None, offset)
+            yield Dataset(attributes, geometry, self.crs, self.source, offset=offset)
+            offset += len(attributes)
+        if not offset:  # no features: one empty piece with the file's columns
+            yield Dataset(pd.DataFrame(columns=self.columns), pd.Series(dtype=object) if self.has_geometry else None,
+                          self.crs, self.source)
+
+    def values(self, columns: list[str], size: int = BATCH) -> Iterator[pd.DataFrame]:
+        offset = 0
+        for batch in self._batches(columns, size, False):
+            frame, _ = _split(batch, None, offset)
+            offset += len(frame)
+            yield frame
+
+    def whole(self) -> Dataset:
+        pieces = list(self.pieces())
+        geometry = pd.concat([p.geometry for p in pieces]) if self.has_geometry else None
+        return Dataset(pd.concat([p.attributes for p in pieces]), geometry, self.crs, self.source)
+
+
+class GeoParquet(Batches):
+    """A GeoParquet file whose geometries are WKB, read in batches of rows with pyarrow."""
+
+    def __init__(self, path: Path, name: str, geo: dict, hidden: list[str]):
+        self.path, self.source = path, name
+        self.geometry_name = geo["primary_column"]
+        self.columns = [c for c in pq.ParquetFile(path).schema_arrow.names if c not in [self.geometry_name, *hidden]]
+        self.has_geometry = True
+        crs = geo["columns"][self.geometry_name].get("crs", "OGC:CRS84")  # the GeoParquet default
+        self.crs = None if crs is None else (pyproj.CRS.from_json_dict(crs) if isinstance(crs, dict)
+                                             else pyproj.CRS(crs)).to_wkt()
+
+    def _batches(self, columns: list[str] | None, size: int, read_geometry: bool) -> Iterator[pa.RecordBatch]:
+        wanted = (columns or self.columns) + ([self.geometry_name] if read_geometry else [])
+        try:
+            yield from pq.ParquetFile(self.path).iter_batches(batch_size=size, columns=wanted)
+        except Exception as e:
+            raise ReadError(f"{self.source} cannot be read to its end: {e}") from e
+
+
+def _split(batch: pa.RecordBatch, geometry_name: str | None, offset: int) -> tuple[pd.DataFrame, pd.Series | None]:
+    """A batch's attributes as pandas values and its geometries as shapely ones, labelled by row in the file."""
+    index = pd.RangeIndex(offset, offset + batch.num_rows)
+    if geometry_name is None:
+        return batch.to_pandas().set_axis(index), None
+    wkb = batch.column(geometry_name)
+    if isinstance(wkb, pa.ExtensionArray):
+        wkb = wkb.storage
+    attributes = batch.drop_columns([geometry_name]).to_pandas().set_axis(index)
+    geometry = shapely.from_wkb(wkb.to_numpy(zero_copy_only=False), on_invalid="ignore")
+    return attributes, pd.Series(geometry, index=index, dtype=object)
+
+
+def _geoparquet(path: Path, name: str) -> Batches | Whole:
+    metadata = pq.ParquetFile(path).schema_arrow.metadata or {}
+    geo = json.loads(metadata.get(b"geo", b"{}"))
+    primary = geo.get("primary_column")
+    if primary and geo.get("columns", {}).get(primary, {}).get("encoding", "").upper() == "WKB":
+        index = json.loads(metadata.get(b"pandas", b"{}")).get("index_columns", [])  # a saved pandas index
+        return GeoParquet(path, name, geo, [c for c in index if isinstance(c, str)])
+    frame = gpd.read_parquet(path)  # geometries in GeoArrow's own encodings: geopandas decodes them, in one piece
+    crs = frame.crs.to_wkt() if frame.crs is not None else None
+    geometry = pd.Series(frame.geometry.to_numpy(), index=frame.index, dtype=object)
+    return Whole(Dataset(pd.DataFrame(frame.drop(columns=frame.geometry.name)), geometry, crs, name))
+
+
+def _open_vector(path: Path, name: str, layer: str | None) -> Batches | Whole:
     suffix = path.suffix.lower()
     encoding = _shapefile_encoding(path) if suffix == ".shp" else None
     try:
         if suffix in (".parquet", ".geoparquet") and "Parquet" not in pyogrio.list_drivers():
-            frame = gpd.read_parquet(path)
-        else:
-            layers = [str(n) for n in pyogrio.list_layers(path)[:, 0]]
-            if layer is None and len(layers) > 1:
-                raise ReadError(f"{name} has several layers ({', '.join(layers)}); choose one with "
-                                "--source-layer (HTTP: source_layer)")
-            if layer is not None and layer not in layers:
-                if len(layers) > 1 or suffix == ".gpkg":
-                    raise ReadError(f"{name} has no layer {layer!r}; its layers: {', '.join(layers)}")
-                layer = None
-            frame = pyogrio.read_dataframe(path, layer=layer, encoding=encoding, use_arrow=True)
+            return _geoparquet(path, name)
+        layers = [str(n) for n in pyogrio.list_layers(path)[:, 0]]
+        if layer is None and len(layers) > 1:
+            raise ReadError(f"{name} has several layers ({', '.join(layers)}); choose one with "
+                            "--source-layer (HTTP: source_layer)")
+        if layer is not None and layer not in layers:
+            if len(layers) > 1 or suffix == ".gpkg":
+                raise ReadError(f"{name} has no layer {layer!r}; its layers: {', '.join(layers)}")
+            layer = None
+        return Batches(path, name, layer, encoding)
     except ReadError:
         raise
     except Exception as e:  # GDAL's and pyarrow's errors for a file that is not what its name says
         hint = " (a Shapefile needs its .shx and .dbf beside it: zip them together)" if suffix == ".shp" else ""
         raise ReadError(f"{name} cannot be read as a {formats.NAMES.get(suffix, 'vector dataset')}: {e}{hint}") from e
-    crs = frame.crs.to_wkt() if frame.crs is not None else None
-    geometry = pd.Series(frame.geometry.to_numpy(), index=frame.index, dtype=object)
-    attributes = pd.DataFrame(frame.drop(columns=frame.geometry.name))
-    return Dataset(attributes, geometry, crs, name)
 
 
-def read(path: Path, layer: str | None = None) -> Dataset:
-    """Read any supported file: GeoJSON, (zipped) Shapefile, GeoPackage, FlatGeobuf, GeoParquet, CSV, XLSX.
-    `layer` chooses a layer of a GeoPackage, a dataset inside a zip, or a workbook's sheet."""
+@contextlib.contextmanager
+def opened(path: Path, layer: str | None = None) -> Iterator[Batches | Whole]:
+    """Open any supported file: GeoJSON, (zipped) Shapefile, GeoPackage, FlatGeobuf, GeoParquet, CSV, XLSX.
+    `layer` chooses a layer of a GeoPackage, a dataset inside a zip, or a workbook's sheet. Vector files are
+    read batch by batch while the context lasts (a zip's dataset stays extracted until then)."""
     path = Path(path)
     if not path.is_file():
         raise ReadError(f"{path} does not exist or is not a file")
@@ -212,14 +343,22 @@ def read(path: Path, layer: str | None = None) -> Dataset:
         raise ReadError(str(e)) from e
     suffix = path.suffix.lower()
     if suffix in formats.TABLES:
-        return _read_table(path, layer)
+        yield Whole(_read_table(path, layer))
+        return
     if suffix in formats.RASTERS:
         raise ReadError(f"{path.name} is a raster; load it with: twin etl raster {path.name} --layer imagery")
     if suffix != ".zip":
-        return _read_vector(path, path.name, layer)
+        yield _open_vector(path, path.name, layer)
+        return
     with tempfile.TemporaryDirectory(prefix="twin-unzip-") as tmp:
         try:
             inner = archive.extract(path, layer, Path(tmp))
         except archive.ArchiveError as e:
             raise ReadError(str(e)) from e
-        return _read_vector(inner, path.name, layer)
+        yield _open_vector(inner, path.name, layer)
+
+
+def read(path: Path, layer: str | None = None) -> Dataset:
+    """Read a whole file into memory (see `opened`)."""
+    with opened(path, layer) as dataset:
+        return dataset.whole()

@@ -6,8 +6,12 @@ is killed leaves the layers as they were; running it again completes it. Nothing
 dropped unsaid: rejected rows are quarantined with a reason, repaired geometries are
 noted, and source columns that map to no field are listed in the run.
 
-A large file is validated in chunks, each one streamed to the database as soon as it is
-checked, so the database stores one chunk while the next one is validated (two cores at work).
+A file is read, converted and validated in pieces of VALIDATE_CHUNK rows (a vector file is read
+batch by batch, so memory holds a piece, not the file), each piece streamed to the database as soon
+as it is checked: the database stores one piece while the next one is read and validated (two cores at
+work). Duplicate keys are found across the whole input first, by a cheap pass over the key columns
+alone, so a key given twice is rejected in both rows however far apart they are. A job that enriches
+its rows from the database (and may reshape the table) gets the whole input in one piece.
 """
 
 import hashlib
@@ -19,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import shapely
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -26,17 +32,17 @@ from sqlalchemy.engine import Engine
 from etl import records
 from etl.crs import convert, misplaced, source_of
 from etl.jobs import JOBS, get_job, imagery
-from etl.readers import Dataset, read
+from etl.readers import Batches, Dataset, Whole, opened
 from etl.records import Run, open_run
 from layers.catalog import LayerSpec, get_layer
 from layers.store import merge, set_write_context
-from layers.validate import Validated, validate
+from layers.validate import keys, validate
 
 log = logging.getLogger("twin.etl")
 Progress = Callable[[str], None]
 MODES = ("upsert", "replace")
 DBF_NAME_BYTES = 10  # dBase field names are cut at 10 bytes
-VALIDATE_CHUNK = 100_000  # rows validated (and then streamed to the database) at a time
+VALIDATE_CHUNK = 100_000  # rows read and validated (and then streamed to the database) at a time
 
 
 class JobError(ValueError):
@@ -111,112 +117,135 @@ def _records(rows: pd.DataFrame, geometry: pd.Series | None) -> list[str]:
     return out
 
 
-def _chunks(spec: LayerSpec, frame: pd.DataFrame) -> list[pd.Index]:
-    """The row labels, in file order, cut into chunks that validate one by one as they would all at once.
-
-    Validation compares keys across rows (a key given twice rejects both rows), so every row whose key
-    another row shares goes into the first chunk. Text keys compare as validation types them (trimmed,
-    blank = missing); other keys only compare after typing, so such a layer is validated in one piece."""
-    types = {f.name: f.type for f in spec.fields}
-    if len(frame) <= VALIDATE_CHUNK or any(types[k] != "text" for k in spec.key):
-        return [frame.index]
-    keys = pd.DataFrame(index=frame.index)
-    for k in spec.key:
-        raw = frame[k] if k in frame else pd.Series(pd.NA, index=frame.index, dtype="object")
-        trimmed = raw.astype("string").str.strip()
-        keys[k] = trimmed.mask(trimmed.eq("").fillna(False))
-    shared = (keys.duplicated(keep=False) & ~keys.isna().any(axis=1)).to_numpy()
-    first = shared | (np.arange(len(frame)) < VALIDATE_CHUNK)
-    rest = frame.index[~first]
-    return [frame.index[first]] + [rest[i:i + VALIDATE_CHUNK] for i in range(0, len(rest), VALIDATE_CHUNK)]
-
-
-def _validated(spec: LayerSpec, frame: pd.DataFrame, geometry: pd.Series | None,
-               checked: Validated) -> Iterator[pd.DataFrame]:
-    """The usable rows chunk by chunk; rejects and repairs gather in `checked` as the chunks are consumed."""
-    for labels in _chunks(spec, frame):
-        part = validate(spec, frame.loc[labels], None if geometry is None else geometry.loc[labels])
-        checked.rejects.update(part.rejects)
-        checked.repairs.update(part.repairs)
-        checked.repaired += part.repaired
-        yield part.frame
-
-
 QUARANTINE = text("INSERT INTO twin.quarantine (run_id, layer, source_file, row_number, record, reason) "
                   "VALUES (:run, :layer, :file, :row, CAST(:record AS jsonb), :reason)")
 REPAIRS = text("INSERT INTO twin.etl_repair (run_id, layer, row_number, record, reason) "
                "VALUES (:run, :layer, :row, CAST(:record AS jsonb), :reason)")
 
 
-def _note(conn, statement, run_id: int, layer: str, dataset: Dataset, frame: pd.DataFrame, notes: dict) -> None:
-    """Write rejected (QUARANTINE) or repaired (REPAIRS) rows with their reasons, in file order."""
+@dataclass
+class Tally:
+    """What loading the pieces of an input found, as they are consumed."""
+    read: int = 0
+    repaired: int = 0
+    heights: bool = False
+    ignored: list[str] | None = None
+    quarantine: list[tuple[int, dict]] = field(default_factory=list)  # (place in the input, row to insert)
+    repairs: list[tuple[int, dict]] = field(default_factory=list)
+    last: tuple | None = None  # the last piece and its prepared frame
+
+
+def _notes(run_id: int, layer: str, piece: Dataset, frame: pd.DataFrame, notes: dict,
+           file: str | None = None) -> list[tuple[int, dict]]:
+    """Rejected (with `file`) or repaired rows as sent, with their reasons and row numbers in the file."""
     if not notes:
-        return
-    as_sent = frame.index.equals(dataset.attributes.index)  # False when the job reshaped the table
-    source = dataset.attributes if as_sent else frame
-    position = {label: n for n, label in enumerate(source.index, start=1)}
-    labels = sorted(notes, key=lambda label: position.get(label, 0))
-    geometry = dataset.geometry.loc[labels] if as_sent and dataset.geometry is not None else None
-    conn.execute(statement, [
-        {"run": run_id, "layer": layer, "file": dataset.source, "row": position.get(label) if as_sent else None,
-         "record": record, "reason": notes[label]}
-        for label, record in zip(labels, _records(source.loc[labels], geometry))])
+        return []
+    as_sent = frame.index.equals(piece.attributes.index)  # False when the job reshaped the table
+    source = piece.attributes if as_sent else frame
+    labels = list(notes)
+    places = source.index.get_indexer(labels)
+    order = np.argsort(places, kind="stable")
+    labels, places = [labels[i] for i in order], places[order]
+    geometry = piece.geometry.loc[labels] if as_sent and piece.geometry is not None else None
+    extra = {} if file is None else {"file": file}
+    return [(piece.offset + place, {"run": run_id, "layer": layer, "row": piece.offset + place + 1 if as_sent else None,
+                                    "record": record, "reason": notes[label]} | extra)
+            for label, place, record in zip(labels, places, _records(source.loc[labels], geometry))]
 
 
-def execute(run: Run, job_name: str, dataset: Dataset, *, layer: str | None = None, crs: str | None = None,
-            mode: str = "upsert", actor: str = "cli", progress: Progress = lambda stage: None) -> RunResult:
-    """Load an already read dataset under an open run."""
+def _prepared(job, spec: LayerSpec, piece: Dataset, coordinates: list[str]) -> pd.DataFrame:
+    frame = piece.attributes.drop(columns=coordinates) if spec.geometry else piece.attributes
+    frame = _map_fields(job, spec, frame.copy())
+    return job.prepare(frame) if hasattr(job, "prepare") else frame
+
+
+def _repeated_keys(job, spec: LayerSpec, source: Batches | Whole) -> set[str]:
+    """The keys given more than once in the whole input, from its key columns alone (no geometry)."""
+    names = [c for c in source.columns if not (spec.geometry and c in source.coordinates)]
+    mapped = _map_fields(job, spec, pd.DataFrame(columns=names)).columns
+    wanted = [c for c, name in zip(names, mapped) if name in spec.key]
+    if not wanted:
+        return set()
+    parts = []
+    for values in source.values(wanted, VALIDATE_CHUNK):
+        frame = _map_fields(job, spec, values.copy())
+        frame = job.prepare(frame) if hasattr(job, "prepare") else frame
+        parts.append(pa.array(keys(spec, frame), type=pa.string(), from_pandas=True))
+    counts = pc.value_counts(pa.chunked_array(parts, pa.string()))
+    repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    return set(repeated.drop_null().to_pylist())
+
+
+def _usable(run: Run, job, spec: LayerSpec, source: Batches | Whole, crs: str | None, size: int,
+            repeated: set[str] | None, tally: Tally) -> Iterator[pd.DataFrame]:
+    """Each piece of the input read, mapped, converted and validated: its usable rows; the rest goes to `tally`."""
+    origin = source_of(source.crs, crs) if spec.geometry else None
+    names = {f.name for f in spec.fields}
+    for piece in source.pieces(size):
+        frame = _prepared(job, spec, piece, source.coordinates)
+        tally.read += len(piece.attributes)
+        if tally.ignored is None:
+            tally.ignored = [str(c) for c in frame.columns if c not in names]
+        rejects, geometry = {}, None
+        if spec.geometry:
+            raw = piece.geometry.reindex(frame.index)
+            tally.heights |= bool(shapely.has_z(raw.to_numpy(dtype=object)).any())
+            geometry = convert(raw, origin)
+            rejects.update({k: v for k, v in piece.problems.items() if k in frame.index})
+            rejects.update(misplaced(raw, geometry, origin))
+        keep = frame.index.difference(list(rejects), sort=False)
+        part = validate(spec, frame.loc[keep], None if geometry is None else geometry.loc[keep], repeated)
+        rejects.update(part.rejects)
+        tally.quarantine += _notes(run.id, spec.id, piece, frame, rejects, source.source)
+        tally.repairs += _notes(run.id, spec.id, piece, frame, part.repairs)
+        tally.repaired += part.repaired
+        tally.last = (piece, frame)
+        yield part.frame
+
+
+def execute(run: Run, job_name: str, dataset: Dataset | Batches | Whole, *, layer: str | None = None,
+            crs: str | None = None, mode: str = "upsert", actor: str = "cli",
+            progress: Progress = lambda stage: None) -> RunResult:
+    """Load a dataset (read, or opened for reading in pieces) under an open run."""
     def stage(name: str) -> None:
         records.set_stage(run, name)
         progress(name)
 
     try:
         job, spec = resolve(job_name, layer)
-        stage("mapping fields")
-        frame = dataset.attributes
-        if spec.geometry:
-            frame = frame.drop(columns=dataset.coordinates)
-        frame = _map_fields(job, spec, frame.copy())
-        if hasattr(job, "prepare"):
-            frame = job.prepare(frame)
-        names = {f.name for f in spec.fields}
-        ignored = [str(c) for c in frame.columns if c not in names]
-        rejects: dict = {}
-        geometry = None
-        if spec.geometry:
-            if dataset.geometry is None:
-                raise JobError(f"{dataset.source} has no geometry or recognisable coordinate columns "
-                               "(e.g. 经度/纬度, lon/lat, x/y, or WKT in a geometry column)")
-            stage("converting coordinates")
-            raw = dataset.geometry.reindex(frame.index)
-            if shapely.has_z(raw.to_numpy(dtype=object)).any():
-                ignored.append("z (heights; the layer is 2D)")
-            source = source_of(dataset.crs, crs)
-            geometry = convert(raw, source)
-            rejects.update({k: v for k, v in dataset.problems.items() if k in frame.index})
-            rejects.update(misplaced(raw, geometry, source))
-        keep = frame.index.difference(list(rejects), sort=False)
-        checked = Validated(frame.iloc[:0])
-        usable = _validated(spec, frame.loc[keep], None if geometry is None else geometry.loc[keep], checked)
-        stage("loading")  # validation goes on while the first chunks load
+        source = Whole(dataset) if isinstance(dataset, Dataset) else dataset
+        if spec.geometry and not source.has_geometry:
+            raise JobError(f"{source.source} has no geometry or recognisable coordinate columns "
+                           "(e.g. 经度/纬度, lon/lat, x/y, or WKT in a geometry column)")
+        enriched = hasattr(job, "enrich")
+        if enriched:
+            source, size, repeated = Whole(source.whole()), None, None
+        else:
+            stage("checking keys")
+            size, repeated = VALIDATE_CHUNK, _repeated_keys(job, spec, source)
+        tally = Tally()
+        usable = _usable(run, job, spec, source, crs, size or max(len(source.dataset.attributes), 1), repeated,
+                         tally)
+        stage("loading")  # reading and validation go on while the first pieces load
         with run.conn.begin():
             run.conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
             run.conn.exec_driver_sql("SET LOCAL client_connection_check_interval = '1s'")  # stop if we die
-            if hasattr(job, "enrich"):
+            if enriched:
                 usable, more = job.enrich(run.conn, pd.concat(list(usable)))
-                rejects.update(more)
+                tally.quarantine += _notes(run.id, spec.id, *tally.last, more, source.source)
                 usable = [usable]
             set_write_context(run.conn, actor=actor, run_id=run.id)
             counts = merge(run.conn, spec, usable, replace=(mode == "replace"))
-            rejects.update(checked.rejects)
             if mode == "replace" and not counts.inserted + counts.updated + counts.unchanged:
-                raise JobError(f"{dataset.source} has no usable features ({len(rejects)} rejected); replace mode "
-                               f"would delete every feature of '{spec.id}', so nothing was changed")
-            _note(run.conn, QUARANTINE, run.id, spec.id, dataset, frame, rejects)
-            _note(run.conn, REPAIRS, run.id, spec.id, dataset, frame, checked.repairs)
-            totals = {"read": len(dataset.attributes), "inserted": counts.inserted, "updated": counts.updated,
-                      "unchanged": counts.unchanged, "deleted": counts.deleted, "repaired": checked.repaired,
-                      "quarantined": len(rejects)}
+                raise JobError(f"{source.source} has no usable features ({len(tally.quarantine)} rejected); "
+                               f"replace mode would delete every feature of '{spec.id}', so nothing was changed")
+            for statement, rows in ((QUARANTINE, tally.quarantine), (REPAIRS, tally.repairs)):
+                if rows:
+                    run.conn.execute(statement, [row for _, row in sorted(rows, key=lambda r: r[0])])
+            ignored = (tally.ignored or []) + (["z (heights; the layer is 2D)"] if tally.heights else [])
+            totals = {"read": tally.read, "inserted": counts.inserted, "updated": counts.updated,
+                      "unchanged": counts.unchanged, "deleted": counts.deleted, "repaired": tally.repaired,
+                      "quarantined": len(tally.quarantine)}
             records.succeed(run.conn, run.id, totals, ignored)
     except (ValueError, OSError) as e:  # the input or the request is at fault: say so, keep the layer as it was
         records.fail(run, str(e))
@@ -232,11 +261,11 @@ def load_file(run: Run, job_name: str, path: Path, *, layer: str | None = None, 
     try:
         records.set_stage(run, "reading")
         progress("reading")
-        dataset = read(path, source_layer)
-    except (ValueError, OSError) as e:
+        with opened(path, source_layer) as source:
+            return execute(run, job_name, source, layer=layer, crs=crs, mode=mode, actor=actor, progress=progress)
+    except (ValueError, OSError) as e:  # the file cannot be opened as a dataset
         records.fail(run, str(e))
         return RunResult(run.id, "failed", {}, str(e))
-    return execute(run, job_name, dataset, layer=layer, crs=crs, mode=mode, actor=actor, progress=progress)
 
 
 def check_request(job_name: str, layer: str | None, mode: str) -> LayerSpec:

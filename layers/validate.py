@@ -13,7 +13,7 @@ import pandas as pd
 import shapely
 
 from layers.catalog import LayerSpec
-from layers.codes import CHECKS
+from layers.codes import CHECKS, SURELY_VALID
 
 # Where a layer's data may plausibly lie (Wuxi and its surroundings, lon/lat): anything far
 # outside is a CRS mistake, not a feature of the district.
@@ -68,13 +68,18 @@ def _reject(rejects: dict[int, str], labels, reason) -> None:
         rejects.setdefault(label, reason if isinstance(reason, str) else reason(label))
 
 
+def _typed(f, frame: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """A field's raw values, whether each is blank, and its typed values (<NA> when blank or unreadable)."""
+    raw = frame[f.name] if f.name in frame else pd.Series(pd.NA, index=frame.index, dtype="object")
+    text = raw.astype("string").str.strip()
+    blank = raw.isna() | text.eq("").fillna(False)
+    return raw, blank, text.mask(blank) if f.type == "text" else _coerce(raw.mask(blank), f.type)
+
+
 def _check_fields(spec: LayerSpec, frame: pd.DataFrame, rejects: dict[int, str]) -> pd.DataFrame:
     typed = pd.DataFrame(index=frame.index)
     for f in spec.fields:
-        raw = frame[f.name] if f.name in frame else pd.Series(pd.NA, index=frame.index, dtype="object")
-        text = raw.astype("string").str.strip()
-        blank = raw.isna() | text.eq("").fillna(False)
-        value = text.mask(blank) if f.type == "text" else _coerce(raw.mask(blank), f.type)
+        raw, blank, value = _typed(f, frame)
         label = f"{f.zh} ({f.name})"
         if f.required:
             _reject(rejects, frame.index[blank], f"{label} is required but empty")
@@ -95,8 +100,10 @@ def _check_fields(spec: LayerSpec, frame: pd.DataFrame, rejects: dict[int, str])
             _reject(rejects, frame.index[(low | high).fillna(False)], lambda i, label=label, unit=unit, span=span:
                     f"{label}: {value[i]}{unit} is outside the plausible range {span}{unit}")
         if f.check:
-            check = CHECKS[f.check]
-            for i, v in zip(frame.index[present], value[present].tolist()):
+            check, doubtful = CHECKS[f.check], present.to_numpy(dtype=bool, copy=True)
+            if f.check in SURELY_VALID:
+                doubtful &= ~SURELY_VALID[f.check](value)
+            for i, v in zip(frame.index[doubtful], value[doubtful].tolist()):
                 problem = check(v)
                 if problem:
                     rejects.setdefault(i, f"{label}: {problem}")
@@ -104,9 +111,26 @@ def _check_fields(spec: LayerSpec, frame: pd.DataFrame, rejects: dict[int, str])
     return typed
 
 
-def _check_keys(spec: LayerSpec, typed: pd.DataFrame, rejects: dict[int, str]) -> None:
-    keys = typed[spec.key].astype("string")
-    duplicated = keys.duplicated(keep=False) & ~keys.isna().any(axis=1)
+def _joined(spec: LayerSpec, typed: pd.DataFrame) -> pd.Series:
+    """Each row's key as one text, <NA> when a part of it is missing."""
+    parts = typed[spec.key].astype("string")
+    joined = parts[spec.key[0]]
+    for k in spec.key[1:]:
+        joined = joined + "\x1f" + parts[k]
+    return joined
+
+
+def keys(spec: LayerSpec, frame: pd.DataFrame) -> pd.Series:
+    """The rows' keys (raw values, columns named by field) as validation compares them: typed, joined, <NA> when
+    a part is missing; for finding the keys a large input repeats before validating it in pieces."""
+    fields = {f.name: f for f in spec.fields}
+    return _joined(spec, pd.DataFrame({k: _typed(fields[k], frame)[2] for k in spec.key}, index=frame.index))
+
+
+def _check_keys(spec: LayerSpec, typed: pd.DataFrame, rejects: dict[int, str], repeated: set[str] | None) -> None:
+    joined = _joined(spec, typed)
+    repeats = joined.duplicated(keep=False) if repeated is None else joined.isin(repeated)
+    duplicated = repeats & joined.notna()
     _reject(rejects, typed.index[duplicated], lambda i: "duplicate key "
             + ", ".join(f"{k}={typed.at[i, k]}" for k in spec.key)
             + " appears more than once in this input; keep one row per key")
@@ -181,11 +205,14 @@ def _check_geometry(spec: LayerSpec, geoms: pd.Series, rejects: dict[int, str]) 
     return pd.Series(values, index=geoms.index, dtype=object), repairs
 
 
-def validate(spec: LayerSpec, frame: pd.DataFrame, geometry: pd.Series | None = None) -> Validated:
-    """Check `frame` (raw values, columns named by field) and its geometries (lon/lat in the storage CRS)."""
+def validate(spec: LayerSpec, frame: pd.DataFrame, geometry: pd.Series | None = None,
+             repeated: set[str] | None = None) -> Validated:
+    """Check `frame` (raw values, columns named by field) and its geometries (lon/lat in the storage CRS).
+    `frame` may be a piece of a larger input: then `repeated` holds the keys (see `keys`) the whole input
+    gives more than once, and rows with those keys are rejected as duplicates."""
     rejects: dict[int, str] = {}
     typed = _check_fields(spec, frame, rejects)
-    _check_keys(spec, typed, rejects)
+    _check_keys(spec, typed, rejects, repeated)
     repairs: dict[int, str] = {}
     if spec.geometry:
         if geometry is None:

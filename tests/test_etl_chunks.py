@@ -43,7 +43,7 @@ def _indexes(db) -> set[str]:
 
 def test_load_into_an_empty_layer_builds_its_indexes_after_the_copy(db, tmp_path):
     indexes = _indexes(db)
-    assert len(indexes) == 3  # fid, code, geometry
+    assert len(indexes) == 4  # fid, code, geometry, updated_at (migration 0011)
     lon, lat = district_points(30, 13)
     loaded = run_file(db, "city_components", _file(tmp_path / "e.csv", component_codes(700, 30), lon, lat, "完好"))
     assert loaded.counts["inserted"] == 30 and _indexes(db) == indexes

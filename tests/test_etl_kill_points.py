@@ -23,7 +23,7 @@ DB = "twin_etl_kill_points"
 TWIN = [str(Path(sys.executable).with_name("twin"))]
 KNOWN, NEW, BAD = 2_000, 148_000, 50
 # where to kill: a stage seen in the run record, then a random delay up to the given seconds
-KILL_POINTS = [("reading", 0.3), ("converting coordinates", 0.3), ("loading", 0.05), ("loading", 0.6),
+KILL_POINTS = [("reading", 0.3), ("checking keys", 0.3), ("loading", 0.05), ("loading", 0.6),
                ("loading", 0.8)]
 
 
