@@ -7,8 +7,8 @@ tile envelope transformed to EPSG:4490 once, `geom && envelope`); geometries are
 transformed to the grid's CRS, simplified to the tile's resolution and clipped by
 `ST_AsMVTGeom`. Dense point layers become clusters: one feature per grid cell with its
 `point_count` and the cell's most common category. A layer whose points are counted per fine cell in
-`twin.tile_cell` (migration 0008) clusters its current Web Mercator tiles from those counts, down to
-zoom 13, instead of from its points; `as_of` and `filter` tiles, and the other grids, cluster the points.
+`twin.tile_cell` (migrations 0008, 0010) clusters its current Web Mercator tiles from those counts, up
+to zoom 15, instead of from its points; `as_of` and `filter` tiles, and the other grids, cluster the points.
 """
 
 from dataclasses import dataclass
@@ -29,7 +29,7 @@ from tiles.tms import BUFFER, EXTENT, TileAddress
 POINT_COUNT = "point_count"
 SIMPLIFY_UNITS = 4  # simplification tolerance in MVT units: half a pixel of a tile drawn 512 px wide
 SCREEN_PIXELS = 512  # polygons smaller than one such pixel of the tile are dropped
-CELL_LEVEL = 17  # twin.tile_cell cuts the Web Mercator world into 2^17 x 2^17 cells
+CELL_LEVEL = 19  # twin.tile_cell cuts the Web Mercator world into 2^19 x 2^19 cells (migration 0010)
 CELL_LAYERS = frozenset({"city_components"})  # the layers migration 0008 counts, by their `category`
 FIELD_KINDS = {"text": "String", "integer": "Number", "real": "Number", "boolean": "Boolean", "date": "String",
                "timestamptz": "String"}
@@ -66,7 +66,7 @@ def clustered_at(spec: LayerSpec, z: int, settings: TileSettings) -> bool:
 
 def cell_block(tile: TileAddress, settings: TileSettings) -> int | None:
     """How many of twin.tile_cell's cells make a side of one of the tile's cluster cells, None when they do
-    not fit whole (another grid, or a zoom above 13)."""
+    not fit whole (another grid, or a zoom above 15)."""
     per_side = 2 ** tile.z * settings.cluster_cells
     if tile.tms != "WebMercatorQuad" or per_side > 2 ** CELL_LEVEL or 2 ** CELL_LEVEL % per_side:
         return None
@@ -131,11 +131,20 @@ def _features(request: LayerRequest, src: Selectable, where: list, tile: TileAdd
     return select(src.c.fid, *columns, _mvt_geom(geom, tile, values).label("geom")).where(*where)
 
 
+def _inside(points: Selectable, values: dict) -> list:
+    """The points of the tile itself: west and north edges in, east and south out, as twin.tile_cell's cells
+    (`&&` would compare float4 boxes, taking in points up to a metre beyond the edges)."""
+    x, y = func.ST_X(points.c.g), func.ST_Y(points.c.g)
+    return [x >= _value(values, "tile_xmin"), x < _value(values, "tile_xmax"),
+            y > _value(values, "tile_ymin"), y <= _value(values, "tile_ymax")]
+
+
 def _clustered(points: Selectable, request: LayerRequest, tile: TileAddress, values: dict) -> Select:
     """One feature per cell of the tile's cluster grid: the cell's points counted, at their mean position,
     with the most common category. Cells are aligned to the tile's edges and only points inside the tile
-    itself are counted, so each point is in exactly one cluster of one tile. The cell is plain arithmetic
-    on the projected coordinates (no geometry made per point): a million points cluster in about a second."""
+    itself are counted (`_inside`), so each point is in exactly one cluster of one tile. The cell is plain
+    arithmetic on the projected coordinates (no geometry made per point): a million points cluster in about
+    a second."""
     shown = category(request.spec)
     x, y, cell = func.ST_X(points.c.g), func.ST_Y(points.c.g), _value(values, "tile_cell")
     return select(
@@ -144,7 +153,7 @@ def _clustered(points: Selectable, request: LayerRequest, tile: TileAddress, val
           else cast(null(), points.c[n].type).label(n) for n in request.properties),
         func.count().label(POINT_COUNT),
         _mvt_geom(func.ST_SetSRID(func.ST_MakePoint(func.avg(x), func.avg(y)), tile.srid), tile, values).label("geom"),
-    ).where(points.c.g.op("&&")(_envelope(tile, values))).group_by(
+    ).where(*_inside(points, values)).group_by(
         func.floor((x - _value(values, "tile_xmin")) / cell), func.floor((_value(values, "tile_ymax") - y) / cell))
 
 
@@ -185,8 +194,11 @@ def _clustered_cells(request: LayerRequest, tile: TileAddress, values: dict) -> 
 
 
 def _dense_cells(request: LayerRequest, values: dict, limit: int) -> ColumnElement:
-    return (select(func.coalesce(func.sum(TILE_CELL.c.points), 0) > limit).where(*_tile_cells(request, values))
-            .scalar_subquery())
+    """Whether the tile's cells hold more than `limit` points, from at most limit + 1 of them: every row counts
+    at least one point (emptied cells are deleted), so more rows than the limit are enough."""
+    sample = select(TILE_CELL.c.points).where(*_tile_cells(request, values)).limit(limit + 1).subquery(
+        f"{request.spec.id}_cell_sample")
+    return select(func.coalesce(func.sum(sample.c.points), 0) > limit).scalar_subquery()
 
 
 def _points(request: LayerRequest, src: Selectable, where: list, tile: TileAddress, values: dict,
@@ -213,7 +225,8 @@ def _points(request: LayerRequest, src: Selectable, where: list, tile: TileAddre
         dense = _dense_cells(request, values, limit)
         return union_all(as_is.where(~dense), _clustered_cells(request, tile, values).where(dense))
     dense = (select(func.count() > limit)
-             .select_from(select(candidates.c.fid).limit(limit + 1).subquery(f"{spec.id}_sample"))
+             .select_from(select(candidates.c.fid).where(*_inside(candidates, values)).limit(limit + 1)
+                          .subquery(f"{spec.id}_sample"))
              .scalar_subquery())
     return union_all(as_is.where(~dense), _clustered(candidates, request, tile, values).where(dense))
 
