@@ -52,7 +52,7 @@ def render(conn, tile) -> tuple[float, int]:
     spec, settings = get_layer("city_components"), tile_settings()
     plan = compile_plan([LayerRequest(spec, tuple(f.name for f in spec.fields))], tile, settings)
     start = time.perf_counter()
-    data = conn.execute(plan.sql, plan.params(tile, settings), binary=True).fetchone()[0]
+    data = psycopg.RawCursor(conn).execute(plan.sql, plan.params(tile, settings), binary=True).fetchone()[0]
     return (time.perf_counter() - start) * 1000, len(data or b"")
 
 

@@ -91,8 +91,8 @@ class Floor:
         request = self.ask(layer, "WebMercatorQuad", t.z, t.y, t.x, {})
         plan = self.plans.get(self.shape(request, self.settings),
                               lambda: self.compile(request.layer_requests(), request.tile, self.settings))
-        row = self.conn.execute(plan.sql, plan.params(request.tile, self.settings), prepare=plan.prepare,
-                                binary=True).fetchone()
+        row = psycopg.RawCursor(self.conn).execute(plan.sql, plan.params(request.tile, self.settings),
+                                                   prepare=plan.prepare, binary=True).fetchone()
         return bytes(row[0] or b"")
 
 

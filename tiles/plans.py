@@ -13,6 +13,7 @@ points the tile's envelope holds and clusters a million points twice as slowly. 
 afresh each time (`prepare` false); planning is nothing beside clustering.
 """
 
+import re
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,16 +26,31 @@ from tiles.sources import LayerRequest, cell_block, clustered_at, from_cells, ti
 from tiles.tms import TileAddress
 
 DIALECT = PGDialect_psycopg()
+PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
 
 
 @dataclass(frozen=True)
 class TilePlan:
-    sql: str  # psycopg's %(name)s placeholders
+    sql: str  # PostgreSQL's own $1, $2 … placeholders: run with a raw cursor, no conversion per tile
+    names: tuple[str, ...]  # the parameter of each placeholder, in order
     values: dict  # the shape's own parameters (filter literals, as_of, limits)
     prepare: bool  # keep it prepared on each connection
 
-    def params(self, tile: TileAddress, settings: TileSettings) -> dict:
-        return self.values | tile_values(tile, settings)
+    def params(self, tile: TileAddress, settings: TileSettings) -> list:
+        bound = self.values | tile_values(tile, settings)
+        return [bound[name] for name in self.names]
+
+
+def _numbered(sql: str) -> tuple[str, tuple[str, ...]]:
+    """psycopg's %(name)s text as PostgreSQL's $n text (each name numbered once), and the names in order.
+    psycopg converts a long query like a tile's on every execution; this is done once per plan."""
+    names: dict[str, int] = {}
+
+    def number(match: re.Match) -> str:
+        if match.group(1) is None:
+            return "%"  # an escaped percent sign
+        return f"${names.setdefault(match.group(1), len(names) + 1)}"
+    return PLACEHOLDER.sub(number, sql), tuple(names)
 
 
 def plan_shape(request: TileRequest, settings: TileSettings) -> tuple:
@@ -49,7 +65,7 @@ def compile_plan(requests: list[LayerRequest], tile: TileAddress, settings: Tile
     processors = compiled._bind_processors  # type adaptations SQLAlchemy applies on execute (none for most types)
     values = {name: processors[name](value) if name in processors else value
               for name, value in compiled.construct_params().items() if name not in tile_values(tile, settings)}
-    return TilePlan(str(compiled), values, prepare=not any(
+    return TilePlan(*_numbered(str(compiled)), values, prepare=not any(
         clustered_at(r.spec, tile.z, settings) and not from_cells(r, tile, settings) for r in requests))
 
 

@@ -2,8 +2,8 @@
 
 The tile pool (an engine of its own, as big as the server's) keeps its connections in autocommit
 and does not ping them on checkout, so a tile is one round trip: no BEGIN, no ping, no ROLLBACK.
-Each connection keeps most plans prepared (psycopg `prepare`, see tiles.plans); the MVT comes back
-binary (bytea, not hex text). The pool connects on demand, so while the database is down a tile fails
+Each connection keeps most plans prepared (psycopg `prepare`; the plan's $n text runs on a raw cursor);
+the MVT comes back binary (bytea, not hex text). The pool connects on demand, so while the database is down a tile fails
 at once (503, twin.errors); a pooled connection found broken (the database restarted) is dropped
 and the tile tried once more on a fresh one.
 """
@@ -46,7 +46,8 @@ class TileRenderer:
             async with self.engine.connect() as conn:
                 driver: psycopg.AsyncConnection = (await conn.get_raw_connection()).driver_connection
                 try:
-                    cursor = await driver.execute(plan.sql, params, prepare=plan.prepare, binary=True)
+                    cursor = await psycopg.AsyncRawCursor(driver).execute(plan.sql, params, prepare=plan.prepare,
+                                                                          binary=True)
                     (data,) = await cursor.fetchone()
                     return bytes(data or b"")
                 except psycopg.OperationalError:
