@@ -33,7 +33,17 @@ def features(http, layer: str, **params) -> dict:
 
 
 def matched(http, layer: str, **params) -> int:
-    return features(http, layer, limit=1, properties="", **params)["numberMatched"]
+    """numberMatched; past TWIN_ITEMS_COUNT_LIMIT the server leaves it out and a client counts the pages."""
+    first = features(http, layer, limit=1, properties="", **params)
+    if "numberMatched" in first:
+        return first["numberMatched"]
+    count, url = 0, f"/collections/{layer}/items"
+    query = {"limit": 10_000, "properties": "", **params}
+    while url:
+        page = http.get(url, params=query).json()
+        count += page["numberReturned"]
+        url, query = next((link["href"] for link in page["links"] if link["rel"] == "next"), None), None
+    return count
 
 
 def frame(engine, sql: str) -> gpd.GeoDataFrame:

@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     max_upload_mb: int = 200
     # An items page counts the matches past it up to this many; beyond, numberMatched is left out (OGC API
     # Features makes it optional) and `next` links carry on: counting millions costs far more than the page.
-    items_count_limit: int = 100_000
+    items_count_limit: int = 10_000
     # Origins whose web pages may call the API (a map client on another host); [] for none.
     cors_origins: list[str] = ["*"]
     # MapLibre style documents (`styles/`); read per request, so an edit is served at once.
