@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.extents = {}  # layers.extents
     access.install(app, catalog().values())
     app.state.classify_water = classify_frame  # layers.series classifies aggregates without importing etl
+    tile_server.install(app)  # first: tiles are most of the requests, and routes are matched in order
     app.include_router(health.router(lambda: [s for s in catalog().values() if s.kind != "raster"]))
     app.include_router(collection_routes.router)
     for history_router in (change_routes.router, diff_routes.router, edit_routes.router, revert_routes.router):
@@ -61,7 +62,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(style_routes.router)
     app.include_router(admin.router)
     app.include_router(etl_routes.router)
-    tile_server.install(app)
     viewer.install(app)
     limits.install(app, upload_bytes=settings.max_upload_mb << 20)  # body sizes and speeds, before parsing
     errors.install(app)  # its URL check is outside every middleware but CORS and the tile fast path
