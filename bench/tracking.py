@@ -1,20 +1,25 @@
 """What change tracking costs: bulk writes with the history triggers against the same writes with
-them disabled (the floor), under the full change log of migration 0003 and the lean one of 0007, side
-by side; and a bbox read of the layer as of a past moment against the current one.
+them disabled (the floor), side by side in databases migrated to each of `--revisions` (by default
+0006, the full change log of migration 0003, and head, the lean one of 0007); and a bbox read of the
+layer as of a past moment against the current one, with and without migration 0011's index on
+`updated_at` (dropped in a transaction that is rolled back), interleaved.
 
 Runs in scratch databases created next to the configured one (and dropped after), so a running server
 is never blocked. Writes go through `layers.store.merge`, the ETL's own path. The as-of read runs on
 `--as-of-features` features with `--versions` versions each, written straight into the layer and its
-history by SQL with the triggers off (their validity ranges as the triggers would have set them), then
-indexed and analysed; the current layer gets the same data, so only the history differs.
+history by SQL with the triggers off (their validity ranges, and their order in the table, as the
+triggers would have set them: each version's rows together, as one bulk update supersedes them;
+`--interleaved` puts each feature's versions together instead), then indexed and analysed.
 
     .venv/bin/python -m bench.tracking --rows 100000 --repeat 3 --as-of-features 1000000 --versions 10
+    .venv/bin/python -m bench.tracking --rows 100000 --revisions 0010,head   # the cost of 0011's index
 """
 
 import os
 import statistics
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -32,7 +37,7 @@ LAYER = get_layer("city_components")
 BOX = (120.40, 31.50, 120.45, 31.55)
 OURS = ("begin_change", "refuse_truncate", "stamp_insert", "bump_version", "record_insert", "record_update",
         "record_delete")
-SCHEMAS = {"0003 full log": "0006", "0007 lean log": "head"}  # label: revision migrated to
+AS_OF_INDEX = "layers.city_components_updated_at_idx"  # migration 0011
 START = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
 
@@ -45,11 +50,21 @@ def _frame(rows: int, status: str, seed: int) -> pd.DataFrame:
     return frame
 
 
-def _timed(engine, work) -> float:
+def _backend_cpu(pid: int) -> float:
+    """Seconds of CPU the server process `pid` has used (the managed cluster runs on this machine)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _timed(engine, work) -> tuple[float, float]:
+    """Wall seconds of `work` in one transaction, and the server CPU seconds it took (steadier under load)."""
     start = time.perf_counter()
     with engine.begin() as conn:
+        pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        cpu = _backend_cpu(pid)
         work(conn)
-    return time.perf_counter() - start
+        cpu = _backend_cpu(pid) - cpu
+    return time.perf_counter() - start, cpu
 
 
 def _triggers(conn, enabled) -> None:
@@ -61,8 +76,8 @@ def _triggers(conn, enabled) -> None:
         conn.execute(text(f'ALTER TABLE {LAYER.table} {switch} TRIGGER "{name}"'))
 
 
-def _writes(engine, rows: int, enabled) -> dict[str, float]:
-    """Seconds to insert, update and delete `rows` features with the `enabled` triggers on."""
+def _writes(engine, rows: int, enabled) -> dict[str, tuple[float, float]]:
+    """(wall, server CPU) seconds to insert, update and delete `rows` features with the `enabled` triggers on."""
     with engine.begin() as conn:
         _triggers(conn, enabled)
     times = {"insert": _timed(engine, lambda conn: merge(conn, LAYER, _frame(rows, "完好", 1))),
@@ -73,7 +88,7 @@ def _writes(engine, rows: int, enabled) -> dict[str, float]:
     return times
 
 
-def _versions(engine, features: int, versions: int) -> list[datetime]:
+def _versions(engine, features: int, versions: int, interleaved: bool) -> list[datetime]:
     """`features` components with `versions` versions each (version k valid from START + k hours)."""
     hour = "interval '1 hour'"
     with engine.connect() as conn:
@@ -89,7 +104,8 @@ def _versions(engine, features: int, versions: int) -> list[datetime]:
             "INSERT INTO history.city_components (fid, code, status, geom, version, updated_at, valid) "
             f"SELECT c.fid, c.code, format('状态%s', k), c.geom, k, :start + k * {hour}, "
             f"tstzrange(:start + k * {hour}, :start + (k + 1) * {hour}) "
-            f"FROM generate_series(1, :v - 1) k, LATERAL (SELECT fid, code, geom FROM {LAYER.table}) c"),
+            f"FROM generate_series(1, :v - 1) k, LATERAL (SELECT fid, code, geom FROM {LAYER.table}) c "
+            + ("ORDER BY c.fid, k" if interleaved else "ORDER BY k, c.fid")),
             {"v": versions, "start": START})
         conn.execute(text("CREATE INDEX city_components_fid_idx ON history.city_components (fid, version)"))
         conn.execute(text("CREATE INDEX city_components_valid_idx ON history.city_components USING gist (valid, geom)"))
@@ -100,22 +116,29 @@ def _versions(engine, features: int, versions: int) -> list[datetime]:
 
 
 def _reads(engine, moments: list[datetime], runs: int) -> list[tuple[str, int, float]]:
-    """Median ms of the bbox count now and as of each moment, interleaved run by run."""
+    """Median ms of the bbox count now and as of each moment, with and without the index on updated_at
+    (dropped inside a transaction that is then rolled back), interleaved run by run."""
     cases = [("current", None)] + [(f"as of version {k}", m) for k, m in
                                    zip((1, "middle", "last superseded"), moments)]
     queries = []
     for name, moment in cases:
         layer = source(LAYER, moment)
-        queries.append((name, select(func.count()).select_from(layer).where(bbox_filter(layer.c.geom, BOX))))
-    times = {name: [] for name, _ in queries}
+        query = select(func.count()).select_from(layer).where(bbox_filter(layer.c.geom, BOX))
+        queries += [(name, query, True)] + ([(f"{name}, without 0011", query, False)] if moment else [])
+    times = {name: [] for name, _, _ in queries}
+    counts = {}
     with engine.connect() as conn:
-        counts = {name: conn.execute(query).scalar() for name, query in queries}
-        for _ in range(runs):
-            for name, query in queries:
-                start = time.perf_counter()
-                conn.execute(query).scalar()
-                times[name].append((time.perf_counter() - start) * 1000)
-    return [(name, counts[name], statistics.median(times[name])) for name, _ in queries]
+        for run in range(runs + 1):  # the first run warms the cache and is not timed
+            for name, query, indexed in queries:
+                with conn.begin() as transaction:
+                    if not indexed:
+                        conn.execute(text(f"DROP INDEX {AS_OF_INDEX}"))
+                    start = time.perf_counter()
+                    counts[name] = conn.execute(query).scalar()
+                    if run:
+                        times[name].append((time.perf_counter() - start) * 1000)
+                    transaction.rollback()
+    return [(name, counts[name], statistics.median(times[name])) for name, _, _ in queries]
 
 
 def _scratch(base: str, name: str, revision: str):
@@ -138,12 +161,17 @@ def main(rows: int = typer.Option(100_000, min=0, help="features written per cas
          as_of_features: int = typer.Option(0, min=0, help="features for the as-of read (0: skip it)"),
          versions: int = typer.Option(10, min=3, help="versions per feature for the as-of read"),
          runs: int = typer.Option(15, min=1, help="timed runs per read"),
-         repeat: int = typer.Option(3, min=1, help="rounds of the writes (medians are shown)")) -> None:
+         repeat: int = typer.Option(3, min=1, help="rounds of the writes (medians are shown)"),
+         revisions: str = typer.Option("0006,head", help="the writes in databases migrated to each of these"),
+         interleaved: bool = typer.Option(False, help="as-of history with each feature's versions together")) -> None:
     base = database_url()
-    names = {label: f"twin_bench_tracking_{revision}" for label, revision in SCHEMAS.items()}
+    schemas = {f"at {revision}": revision for revision in revisions.split(",")}
+    names = {label: f"twin_bench_tracking_{revision}" for label, revision in schemas.items()}
+    names["as of"] = "twin_bench_tracking_as_of"
     try:
         if rows:
-            engine = _scratch(base, names["0007 lean log"], SCHEMAS["0007 lean log"])
+            newest = list(schemas)[-1]
+            engine = _scratch(base, names[newest], schemas[newest])
             with engine.connect() as conn:
                 others = set(conn.execute(text("SELECT tgname FROM pg_trigger WHERE tgrelid = CAST(:t AS regclass) "
                                                "AND NOT tgisinternal"), {"t": LAYER.table}).scalars()) - set(OURS)
@@ -152,33 +180,35 @@ def main(rows: int = typer.Option(100_000, min=0, help="features written per cas
             runs_of = {}
             for _ in range(repeat):  # each case on a fresh database, cases and schemas interleaved
                 for case, enabled in cases:
-                    for label, revision in SCHEMAS.items():
+                    for label, revision in schemas.items():
                         engine = _scratch(base, names[label], revision)
                         runs_of.setdefault((label, case), []).append(_writes(engine, rows, enabled))
                         engine.dispose()
-            results = {key: {step: statistics.median(r[step] for r in runs) for step in runs[0]}
+            results = {key: {step: [statistics.median(r[step][i] for r in runs) for i in (0, 1)] for step in runs[0]}
                        for key, runs in runs_of.items()}
             print(f"load average {os.getloadavg()[0]:.1f}; median of {repeat} rounds")
-            print(f"bulk writes of {rows:,} city components through layers.store.merge (seconds; ratio = "
-                  f"untracked / tracked, the throughput ratio){'; other triggers: ' + ', '.join(others) if others else ''}")
-            for label in SCHEMAS:
+            print(f"bulk writes of {rows:,} city components through layers.store.merge (wall seconds, server CPU "
+                  f"seconds; ratio = untracked / tracked, the throughput ratio)"
+                  f"{'; other triggers: ' + ', '.join(others) if others else ''}")
+            for label in schemas:
                 floor = results[(label, "untracked")]
                 for case, _ in cases[1:]:
                     times = results[(label, case)]
                     print(f"  {label} {case}: " + "   ".join(
-                        f"{step} {floor[step]:.2f} → {times[step]:.2f} s ({floor[step] / times[step]:.2f}×)"
+                        f"{step} {floor[step][0]:.2f} → {times[step][0]:.2f} s ({floor[step][0] / times[step][0]:.2f}×), "
+                        f"CPU {floor[step][1]:.2f} → {times[step][1]:.2f} s ({floor[step][1] / times[step][1]:.2f}×)"
                         for step in ("insert", "update", "delete")))
             _drop(base, names.values())
         if as_of_features:
-            engine = _scratch(base, names["0007 lean log"], SCHEMAS["0007 lean log"])
+            engine = _scratch(base, names["as of"], "head")
             start = time.perf_counter()
-            moments = _versions(engine, as_of_features, versions)
+            moments = _versions(engine, as_of_features, versions, interleaved)
             print(f"built {as_of_features:,} features × {versions} versions in {time.perf_counter() - start:.0f} s")
             print(f"bbox {BOX} count, median of {runs} interleaved runs (ms), load average {os.getloadavg()[0]:.1f}")
             results = _reads(engine, moments, runs)
             now = results[0][2]
             for name, count, ms in results:
-                print(f"  {name:26} {count:8,} features  {ms:8.1f} ms  ({ms / now:.2f}× current)")
+                print(f"  {name:44} {count:8,} features  {ms:8.1f} ms  ({ms / now:.2f}× current)")
             engine.dispose()
     finally:
         _drop(base, names.values())

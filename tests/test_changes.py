@@ -18,10 +18,11 @@ import pyproj
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from etl.run import run_file
-from layers.catalog import catalog
+from layers.catalog import catalog, get_layer
+from layers.tables import bbox_filter, source
 from tests.etl_support import REPO
 from tests.history_support import LAYER, SCRATCH, Replica, bearer, credit_code, department_keys, private_server, \
     snapshot, source_feature, write_csv
@@ -224,6 +225,80 @@ def test_a_feature_made_and_deleted_in_one_transaction_is_recorded(site):
     history = site["api"].get(f"{ITEMS}/{fid}/history").json()
     assert history["deleted"] is True and [v["operation"] for v in history["versions"]] == ["delete", "insert"]
     assert site["api"].get(f"{ITEMS}/{fid}", params={"as_of": feed[0]["time"]}).status_code == 404
+
+
+EDGE = 120.95  # the east edge of the box below
+BOX = (120.93, 32.08, EDGE, 32.10)
+
+
+def _box_over_http(site, fids, moment) -> dict[int, tuple[str, list[float]]]:
+    """{fid: (name, coordinates)} of `fids` in BOX as of `moment`, from the items endpoint."""
+    response = site["api"].get(ITEMS, params={"bbox": ",".join(map(str, BOX)), "as_of": moment.isoformat(),
+                                              "limit": 10000})
+    assert response.status_code == 200, response.text
+    return {f["id"]: (f["properties"]["name"], f["geometry"]["coordinates"])
+            for f in response.json()["features"] if f["id"] in fids}
+
+
+def _box_in_sql(engine, fids, moment, *planner_off: str) -> dict[int, tuple[str, list[float]]]:
+    """The same through layers.tables.source, with the named plan types switched off."""
+    src = source(get_layer(LAYER), moment)
+    with engine.begin() as conn:
+        for setting in planner_off:
+            conn.execute(text(f"SET LOCAL {setting} = off"))
+        rows = conn.execute(select(src.c.fid, src.c.name, src.c.geom.ST_X(), src.c.geom.ST_Y())
+                            .where(bbox_filter(src.c.geom, BOX))).all()
+    return {fid: (name, [x, y]) for fid, name, x, y in rows if fid in fids}
+
+
+def test_as_of_in_a_box_is_exact_at_and_just_before_each_change(site):
+    """A box as of each change's moment shows the state it made, and a microsecond earlier the one before,
+    whichever index the plan uses: a feature moved out across the box's edge and back onto it, one renamed
+    twice within a second and twice in one transaction (the middle version never visible), one deleted and
+    inserted again under its fid (as a revert restores it)."""
+    engine, state, moments = site["engine"], {}, []
+
+    def changed(fid, value) -> None:
+        if value is None:
+            del state[fid]
+        else:
+            state[fid] = value
+        moments.append((last_change(engine)[1], dict(state)))
+
+    inside = [120.94, 32.09]
+    fids = []
+    for name in ("留守", "搬迁", "两改0", "重生"):
+        fids.append(post(site, next(serials), *inside, name=name))
+        changed(fids[-1], (name, inside))
+    _, mover, twice, reborn = fids
+    # 10 m out: `&&` compares boxes rounded outward to float32 (~1e-5° here), the items endpoint exactly
+    patch(site, mover, {"geometry": {"type": "Point", "coordinates": [EDGE + 1e-4, 32.09]}})
+    changed(mover, None)
+    patch(site, twice, {"properties": {"name": "两改1"}})
+    changed(twice, ("两改1", inside))
+    patch(site, twice, {"properties": {"name": "两改2"}})
+    changed(twice, ("两改2", inside))
+    assert moments[-1][0] - moments[-2][0] < timedelta(seconds=1)
+    with engine.begin() as conn:
+        for name in ("两改3", "两改4"):
+            conn.execute(text(f"UPDATE layers.{LAYER} SET name = :name WHERE fid = :fid"), {"name": name, "fid": twice})
+    changed(twice, ("两改4", inside))
+    assert site["api"].delete(f"{ITEMS}/{reborn}", headers=bearer(site["keys"]["ecology"])).status_code == 204
+    changed(reborn, None)
+    patch(site, mover, {"geometry": {"type": "Point", "coordinates": [EDGE, 32.09]}})  # on the edge: in the box
+    changed(mover, ("搬迁", [EDGE, 32.09]))
+    with engine.begin() as conn:
+        conn.execute(text(f"INSERT INTO layers.{LAYER} (fid, credit_code, name, permit_class, key_unit, geom, version) "
+                          "OVERRIDING SYSTEM VALUE VALUES (:fid, :code, '重生', '登记管理', false, "
+                          "ST_SetSRID(ST_MakePoint(120.94, 32.09), 4490), 3)"),
+                     {"fid": reborn, "code": credit_code(next(serials))})
+    changed(reborn, ("重生", inside))
+
+    for (_, before), (moment, after) in itertools.pairwise(moments):
+        for at, expected in ((moment, after), (moment - timedelta(microseconds=1), before)):
+            assert _box_over_http(site, fids, at) == expected, at
+            assert _box_in_sql(engine, fids, at, "enable_seqscan") == expected, at
+            assert _box_in_sql(engine, fids, at, "enable_indexscan", "enable_bitmapscan") == expected, at
 
 
 def test_feature_history_newest_first_with_fields_and_shift(site):
