@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
-from sqlalchemy import JSON, BigInteger, Text, case, cast, func, literal, null, select
+from sqlalchemy import JSON, BigInteger, Text, case, cast, func, literal, null, select, union_all
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from layers import crs as crs_
@@ -24,7 +24,7 @@ from layers.collections import layer_or_404
 from layers.edits import etag_of
 from layers.filters import Filter
 from layers.statements import fetch_one
-from layers.tables import source
+from layers.tables import parts, source
 from twin.errors import ApiError
 from twin.urls import base_url
 
@@ -89,6 +89,14 @@ def _where(spec: LayerSpec, columns, box, moment, cql: Filter | None) -> list:
     return clauses
 
 
+def _cut(columns, where: list, keys: list[tuple[str, bool]], names: list[str], spec: LayerSpec):
+    """The matching rows' plain columns (sort keys as sort_0…, fid, properties, geometry) in page order."""
+    sort = [columns[name].label(f"sort_{i}") for i, (name, _) in enumerate(keys)]
+    carried = [columns.fid, *(columns[n] for n in names), *([columns.geom] if spec.geometry else [])]
+    return (select(*sort, *carried).where(*where)
+            .order_by(*(columns[n].desc() if desc else columns[n] for n, desc in keys), columns.fid))
+
+
 def _url(request: Request, **changes) -> str:
     query = [(k, v) for k, v in request.query_params.multi_items() if k not in changes]
     query += [(k, str(v)) for k, v in changes.items()]
@@ -131,13 +139,18 @@ async def items(
     where = _where(spec, columns, box, moment, cql)
     keys = order.checked(spec)
     names = wanted.fields(spec)
-    sort = [columns[name].label(f"sort_{i}") for i, (name, _) in enumerate(keys)]
-    carried = [columns.fid, *(columns[n] for n in names), *([columns.geom] if spec.geometry else [])]
     # the page is cut from plain columns; JSON is written only for its rows, not for the skipped ones
-    rows = (select(*sort, *carried).where(*where)
-            .order_by(*(columns[n].desc() if desc else columns[n] for n, desc in keys), columns.fid)
-            .limit(page.limit).offset(page.offset).subquery("page"))
-    page_order = [rows.c[c.name].desc() if desc else rows.c[c.name] for c, (_, desc) in zip(sort, keys)]
+    if as_of is None:
+        rows = _cut(columns, where, keys, names, spec).limit(page.limit).offset(page.offset).subquery("page")
+    else:  # each part's own first rows, then the page of those: the planner does not push the order into a union
+        cuts = [_cut(part.c, _where(spec, part.c, box, moment, cql), keys, names, spec).limit(page.offset + page.limit)
+                for part in (p.subquery(f"part_{i}") for i, p in enumerate(parts(spec, as_of)))]
+        both = union_all(*cuts).subquery("parts")
+        rows = (select(*both.c).order_by(*(both.c[f"sort_{i}"].desc() if desc else both.c[f"sort_{i}"]
+                                           for i, (_, desc) in enumerate(keys)), both.c.fid)
+                .limit(page.limit).offset(page.offset).subquery("page"))
+    sort = [rows.c[f"sort_{i}"] for i in range(len(keys))]
+    page_order = [c.desc() if desc else c for c, (_, desc) in zip(sort, keys)]
     feature = cast(_feature(spec, rows.c, names, out), Text)
     agg = select(func.count().label("returned"),
                  func.string_agg(feature, aggregate_order_by(literal(",", Text), *page_order, rows.c.fid))

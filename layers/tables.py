@@ -9,7 +9,7 @@ from geoalchemy2 import Geometry
 from sqlalchemy import (BigInteger, Boolean, Column, Date, DateTime, Float, Integer, MetaData, Table, Text, func,
                         literal, select, union_all)
 from sqlalchemy.dialects.postgresql import TSTZRANGE
-from sqlalchemy.sql import Selectable
+from sqlalchemy.sql import Select, Selectable
 
 from layers.catalog import SRID, LayerSpec
 
@@ -42,17 +42,18 @@ def history(spec: LayerSpec) -> Table:
 
 def source(spec: LayerSpec, as_of: datetime | None = None) -> Selectable:
     """The layer now, or exactly as it was at `as_of`, as a FROM-able selectable with the same columns."""
-    table = current(spec)
     if as_of is None:
-        return table
-    past = history(spec)
+        return current(spec)
+    return union_all(*parts(spec, as_of)).subquery(f"{spec.id}_as_of")
+
+
+def parts(spec: LayerSpec, as_of: datetime) -> list[Select]:
+    """The layer as it was at `as_of` in two disjoint parts with the current table's columns: the current rows
+    already valid then, and the superseded versions valid then."""
+    table, past = current(spec), history(spec)
     moment = literal(as_of, DateTime(timezone=True))
-    names = [c.name for c in table.columns]
-    then = union_all(
-        select(*table.columns).where(table.c.updated_at <= moment),
-        select(*(past.c[n] for n in names)).where(past.c.valid.op("@>")(moment)),
-    )
-    return then.subquery(f"{spec.id}_as_of")
+    return [select(*table.columns).where(table.c.updated_at <= moment),
+            select(*(past.c[c.name] for c in table.columns)).where(past.c.valid.op("@>")(moment))]
 
 
 def bbox_filter(geom_column, bbox: tuple[float, float, float, float]):
