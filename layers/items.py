@@ -8,7 +8,9 @@ geometry of their own and are served with "geometry": null (join monitoring_stat
 station_code for locations).
 """
 
+import operator
 from datetime import datetime, timezone
+from functools import reduce
 from itertools import chain
 from urllib.parse import urlencode
 
@@ -24,7 +26,7 @@ from layers.collections import layer_or_404
 from layers.edits import etag_of
 from layers.filters import Filter
 from layers.statements import fetch_one
-from layers.tables import parts, source
+from layers.tables import current, parts, source
 from twin.errors import ApiError
 from twin.urls import base_url
 
@@ -134,18 +136,18 @@ async def items(
     order: params.SortBy = Depends(params.sortby),
     as_of: datetime | None = Depends(params.as_of),
 ):
-    src = source(spec, as_of)
-    columns = src.c
-    where = _where(spec, columns, box, moment, cql)
+    # as of a moment, the layer is two disjoint parts (current rows, superseded versions), each cut and
+    # counted on its own, then merged: the planner does not push an order or a limit into a union
+    pieces = [current(spec)] if as_of is None else [p.subquery(f"part_{i}") for i, p in enumerate(parts(spec, as_of))]
+    wheres = [_where(spec, piece.c, box, moment, cql) for piece in pieces]
     keys = order.checked(spec)
     names = wanted.fields(spec)
     # the page is cut from plain columns; JSON is written only for its rows, not for the skipped ones
     if as_of is None:
-        rows = _cut(columns, where, keys, names, spec).limit(page.limit).offset(page.offset).subquery("page")
-    else:  # each part's own first rows, then the page of those: the planner does not push the order into a union
-        cuts = [_cut(part.c, _where(spec, part.c, box, moment, cql), keys, names, spec).limit(page.offset + page.limit)
-                for part in (p.subquery(f"part_{i}") for i, p in enumerate(parts(spec, as_of)))]
-        both = union_all(*cuts).subquery("parts")
+        rows = _cut(pieces[0].c, wheres[0], keys, names, spec).limit(page.limit).offset(page.offset).subquery("page")
+    else:
+        both = union_all(*(_cut(piece.c, where, keys, names, spec).limit(page.offset + page.limit)
+                           for piece, where in zip(pieces, wheres))).subquery("parts")
         rows = (select(*both.c).order_by(*(both.c[f"sort_{i}"].desc() if desc else both.c[f"sort_{i}"]
                                            for i, (_, desc) in enumerate(keys)), both.c.fid)
                 .limit(page.limit).offset(page.offset).subquery("page"))
@@ -155,10 +157,11 @@ async def items(
     agg = select(func.count().label("returned"),
                  func.string_agg(feature, aggregate_order_by(literal(",", Text), *page_order, rows.c.fid))
                  .label("features")).subquery("agg")
+    # each part's matches counted up to the bound: past it in either, the sum reaches the bound too
     counted_to = page.offset + page.limit + request.app.state.settings.items_count_limit
-    matches = select(columns.fid).where(*where).limit(counted_to).subquery("matches")
-    statement = select(select(func.count()).select_from(matches).scalar_subquery().label("matched"),
-                       agg.c.returned, agg.c.features)
+    counts = [select(func.count()).select_from(select(piece.c.fid).where(*where).limit(counted_to).subquery())
+              .scalar_subquery() for piece, where in zip(pieces, wheres)]
+    statement = select(reduce(operator.add, counts).label("matched"), agg.c.returned, agg.c.features)
     async with request.app.state.read_engine.connect() as conn:
         row = await fetch_one(conn, statement)
     matched = row.matched if row.matched < counted_to else None
