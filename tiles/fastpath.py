@@ -83,9 +83,10 @@ class TileProtocol(TimelyHeaders):
     def on_message_begin(self) -> None:
         # the ASGI scope is built only for a request the app answers (on_headers_complete)
         self.answered, self.url, self.headers, self.expect_100_continue = False, b"", [], False
-        self._await_headers()
+        self.in_headers = True
 
     def on_headers_complete(self) -> None:
+        self.in_headers = False
         self._headers_arrived()
         if self._answer_hit():
             return
@@ -117,11 +118,10 @@ class TileProtocol(TimelyHeaders):
         status, headers, body = tile_response(hit[0], _if_none_match(self.headers), "hit")
         headers |= hit[1]
         keep_alive = self.parser.should_keep_alive()
-        self.transport.write(b"".join([
-            STATUS_LINE[status],
-            *(b"%s: %s\r\n" % pair for pair in self.server_state.default_headers),
-            *(f"{k}: {v}\r\n".encode("latin-1") for k, v in headers.items()),
-            b"" if keep_alive else b"connection: close\r\n", b"\r\n", body]))
+        head = b"".join([STATUS_LINE[status], *(b"%s: %s\r\n" % pair for pair in self.server_state.default_headers),
+                         *(f"{k}: {v}\r\n".encode("latin-1") for k, v in headers.items()),
+                         b"" if keep_alive else b"connection: close\r\n", b"\r\n"])
+        self.transport.writelines([head, body])  # the tile's bytes are not copied into one buffer first
         self.answered = True
         self.server_state.total_requests += 1
         if self.access_log:

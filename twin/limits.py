@@ -119,6 +119,7 @@ class TimelyHeaders(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.header_deadline: asyncio.TimerHandle | None = None
         self.header_bytes = 0
+        self.in_headers = True  # reading a request's line and headers (or waiting for the first one)
 
     def _await_headers(self) -> None:
         if self.header_deadline is None:
@@ -150,15 +151,17 @@ class TimelyHeaders(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._await_headers()
+        self.in_headers = True
 
     def on_headers_complete(self) -> None:
+        self.in_headers = False
         self._headers_arrived()
         super().on_headers_complete()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self.header_deadline is not None:  # still in a request's line and headers
+        if self.in_headers:  # armed only when the headers did not all come in this piece (most do)
+            self._await_headers()
             self.header_bytes += len(data)
             if self.header_bytes > MAX_HEADER_BYTES:
                 self._headers_arrived()
