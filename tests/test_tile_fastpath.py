@@ -135,3 +135,14 @@ def test_a_list_of_allowed_origins_is_checked_on_hits_too(database_url, data_dir
     assert first[0].status == allowed.status == other.status == 200
     assert allowed.headers["access-control-allow-origin"] == "https://map.example"
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_malformed_request_lines_get_a_400_and_the_server_goes_on(server, cached):
+    url, data, _ = cached
+    for raw in (b"GET /collections/roads/tiles/WebMercatorQuad/12/\xff\xfe/1 HTTP/1.1\r\nHost: t\r\n\r\n",
+                b"GET " + url.encode() + b"?\xff=\x00 HTTP/1.1\r\nHost: t\r\n\r\n",
+                b"GET " + url.encode() + b" HTTP/9.9\r\nHost: t\r\n\r\n"):
+        answers, _ = exchange(server, raw, 1)
+        assert [a.status for a in answers] == [400], raw
+    answers, _ = exchange(server, request(url), 1)
+    assert answers[0].status == 200 and answers[0].body == data

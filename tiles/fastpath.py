@@ -24,17 +24,30 @@ from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from tiles.cache import CachedTile, cache_key
 from tiles.provider import TileProvider
-from tiles.responses import tile_response
+from tiles.responses import matches, tile_response
 from twin import cors
 from twin.limits import TimelyHeaders
 
 TILE_PATH = re.compile(r"^/(?:collections/(?P<layer>[^/]+)/tiles|tiles/onemap)/[^/]+/[0-9]+/[0-9]+/[0-9]+$")
+ENCODED_HEADS = 100_000  # tiles whose encoded response heads are kept (then all are dropped at once)
 HITS = "tile_hits"  # the app's TileHits in the lifespan state, which uvicorn hands to its protocols
 
 
 class TileHits:
     def __init__(self, app, provider: TileProvider):
         self.app, self.provider = app, provider
+        self._encoded: dict[tuple[str, str], tuple] = {}  # (etag, cache-control) → each answer's encoded head
+
+    def encoded(self, tile: CachedTile, if_none_match: str | None) -> tuple[int, bytes, bytes]:
+        """(status, header lines, body) of a hit, the lines encoded once per tile content and caching policy."""
+        both = self._encoded.get((tile.etag, tile.cache_control))
+        if both is None:
+            if len(self._encoded) >= ENCODED_HEADS:
+                self._encoded.clear()
+            both = self._encoded[tile.etag, tile.cache_control] = tuple(
+                (status, b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in headers.items()), body)
+                for status, headers, body in (tile_response(tile, None, "hit"), tile_response(tile, tile.etag, "hit")))
+        return both[matches(if_none_match, tile.etag)]
 
     def find(self, path: str, query: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[CachedTile, dict] | None:
         """The cached tile that answers a GET of `path` and the CORS headers to send with it, or None when
@@ -115,11 +128,10 @@ class TileProtocol(TimelyHeaders):
         hit = hits.find(self.root_path + url.path.decode("ascii"), url.query or b"", self.headers)
         if hit is None:
             return False
-        status, headers, body = tile_response(hit[0], _if_none_match(self.headers), "hit")
-        headers |= hit[1]
+        status, lines, body = hits.encoded(hit[0], _if_none_match(self.headers))
         keep_alive = self.parser.should_keep_alive()
         head = b"".join([STATUS_LINE[status], *(b"%s: %s\r\n" % pair for pair in self.server_state.default_headers),
-                         *(f"{k}: {v}\r\n".encode("latin-1") for k, v in headers.items()),
+                         lines, *(f"{k}: {v}\r\n".encode("latin-1") for k, v in hit[1].items()),
                          b"" if keep_alive else b"connection: close\r\n", b"\r\n"])
         self.transport.writelines([head, body])  # the tile's bytes are not copied into one buffer first
         self.answered = True

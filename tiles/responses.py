@@ -5,7 +5,7 @@ from tiles.cache import CachedTile
 MVT = "application/vnd.mapbox-vector-tile"
 
 
-def _matches(if_none_match: str | None, etag: str) -> bool:
+def matches(if_none_match: str | None, etag: str) -> bool:
     if not if_none_match:
         return False
     tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
@@ -15,7 +15,7 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 def tile_response(tile: CachedTile, if_none_match: str | None, cache_state: str) -> tuple[int, dict[str, str], bytes]:
     """(status, headers, body); `cache_state` (hit | miss) goes out as X-Tile-Cache."""
     headers = {"etag": tile.etag, "cache-control": tile.cache_control, "x-tile-cache": cache_state}
-    if _matches(if_none_match, tile.etag):
+    if matches(if_none_match, tile.etag):
         return 304, headers, b""
     if not tile.data:
         return 204, headers, b""
