@@ -32,7 +32,7 @@ from sqlalchemy.engine import Engine
 from etl import records
 from etl.crs import convert, misplaced, source_of
 from etl.jobs import JOBS, get_job, imagery
-from etl.readers import Batches, Dataset, Whole, opened
+from etl.readers import BATCH, Batches, Dataset, Whole, opened
 from etl.records import Run, open_run
 from layers.catalog import LayerSpec, get_layer
 from layers.store import merge, set_write_context
@@ -42,7 +42,7 @@ log = logging.getLogger("twin.etl")
 Progress = Callable[[str], None]
 MODES = ("upsert", "replace")
 DBF_NAME_BYTES = 10  # dBase field names are cut at 10 bytes
-VALIDATE_CHUNK = 100_000  # rows read and validated (and then streamed to the database) at a time
+VALIDATE_CHUNK = BATCH  # rows read and validated (and then streamed to the database) at a time
 
 
 class JobError(ValueError):
