@@ -509,3 +509,27 @@ def test_as_of_pages_walk_the_past_in_order(site):
         assert names[:len(nulls)] == nulls and names[len(nulls):] == sorted(names[len(nulls):], reverse=True)
         for (name, a), (other, b) in itertools.pairwise(seen):
             assert name != other or a < b  # ties by fid, ascending
+
+
+def test_a_layer_extent_follows_its_changes(site):
+    """/collections serves the extent it knows at once and works it out again in the background after a change
+    (layers.extents): a feature placed beyond the layer soon widens it, and its removal narrows it again."""
+    api = site["api"]
+
+    def bbox() -> list[float]:
+        spatial = api.get(f"/collections/{LAYER}").json().get("extent", {}).get("spatial")
+        return spatial["bbox"][0] if spatial else [0, 0, 0, 0]
+
+    def settled(check) -> list[float]:
+        deadline = time.monotonic() + 10
+        while not check(box := bbox()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return box
+
+    post(site, 9900, 120.95, 32.10)  # the layer has something in it, whatever ran before
+    before = settled(lambda b: b[0] <= 120.95 <= b[2])
+    east, north = min(before[2] + 0.01, 121.2), min(before[3] + 0.01, 32.3)
+    fid = post(site, 9901, east, north)
+    assert settled(lambda b: b[2] >= east - 1e-6 and b[3] >= north - 1e-6)[:2] == pytest.approx(before[:2])
+    assert api.delete(f"{ITEMS}/{fid}", headers=bearer(site["keys"]["ecology"])).status_code == 204
+    assert settled(lambda b: b == pytest.approx(before)) == pytest.approx(before)

@@ -34,6 +34,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.read_engine = read_engine(settings, app.state.engine)  # reads that may lag: twin.replicas
         async with tile_server.running(app) as state, access.following(app):
             yield state
+            for update in list(app.state.extent_updates.values()):  # layers.extents
+                update.cancel()
         for engine in {app.state.engine, app.state.read_engine}:
             await engine.dispose()
 
@@ -47,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dependencies=[Depends(access.layer_in_path)],  # private layers: twin.access
     )
     app.state.settings = settings
-    app.state.extents = {}  # layers.extents
+    app.state.extents, app.state.extent_updates = {}, {}  # layers.extents
     access.install(app, catalog().values())
     app.state.classify_water = classify_frame  # layers.series classifies aggregates without importing etl
     tile_server.install(app)  # first: tiles are most of the requests, and routes are matched in order
