@@ -3,8 +3,8 @@ TileJSON, which map clients ask for on every page load.
 
 Each is a whole-table aggregate (ST_Extent over a million points takes half a second, over ten
 million 1.4 s), so it is kept per layer and worked out again after the layer changes — in the
-background: until then the extent known before the change is served, so no page load waits for the
-aggregate but the very first. It follows the tile cache's change follower (tiles.cache.TileCache): an
+background: until then the extent known before the change is served. They are first worked out as the
+server starts (`warm`), so no page load waits for the aggregate. It follows the tile cache's change follower (tiles.cache.TileCache): an
 extent is kept only while the follower is live, and not kept when a change to its layer arrived while
 it was being worked out — the rule tiles are cached by.
 """
@@ -40,6 +40,16 @@ async def extent(request: Request, spec: LayerSpec) -> Extent:
         app.state.extent_updates[spec.id] = task
         task.add_done_callback(lambda done: _updated(app, spec.id, done))
     return found[1]
+
+
+async def warm(app, specs: list[LayerSpec]) -> None:
+    """Work out every layer's extent, one after the other, before anyone asks (run as the server starts)."""
+    try:
+        for spec in specs:
+            if spec.id not in app.state.extents:
+                await _work_out(app, spec)
+    except Exception as e:  # the database is not there yet: the first request works it out
+        log.warning("extents not worked out at start: %s", e)
 
 
 def _updated(app, layer: str, task: asyncio.Task) -> None:

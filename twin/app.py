@@ -5,6 +5,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from layers import collections as collection_routes
+from layers import extents
 from layers import changes as change_routes, diff as diff_routes, edits as edit_routes, revert as revert_routes
 from layers import items as item_routes
 from layers import openapi as ogc_openapi
@@ -20,8 +21,13 @@ from twin import styles as style_routes
 from twin import viewer
 from twin.db import async_engine
 from twin.replicas import read_engine
+from twin.tasks import in_background
 from twin.logs import configure
 from twin.settings import Settings, get_settings
+
+
+def feature_layers() -> list:
+    return [s for s in catalog().values() if s.kind != "raster"]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -32,7 +38,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         app.state.engine = async_engine(settings)
         app.state.read_engine = read_engine(settings, app.state.engine)  # reads that may lag: twin.replicas
-        async with tile_server.running(app) as state, access.following(app):
+        async with tile_server.running(app) as state, access.following(app), \
+                in_background(extents.warm(app, feature_layers()), "extents"):
             yield state
             for update in list(app.state.extent_updates.values()):  # layers.extents
                 update.cancel()
@@ -53,7 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     access.install(app, catalog().values())
     app.state.classify_water = classify_frame  # layers.series classifies aggregates without importing etl
     tile_server.install(app)  # first: tiles are most of the requests, and routes are matched in order
-    app.include_router(health.router(lambda: [s for s in catalog().values() if s.kind != "raster"]))
+    app.include_router(health.router(feature_layers))
     app.include_router(collection_routes.router)
     for history_router in (change_routes.router, diff_routes.router, edit_routes.router, revert_routes.router):
         app.include_router(history_router)
