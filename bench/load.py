@@ -22,9 +22,7 @@ import math
 import os
 import random
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +34,8 @@ import httpx
 import morecantile
 import psutil
 import typer
+
+from bench.tile_peers import process
 
 MERCATOR = morecantile.tms.get("WebMercatorQuad")
 DISTRICT = (120.30, 31.45, 120.60, 31.62)
@@ -200,41 +200,10 @@ async def drive(base: str, server: psutil.Process, users: int, seconds: float, s
 
 
 @contextmanager
-def started(argv: list[str], env: dict | None = None, log: Path | None = None):
-    """A process in a session of its own, so that stopping it stops what it started (uvicorn's workers)."""
-    sink = open(log, "wb") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, start_new_session=True)
-    try:
-        yield proc
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        if log:
-            sink.close()
-
-
-def wait_until_up(proc: subprocess.Popen, url: str, log: Path):
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the server did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.3)
-
-
-@contextmanager
 def redis_server(port: int):
     workdir = tempfile.mkdtemp(prefix="twin-load-redis-")
     try:
-        with started([shutil.which("redis-server"), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+        with process([shutil.which("redis-server"), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
                       "--appendonly", "no", "--dir", workdir]) as proc:
             yield f"redis://127.0.0.1:{port}/0", psutil.Process(proc.pid)
     finally:
@@ -273,8 +242,7 @@ def main(users: int = typer.Option(50), seconds: float = typer.Option(300.0),
     with redis_server(port + 1) as (redis_url, redis):
         env = os.environ | {"TWIN_REDIS_URL": redis_url}
         argv = [twin, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
-        with started(argv, env, log) as proc:
-            wait_until_up(proc, f"{base}/health", log)
+        with process(argv, f"{base}/health", env, log, timeout=60) as proc:
             server = psutil.Process(proc.pid)
             while len(workers_of(server)) < workers:
                 time.sleep(0.2)

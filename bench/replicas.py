@@ -11,18 +11,17 @@ then the latency of cached-tile and item reads. Also the replica's replay lag as
 
 import os
 import statistics
-import subprocess
-import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import psycopg
 import typer
 
-from tests.conftest import REPO
 from tests.history_support import LAYER, bearer, source_feature
 from tests.replica_support import primary_and_standby
+from tests.server_support import logged_server
 from tests.tile_support import decode, mercator_tile, tile_url
 
 HERE = (120.9311, 32.1017)
@@ -30,23 +29,11 @@ PATCH = {"Content-Type": "application/merge-patch+json"}
 
 
 @contextmanager
-def server(port: int, primary: str, data_dir, **env: str):
-    environment = os.environ | {"TWIN_DATABASE_URL": primary, "TWIN_DATA_DIR": str(data_dir)} | env
-    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "twin.app:create_app", "--port",
-                                str(port), "--no-access-log"], env=environment, cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(150):
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        yield httpx.Client(base_url=base, timeout=30)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+def server(primary: str, root: Path, name: str, **settings: str):
+    """A server as `twin serve` runs it, on the primary (and `settings`), its log in `root`."""
+    with logged_server(primary, root, root / f"{name}.log", **settings) as base, \
+            httpx.Client(base_url=base, timeout=30) as http:
+        yield http
 
 
 def shows(http: httpx.Client, fid: int, url: str, name: str) -> tuple[bool, bool]:
@@ -86,13 +73,12 @@ def pct(values: list[float], q: float) -> float:
     return ordered[round(q * (len(ordered) - 1))]
 
 
-def main(writes: int = typer.Option(30, min=1), reads: int = typer.Option(300, min=1),
-         port: int = typer.Option(8850, help="the first of two loopback ports for the servers")) -> None:
+def main(writes: int = typer.Option(30, min=1), reads: int = typer.Option(300, min=1)) -> None:
     with primary_and_standby("twin-bench-replica-") as (root, primary, replica, key):
         url = tile_url(LAYER, mercator_tile(*HERE, 14))
         print(f"load average at start: {os.getloadavg()}")
-        with server(port, primary.url(), root) as on_primary, \
-                server(port + 1, primary.url(), root, TWIN_DATABASE_READ_URLS=replica.url()) as on_replica:
+        with server(primary.url(), root, "on-primary") as on_primary, \
+                server(primary.url(), root, "on-replica", database_read_urls=replica.url()) as on_replica:
             fid = on_primary.post(f"/collections/{LAYER}/items", json=source_feature(1, *HERE, name="v0"),
                                   headers=bearer(key)).raise_for_status().json()["id"]
             runs = {"primary only": on_primary, "reads from replica": on_replica}

@@ -6,6 +6,7 @@ Everything listens on loopback ports of its own and is stopped by the process id
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -58,13 +59,16 @@ def bench_database(components: int, fresh: bool) -> tuple[str, Path]:
 
 
 @contextmanager
-def process(argv: list[str], ready_url: str, env: dict | None = None, log: Path | None = None):
-    """A server process, until it answers `ready_url` (30 s at most); stopped at the end."""
+def process(argv: list[str], ready_url: str | None = None, env: dict | None = None, log: Path | None = None,
+            timeout: float = 30):
+    """A process in a session of its own (stopping it stops what it started, e.g. uvicorn's workers), until it
+    answers `ready_url` (`timeout` s at most), if given; stopped at the end."""
     sink = open(log, "wb") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(argv, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink)
+    proc = subprocess.Popen(argv, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
+                            start_new_session=True)
     try:
-        deadline = time.monotonic() + 30
-        while True:
+        deadline = time.monotonic() + timeout
+        while ready_url:
             try:
                 if httpx.get(ready_url, timeout=2).status_code < 500:
                     break
@@ -73,13 +77,13 @@ def process(argv: list[str], ready_url: str, env: dict | None = None, log: Path 
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{argv[0]} did not start" + (f": {Path(log).read_text()[-2000:]}" if log else ""))
             time.sleep(0.2)
-        yield
+        yield proc
     finally:
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         if log:
             sink.close()

@@ -4,7 +4,6 @@ an existing PostGIS instead (it must be disposable: tests write to it)."""
 
 import os
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
@@ -15,12 +14,6 @@ from twin.cluster import Cluster
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_COMPONENTS = 3000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def reachable_tmpdir(prefix: str) -> Path:

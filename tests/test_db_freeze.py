@@ -14,9 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import text
 
-from tests.test_faults import LAYER, _recovered_at, hammering, station_site
+from tests.test_faults import (_recovered_at, assert_acknowledged_writes_kept, assert_only_503_json_with_retry_after,
+                               assert_recovered, hammering, station_site)
 from tests.tile_support import wait_for
 from twin.errors import DEADLINE_MARGIN_S
 
@@ -107,13 +107,7 @@ def test_every_request_ends_within_the_deadline(freeze):
 
 
 def test_the_only_errors_are_503_json_with_retry_after(freeze):
-    outcomes = freeze["outcomes"]
-    assert {o.status for o in outcomes} <= {200, 201, 503}, sorted({(o.endpoint, o.status) for o in outcomes})
-    unavailable = [o for o in outcomes if o.status == 503]
-    assert unavailable
-    for o in unavailable:
-        assert o.retry_after is not None and int(o.retry_after) > 0, o
-        assert o.content_type == "application/json" and o.json_body is not None, o
+    assert_only_503_json_with_retry_after(freeze["outcomes"])
 
 
 def test_while_frozen_every_database_endpoint_answers_503(freeze):
@@ -140,24 +134,13 @@ def test_while_frozen_every_database_endpoint_answers_503(freeze):
 
 
 def test_the_server_recovers_by_itself(freeze):
-    assert freeze["recovered"] is not None, "some endpoint never answered 200 again"
-    seconds = freeze["recovered"] - freeze["thawed"]
-    assert seconds <= RECOVERY_S
-    after = [o for o in freeze["outcomes"] if o.started >= freeze["recovered"]]
-    assert after and {o.status for o in after} <= {200, 201}
+    seconds = assert_recovered(freeze["outcomes"], freeze["recovered"], freeze["thawed"], RECOVERY_S)
     print(f"\nall endpoints answered 200 again {seconds:.2f} s after the thaw")
 
 
 def test_acknowledged_writes_are_kept(freeze, site):
-    engine = site[1]
     writes = [o for o in freeze["outcomes"] if o.endpoint == "write"]
-    acknowledged = {o.json_body["properties"]["code"]: o.json_body["id"] for o in writes if o.status == 201}
-    with engine.connect() as conn:
-        stored = dict(conn.execute(text(f"SELECT code, fid FROM layers.{LAYER} WHERE code LIKE 'W%'")).all())
-        logged = set(conn.execute(text("SELECT fid FROM twin.change WHERE layer = :layer AND operation = 'insert'"),
-                                  {"layer": LAYER}).scalars())
-    assert acknowledged and {code: stored.get(code) for code in acknowledged} == acknowledged
-    assert set(acknowledged.values()) <= logged and set(stored.values()) <= logged
+    acknowledged, stored = assert_acknowledged_writes_kept(freeze["outcomes"], site[1])
     print(f"\n{len(writes)} writes: {len(acknowledged)} acknowledged and kept, "
           f"{len(set(stored) - set(acknowledged))} answered 503 yet committed at the thaw")
 

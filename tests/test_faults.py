@@ -134,6 +134,41 @@ def _recovered_at(outcomes: list[Outcome], names, since: float) -> float | None:
     return max(firsts)
 
 
+def assert_recovered(outcomes: list[Outcome], recovered: float | None, since: float, within: float) -> float:
+    """Every endpoint succeeded again after `since`, within `within` seconds, and nothing failed after that:
+    the seconds it took."""
+    assert recovered is not None, "some endpoint never answered 200 again"
+    assert recovered - since <= within
+    after = [o for o in outcomes if o.started >= recovered]
+    assert after and {o.status for o in after} <= {200, 201}
+    return recovered - since
+
+
+def assert_acknowledged_writes_kept(outcomes: list[Outcome], engine) -> tuple[dict, dict]:
+    """Every write answered 201 is in the layer under the id it was given, with its change recorded:
+    (acknowledged, stored), code → fid."""
+    acknowledged = {o.json_body["properties"]["code"]: o.json_body["id"] for o in outcomes
+                    if o.endpoint == "write" and o.status == 201}
+    with engine.connect() as conn:
+        stored = dict(conn.execute(text(f"SELECT code, fid FROM layers.{LAYER} WHERE code LIKE 'W%'")).all())
+        logged = set(conn.execute(text("SELECT fid FROM twin.change WHERE layer = :layer AND operation = 'insert'"),
+                                  {"layer": LAYER}).scalars())
+    assert acknowledged and {code: stored.get(code) for code in acknowledged} == acknowledged
+    assert set(acknowledged.values()) <= logged and set(stored.values()) <= logged
+    return acknowledged, stored
+
+
+def assert_only_503_json_with_retry_after(outcomes: list[Outcome]) -> None:
+    """Every answer a success or a 503 with Retry-After and a JSON reason, and there were 503s."""
+    assert {o.status for o in outcomes} <= {200, 201, 503}, sorted({(o.endpoint, o.status) for o in outcomes})
+    unavailable = [o for o in outcomes if o.status == 503]
+    assert unavailable
+    for o in unavailable:
+        assert o.retry_after is not None and int(o.retry_after) > 0, o
+        assert o.content_type == "application/json", o
+        assert o.json_body is not None and (o.json_body.get("code") or o.json_body.get("status")), o
+
+
 @contextmanager
 def hammering(base: str, key: str, workers: int, bound_s: float):
     """`workers` threads asking every endpoint in turn while the block runs: (requests, outcomes)."""
@@ -182,14 +217,7 @@ def test_every_request_gets_an_answer_within_the_bound(restart):
 
 
 def test_the_only_errors_are_503_json_with_retry_after(restart):
-    outcomes = restart["outcomes"]
-    assert {o.status for o in outcomes} <= {200, 201, 503}, sorted({(o.endpoint, o.status) for o in outcomes})
-    unavailable = [o for o in outcomes if o.status == 503]
-    assert unavailable
-    for o in unavailable:
-        assert o.retry_after is not None and int(o.retry_after) > 0, o
-        assert o.content_type == "application/json", o
-        assert o.json_body is not None and (o.json_body.get("code") or o.json_body.get("status")), o
+    assert_only_503_json_with_retry_after(restart["outcomes"])
 
 
 def test_while_down_every_database_endpoint_answers_503(restart):
@@ -202,25 +230,12 @@ def test_while_down_every_database_endpoint_answers_503(restart):
 
 
 def test_the_server_recovers_by_itself(restart):
-    assert restart["recovered"] is not None, "some endpoint never answered 200 again"
-    seconds = restart["recovered"] - restart["up"]
-    assert seconds <= RECOVERY_S
-    after = [o for o in restart["outcomes"] if o.started >= restart["recovered"]]
-    assert after and {o.status for o in after} <= {200, 201}
+    seconds = assert_recovered(restart["outcomes"], restart["recovered"], restart["up"], RECOVERY_S)
     print(f"\nall endpoints answered 200 again {seconds:.2f} s after the database was back")
 
 
 def test_acknowledged_writes_are_kept(restart, site):
-    engine = site[1]
-    acknowledged = {o.json_body["properties"]["code"]: o.json_body["id"] for o in restart["outcomes"]
-                    if o.endpoint == "write" and o.status == 201}
-    assert acknowledged
-    with engine.connect() as conn:
-        stored = dict(conn.execute(text(f"SELECT code, fid FROM layers.{LAYER} WHERE code LIKE 'W%'")).all())
-        logged = set(conn.execute(text("SELECT fid FROM twin.change WHERE layer = :layer AND operation = 'insert'"),
-                                  {"layer": LAYER}).scalars())
-    assert {code: stored.get(code) for code in acknowledged} == acknowledged
-    assert set(acknowledged.values()) <= logged
+    assert_acknowledged_writes_kept(restart["outcomes"], site[1])
 
 
 def test_the_server_log_has_no_unhandled_exception(restart, site):

@@ -2,10 +2,7 @@
 memory), every answer a 200 within the Redis timeouts, a change made meanwhile still shows in the next
 tile; when Redis is back the server shares tiles again without a restart."""
 
-import shutil
 import signal
-import socket
-import subprocess
 import time
 
 import httpx
@@ -13,10 +10,9 @@ import pytest
 import redis
 from sqlalchemy import text
 
-from tests.server_support import logged_server
+from tests.server_support import REDIS_SERVER, free_port, logged_server, start_redis
 from tests.tile_support import decode, mercator_tile, tile_url, wait_for
 
-REDIS_SERVER = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (Debian package "
                                                              "redis-server)")
 CODE = "3202140101999903"  # a test component of our own, removed at the end
@@ -24,29 +20,10 @@ HERE = (120.4212, 31.5313)
 ELSEWHERE = [(120.36, 31.58), (120.52, 31.47), (120.47, 31.55)]
 
 
-def start_redis(port: int, directory) -> subprocess.Popen:
-    process = subprocess.Popen([REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                                "--appendonly", "no", "--dir", str(directory)],
-                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    assert wait_for(lambda: _pings(client), 10), "redis-server did not start"
-    client.close()
-    return process
-
-
-def _pings(client) -> bool:
-    try:
-        return client.ping()
-    except redis.ConnectionError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def site(loaded, database_url, data_dir, engine, tmp_path_factory):
     """(server client, Redis port, Redis data dir) with a Redis of its own."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     directory = tmp_path_factory.mktemp("redis-gone")
     process = start_redis(port, directory)
     processes = [process]

@@ -2,20 +2,13 @@
 Redis and one database. A tile one renders the other serves from Redis; a change made in SQL evicts it
 from both, and tiles elsewhere stay shared."""
 
-import shutil
-import socket
-import subprocess
-import time
-
 import httpx
 import pytest
-import redis
 from sqlalchemy import text
 
-from tests.server_support import logged_server
+from tests.server_support import REDIS_SERVER, free_port, logged_server, start_redis
 from tests.tile_support import decode, mercator_tile, tile_url, wait_for
 
-REDIS_SERVER = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed: `make setup` "
                                                              "installs it (Debian package redis-server)")
 CODE = "3202140101999902"  # a test component of our own, removed at the end
@@ -25,26 +18,9 @@ THERE = (120.5105, 31.4507)
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    process = subprocess.Popen([REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                                "--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("redis"))],
-                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.1)
-    yield url
-    client.close()
+    port = free_port()
+    process = start_redis(port, tmp_path_factory.mktemp("redis"))
+    yield f"redis://127.0.0.1:{port}/0"
     process.terminate()
     process.wait(timeout=10)
 

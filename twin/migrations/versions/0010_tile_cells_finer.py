@@ -32,7 +32,8 @@ def cell(level: int, row: str) -> str:
 
 
 def count_function(level: int) -> str:
-    """0008's trigger function with its cells at `level`."""
+    """0008's trigger function with its cells at `level` (written out again: a migration keeps its own DDL and
+    never imports another's, so applied migrations stay what they were)."""
     return r"""
 CREATE OR REPLACE FUNCTION twin.count_tile_cells() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
