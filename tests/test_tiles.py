@@ -139,6 +139,8 @@ def test_tilesets_and_tilejson(http, engine):
     ("/collections/city_components/tiles/WebMercatorQuad/14/16384/0", 400, "tile_out_of_range"),
     ("/collections/city_components/tiles/WebMercatorQuad/14/0/-1", 400, "tile_out_of_range"),
     ("/collections/city_components/tiles/WebMercatorQuad/14/0/" + "9" * 40, 400, "tile_out_of_range"),
+    ("/collections/city_components/tiles/WebMercatorQuad/14/0/" + "9" * 5000, 400, "tile_out_of_range"),
+    ("/collections/city_components/tiles/WebMercatorQuad/14/%D9%A3/0", 400, "invalid_parameter"),
     ("/collections/city_components/tiles/WebMercatorQuad/14/0/x", 400, "invalid_parameter"),
     ("/collections/city_components/tiles/CGCS2000Quad/0/0/2", 400, "tile_out_of_range"),
     ("/collections/city_components/tiles/WebMercatorQuad/5/0/0", 404, "zoom_out_of_range"),

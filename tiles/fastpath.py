@@ -31,6 +31,7 @@ from twin.limits import TimelyHeaders
 TILE_PATH = re.compile(r"^/(?:collections/(?P<layer>[^/]+)/tiles|tiles/onemap)/[^/]+/[0-9]+/[0-9]+/[0-9]+$")
 ENCODED_HEADS = 100_000  # tiles whose encoded response heads are kept (then all are dropped at once)
 HITS = "tile_hits"  # the app's TileHits in the lifespan state, which uvicorn hands to its protocols
+LOOKED_UP = "twin.tile_looked_up"  # in the scope of a request TileProtocol found no hit for: not looked up again
 
 
 class TileHits:
@@ -78,7 +79,7 @@ class TileFastPath:
 
     async def __call__(self, scope, receive, send):
         hit = (self.hits.find(scope["path"], scope["query_string"], scope["headers"])
-               if scope["type"] == "http" and scope["method"] == "GET" else None)
+               if scope["type"] == "http" and scope["method"] == "GET" and LOOKED_UP not in scope else None)
         if hit is None:
             return await self.app(scope, receive, send)
         status, headers, body = tile_response(hit[0], _if_none_match(scope["headers"]), "hit")
@@ -101,12 +102,15 @@ class TileProtocol(TimelyHeaders):
     def on_headers_complete(self) -> None:
         self.in_headers = False
         self._headers_arrived()
-        if self._answer_hit():
+        looked_up = self._look_up()
+        if self.answered:
             return
         url, headers, expect_100_continue = self.url, self.headers, self.expect_100_continue
         HttpToolsProtocol.on_message_begin(self)  # the scope (TimelyHeaders' part ran at the real beginning)
         self.url, self.headers, self.expect_100_continue = url, headers, expect_100_continue
         self.scope["headers"] = headers
+        if looked_up:
+            self.scope[LOOKED_UP] = True
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
@@ -117,7 +121,8 @@ class TileProtocol(TimelyHeaders):
         if not self.answered:
             super().on_message_complete()
 
-    def _answer_hit(self) -> bool:
+    def _look_up(self) -> bool:
+        """Answers the request if its tile is cached; False when it was not looked up (the middleware may)."""
         hits = self.app_state.get(HITS)
         busy = self.pipeline or (self.cycle is not None and not self.cycle.response_complete)
         if hits is None or busy or self.parser.get_method() != b"GET" or self.parser.should_upgrade():
@@ -127,7 +132,7 @@ class TileProtocol(TimelyHeaders):
             return False
         hit = hits.find(self.root_path + url.path.decode("ascii"), url.query or b"", self.headers)
         if hit is None:
-            return False
+            return True
         status, lines, body = hits.encoded(hit[0], _if_none_match(self.headers))
         keep_alive = self.parser.should_keep_alive()
         head = b"".join([STATUS_LINE[status], *(b"%s: %s\r\n" % pair for pair in self.server_state.default_headers),

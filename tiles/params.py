@@ -18,6 +18,23 @@ async def tile_address(tms: str = Path(description="Tile matrix set id, e.g. Web
     return address(tms, z, x, y)
 
 
+def tile_numbers(path: dict[str, str]) -> tuple[int, int, int]:
+    """(z, y, x) of a tile path (tiles.routes): integers (tiles.tms.address says which exist), else a 400 naming
+    the one at fault."""
+    numbers = []
+    for name in ("z", "y", "x"):
+        text = path[name]
+        digits = text[1:] if text.startswith("-") else text
+        if not (digits.isascii() and digits.isdigit()):
+            raise ApiError(400, "invalid_parameter", f"The tile's {name} must be a whole number, not '{text[:20]}'.",
+                           where=f"path.{name}")
+        if len(digits) > 18:
+            raise ApiError(400, "tile_out_of_range", f"Tile {name} has {len(digits)} digits: no tile matrix set is "
+                           "that large.", where=f"path.{name}")
+        numbers.append(int(text))
+    return tuple(numbers)
+
+
 async def vector_layer(layer: str) -> LayerSpec:
     return vector_spec(layer)
 
