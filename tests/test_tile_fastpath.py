@@ -2,6 +2,7 @@
 connections: what a browser, a proxy or a pipelining client sends, byte for byte."""
 
 import socket
+import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -146,3 +147,33 @@ def test_malformed_request_lines_get_a_400_and_the_server_goes_on(server, cached
         assert [a.status for a in answers] == [400], raw
     answers, _ = exchange(server, request(url), 1)
     assert answers[0].status == 200 and answers[0].body == data
+
+
+def test_keep_alive_after_hits_counts_from_the_last_request(server, cached):
+    """Hits leave one keep-alive timer running per connection: a connection used every 2 s stays open past
+    uvicorn's 5 s timeout, and one left idle is closed about 5 s after its last answer."""
+    url, data, _ = cached
+    where = urlsplit(server)
+    with socket.create_connection((where.hostname, where.port), timeout=10) as conn:
+        reader = conn.makefile("rb")
+
+        def ask(path: str) -> str:
+            conn.sendall(request(path))
+            assert reader.readline().startswith(b"HTTP/1.1 200")
+            headers = {}
+            while (line := reader.readline()) != b"\r\n":
+                name, _, value = line.decode("latin-1").partition(":")
+                headers[name.strip().lower()] = value.strip()
+            body = reader.read(int(headers["content-length"]))
+            assert body == data or path != url
+            return headers["x-tile-cache"]
+
+        answers = []
+        for second in range(0, 10, 2):
+            answers.append(ask(url if second != 4 else url + "?properties=name,lanes"))  # one miss among hits
+            last = time.monotonic()
+            time.sleep(2)
+        assert answers == ["hit", "hit", "miss", "hit", "hit"]
+        assert reader.read(1) == b""  # closed by the server
+        idle = time.monotonic() - last
+    assert 4.5 <= idle <= 7, idle

@@ -16,6 +16,7 @@ the tile drawn without any private layer. While the access switches are not foll
 is served here.
 """
 
+import asyncio
 import re
 
 import httptools
@@ -26,6 +27,7 @@ from tiles.cache import CachedTile, cache_key
 from tiles.provider import TileProvider
 from tiles.responses import matches, tile_response
 from twin import cors
+from twin.access import LayerAccess
 from twin.limits import TimelyHeaders
 
 TILE_PATH = re.compile(r"^/(?:collections/(?P<layer>[^/]+)/tiles|tiles/onemap)/[^/]+/[0-9]+/[0-9]+/[0-9]+$")
@@ -35,9 +37,10 @@ LOOKED_UP = "twin.tile_looked_up"  # in the scope of a request TileProtocol foun
 
 
 class TileHits:
-    def __init__(self, app, provider: TileProvider):
-        self.app, self.provider = app, provider
+    def __init__(self, access: LayerAccess, origins: list[str], provider: TileProvider):
+        self.access, self.origins, self.provider = access, origins, provider
         self._encoded: dict[tuple[str, str], tuple] = {}  # (etag, cache-control) → each answer's encoded head
+        self._defaults: tuple[list | None, bytes] = (None, b"")
 
     def encoded(self, tile: CachedTile, if_none_match: str | None) -> tuple[int, bytes, bytes]:
         """(status, header lines, body) of a hit, the lines encoded once per tile content and caching policy."""
@@ -50,17 +53,22 @@ class TileHits:
                 for status, headers, body in (tile_response(tile, None, "hit"), tile_response(tile, tile.etag, "hit")))
         return both[matches(if_none_match, tile.etag)]
 
+    def default_lines(self, defaults: list[tuple[bytes, bytes]]) -> bytes:
+        """uvicorn's default headers (server, date) encoded, once per list: uvicorn makes a new one each second."""
+        if defaults is not self._defaults[0]:
+            self._defaults = (defaults, b"".join(b"%s: %s\r\n" % pair for pair in defaults))
+        return self._defaults[1]
+
     def find(self, path: str, query: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[CachedTile, dict] | None:
         """The cached tile that answers a GET of `path` and the CORS headers to send with it, or None when
         the app must answer."""
         match = TILE_PATH.match(path)
-        access = getattr(self.app.state, "access", None) if match else None
-        if access is None or not access.live:
+        if match is None or not self.access.live:
             return None
-        cross_origin = cors.simple_headers(self.app.state.settings.cors_origins, headers)
+        cross_origin = cors.simple_headers(self.origins, headers)
         if cross_origin is None:
             return None
-        private, layer = access.private(), match.group("layer")
+        private, layer = self.access.private(), match.group("layer")
         if layer in private:
             return None
         if layer is None and private and any(k == b"authorization" for k, _ in headers):
@@ -93,11 +101,13 @@ class TileProtocol(TimelyHeaders):
     """uvicorn's httptools protocol (with twin.limits' header bounds) answering cached tiles itself."""
 
     answered = False  # the current request was answered here: its end of message is not the app's
+    idle_since: float | None = None  # loop time of the last hit, if no request has begun since
+    hit_keep_alive: asyncio.TimerHandle | None = None
 
     def on_message_begin(self) -> None:
         # the ASGI scope is built only for a request the app answers (on_headers_complete)
         self.answered, self.url, self.headers, self.expect_100_continue = False, b"", [], False
-        self.in_headers = True
+        self.in_headers, self.idle_since = True, None
 
     def on_headers_complete(self) -> None:
         self.in_headers = False
@@ -134,10 +144,10 @@ class TileProtocol(TimelyHeaders):
         if hit is None:
             return True
         status, lines, body = hits.encoded(hit[0], _if_none_match(self.headers))
+        cross_origin = hit[1] and b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in hit[1].items())
         keep_alive = self.parser.should_keep_alive()
-        head = b"".join([STATUS_LINE[status], *(b"%s: %s\r\n" % pair for pair in self.server_state.default_headers),
-                         lines, *(f"{k}: {v}\r\n".encode("latin-1") for k, v in hit[1].items()),
-                         b"" if keep_alive else b"connection: close\r\n", b"\r\n"])
+        head = b"".join([STATUS_LINE[status], hits.default_lines(self.server_state.default_headers), lines,
+                         cross_origin or b"", b"" if keep_alive else b"connection: close\r\n", b"\r\n"])
         self.transport.writelines([head, body])  # the tile's bytes are not copied into one buffer first
         self.answered = True
         self.server_state.total_requests += 1
@@ -148,6 +158,29 @@ class TileProtocol(TimelyHeaders):
         if not keep_alive:
             self.transport.close()
         else:
-            self._unset_keepalive_if_required()
-            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+            self._idle_after_hit()
         return True
+
+    def _idle_after_hit(self) -> None:
+        """The keep-alive timeout after a hit. uvicorn cancels a timer when a request arrives and arms a new one
+        after each response; on a hit that churn cost a seventh of the hit, so here one timer per connection is
+        left running and, when it fires, looks at when the connection last fell idle."""
+        self.idle_since = self.loop.time()
+        if self.hit_keep_alive is None:
+            self.hit_keep_alive = self.loop.call_later(self.timeout_keep_alive, self._hit_keep_alive_due)
+
+    def _hit_keep_alive_due(self) -> None:
+        self.hit_keep_alive = None
+        if self.idle_since is None:  # a request came after the hit: the keep-alive is armed after its response
+            return
+        left = self.idle_since + self.timeout_keep_alive - self.loop.time()
+        if left > 0:
+            self.hit_keep_alive = self.loop.call_later(left, self._hit_keep_alive_due)
+        else:
+            self.timeout_keep_alive_handler()
+
+    def connection_lost(self, exc) -> None:
+        if self.hit_keep_alive is not None:
+            self.hit_keep_alive.cancel()
+            self.hit_keep_alive = None
+        super().connection_lost(exc)
