@@ -11,10 +11,11 @@ of 6–13, an even sample of 14–16).
   connection, prepared as the server prepares it, binary results, the server's session options,
   no HTTP;
 - cold: each tile asked of this server (a fresh query parameter, so a cache miss) and of tipg (no
-  cache), one client on a keep-alive connection, floor/ours/tipg interleaved tile by tile, three
-  rounds (each tile's median counts: the machine is shared), the order turned each round so that
-  each case goes first, second and third once (the first to ask after another process ran is
-  about 0.2 ms slower on a small tile); then wrk with 8 connections for 30 s
+  cache), one client on a keep-alive connection, in two passes: floor and ours alternating tile by
+  tile, then ours and tipg (two programs at a time: the work a 700 KB tipg tile leaves behind in its
+  processes slowed the next request to ours by about 1 ms when all three took turns), four rounds
+  each (each tile's median counts: the machine is shared), the order turned each round (the first
+  to ask after the other ran is about 0.2 ms slower on a small tile); then wrk with 8 connections for 30 s
   cycling through the tiles in a shuffled order, each pass with a fresh parameter (all misses);
 - warm: this server's cached tiles and the same bytes as static files from nginx, wrk cycling
   through the 500 tiles on 8 connections.
@@ -133,6 +134,9 @@ class Client:
         self.buffer += data
 
 
+LABELS = {"floor": "SQL floor (psycopg, same SQL)", "ours": "this server, cache miss", "tipg": "tipg"}
+
+
 def timed(run, *args) -> tuple[float, object]:
     start = time.perf_counter()
     result = run(*args)
@@ -152,7 +156,7 @@ def main(components: int = typer.Option(1_000_000, help="city components in the 
          count: int = typer.Option(500, "--tiles", help="tiles in the set"),
          connections: int = typer.Option(8, help="concurrent connections of the wrk runs"),
          seconds: int = typer.Option(10, help="length of each wrk run"),
-         rounds: int = typer.Option(3, help="times each tile is asked cold (the median counts)"),
+         rounds: int = typer.Option(4, help="times each tile is asked cold (the median counts)"),
          tipg_python: str = typer.Option("/tmp/tipgvenv/bin/python", help="the python of tipg's own venv"),
          fresh: bool = typer.Option(False, help="rebuild the bench database")):
     if not Path(tipg_python).exists():
@@ -172,45 +176,45 @@ def main(components: int = typer.Option(1_000_000, help="city components in the 
         floor, our_client, tipg_client = Floor(url), Client(ours), Client(peer)
         for layer, t in cases:  # warm the database's buffers for all three alike
             floor(layer, t)
-        rounds_of = {"floor": [[] for _ in cases], "ours": [[] for _ in cases], "tipg": [[] for _ in cases]}
         sizes = {"ours": [0] * len(cases), "tipg": [0] * len(cases)}
-        def ask(name: str, i: int, n: int) -> None:
+
+        def ask(name: str, i: int, fresh: str) -> float:
             (layer, t), mine, theirs = cases[i], ours_paths[i], tipg_paths[i]
             if name == "floor":
-                ms, _ = timed(floor, layer, t)
-            elif name == "ours":
-                ms, (status, body, headers) = timed(our_client, f"{mine}?run={run}-{n}")
+                return timed(floor, layer, t)[0]
+            if name == "ours":
+                ms, (status, body, headers) = timed(our_client, f"{mine}?run={run}-{fresh}")
                 assert status in (200, 204) and headers.get("x-tile-cache") == "miss", (mine, status)
-                sizes["ours"][i] = len(body)
             else:
                 ms, (status, body, _) = timed(tipg_client, theirs)
                 assert status in (200, 204), (theirs, status)
-                sizes["tipg"][i] = len(body)
-            rounds_of[name][i].append(ms)
+            sizes[name][i] = len(body)
+            return ms
 
-        names = list(rounds_of)
-        for n in range(rounds):  # the order turns each round: the first to ask after another process pays more
-            order = names[n % 3:] + names[:n % 3]
-            for i in range(len(cases)):
-                for name in order:
-                    ask(name, i, n)
-        times = {name: [statistics.median(tile) for tile in per_tile] for name, per_tile in rounds_of.items()}
-        print(f"\nCold, one client, the same {len(cases)} tiles, each the median of {rounds} rounds (ms)\n")
-        print("| case | p50 | p99 | mean | max |\n| --- | ---: | ---: | ---: | ---: |")
-        for name, label in (("floor", "SQL floor (psycopg, same SQL)"), ("ours", "this server, cache miss"),
-                            ("tipg", "tipg")):
-            print(row(label, times[name]))
-        ratios = [o / f for o, f in zip(times["ours"], times["floor"])]
-        print(f"\nthis server / floor, per tile: median {statistics.median(ratios):.2f}, "
-              f"sum {sum(times['ours']) / sum(times['floor']):.2f}")
-        for z in range(6, 17):
-            picked = [i for i, (_, t) in enumerate(cases) if t.z == z]
-            if picked:
-                medians = {name: statistics.median([times[name][i] for i in picked]) for name in times}
-                print(f"  z{z:<2} n={len(picked):<3} floor {medians['floor']:8.2f}  ours {medians['ours']:8.2f}"
-                      f"  tipg {medians['tipg']:8.2f} ms (median)"
-                      f"   bytes ours {max(sizes['ours'][i] for i in picked):>7} tipg "
-                      f"{max(sizes['tipg'][i] for i in picked):>7} (max)")
+        for pair in (("floor", "ours"), ("ours", "tipg")):
+            per_tile = {name: [[] for _ in cases] for name in pair}
+            for n in range(rounds):  # the order turns each round: the first to ask after the other pays more
+                order = pair if n % 2 == 0 else pair[::-1]
+                for i in range(len(cases)):
+                    for name in order:
+                        per_tile[name][i].append(ask(name, i, f"{pair[1]}{n}"))
+            times = {name: [statistics.median(tile) for tile in tiles] for name, tiles in per_tile.items()}
+            print(f"\nCold, one client, {' and '.join(pair)} alternating, the same {len(cases)} tiles, each the "
+                  f"median of {rounds} rounds (ms)\n")
+            print("| case | p50 | p99 | mean | max |\n| --- | ---: | ---: | ---: | ---: |")
+            for name in pair:
+                print(row(LABELS[name], times[name]))
+            if pair[0] == "floor":
+                ratios = [o / f for o, f in zip(times["ours"], times["floor"])]
+                print(f"\nthis server / floor, per tile: median {statistics.median(ratios):.2f}, "
+                      f"sum {sum(times['ours']) / sum(times['floor']):.2f}")
+            for z in range(6, 17):
+                picked = [i for i, (_, t) in enumerate(cases) if t.z == z]
+                if picked:
+                    print(f"  z{z:<2} n={len(picked):<3} " + "  ".join(
+                        f"{name} {statistics.median([times[name][i] for i in picked]):8.2f}" for name in pair)
+                        + " ms (median)" + "".join(f"   bytes {name} {max(sizes[name][i] for i in picked):>7}"
+                                                   for name in pair if name != "floor") + " (max)")
 
         print(f"\nCold throughput, wrk, {connections} connections, {3 * seconds} s, the tiles shuffled, "
               "every request a miss\n")

@@ -53,8 +53,8 @@ class ChangeFollower:
         self.connected = asyncio.Event()
 
     async def connect(self) -> psycopg.AsyncConnection:
-        """A renderer's connection: to the source this follower follows."""
-        return (await open_first([self.url], self.server, "twin-tile-renderer"))[1]
+        """A renderer's connection (autocommit): to the source this follower follows."""
+        return (await open_first([self.url], self.server, "twin-tile-renderer", autocommit=True))[1]
 
     async def run(self) -> None:
         while True:

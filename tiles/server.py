@@ -45,11 +45,11 @@ async def running(app: FastAPI):
     settings = app.state.settings
 
     async def drop_renderer_connections():
-        await provider.renderer.engine.dispose()
+        await provider.renderer.connections.drop()
 
     follower = ChangeFollower(ReadSources(settings).tile_sources(), provider.memory, provider.shared, tile_settings(),
                               settings, drop_renderer_connections)
-    provider.renderer.open(settings, async_creator=follower.connect)
+    provider.renderer.open(settings, follower.connect)
     try:
         async with in_background(follower.run(), "tile-change-listener"):
             try:
