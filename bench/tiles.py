@@ -174,8 +174,10 @@ def main(components: int = typer.Option(1_000_000, help="city components in the 
     with tile_peers.ours(url, data_dir, work / "ours.log") as ours, \
             tile_peers.tipg(tipg_python, url, work / "tipg.log") as peer:
         floor, our_client, tipg_client = Floor(url), Client(ours), Client(peer)
-        for layer, t in cases:  # warm the database's buffers for all three alike
+        for i, (layer, t) in enumerate(cases):  # the database's buffers, and each program's plans, warmed alike
             floor(layer, t)
+            our_client(f"{ours_paths[i]}?run={run}-warm")
+            tipg_client(tipg_paths[i])
         sizes = {"ours": [0] * len(cases), "tipg": [0] * len(cases)}
 
         def ask(name: str, i: int, fresh: str) -> float:
@@ -193,10 +195,9 @@ def main(components: int = typer.Option(1_000_000, help="city components in the 
 
         for pair in (("floor", "ours"), ("ours", "tipg")):
             per_tile = {name: [[] for _ in cases] for name in pair}
-            for n in range(rounds):  # the order turns each round: the first to ask after the other pays more
-                order = pair if n % 2 == 0 else pair[::-1]
-                for i in range(len(cases)):
-                    for name in order:
+            for n in range(rounds):  # whole passes over the tiles, in turns
+                for name in (pair if n % 2 == 0 else pair[::-1]):
+                    for i in range(len(cases)):
                         per_tile[name][i].append(ask(name, i, f"{pair[1]}{n}"))
             times = {name: [statistics.median(tile) for tile in tiles] for name, tiles in per_tile.items()}
             print(f"\nCold, one client, {' and '.join(pair)} alternating, the same {len(cases)} tiles, each the "
