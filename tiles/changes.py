@@ -52,10 +52,6 @@ class ChangeFollower:
         self.cursor = 0  # every change up to this change_id has been seen
         self.connected = asyncio.Event()
 
-    async def connect(self) -> psycopg.AsyncConnection:
-        """A renderer's connection (autocommit): to the source this follower follows."""
-        return (await open_first([self.url], self.server, "twin-tile-renderer", autocommit=True))[1]
-
     async def run(self) -> None:
         while True:
             try:

@@ -1,44 +1,59 @@
-"""Rendering a tile in PostGIS: the shape's plan, run straight on a psycopg connection of the tile pool.
+"""Rendering a tile in PostGIS: the shape's plan, run straight on an asyncpg connection of the tile pool.
 
-The tile pool (as big as the server's) keeps its connections in autocommit and does not ping them
-on checkout, so a tile is one round trip: no BEGIN, no ping, no ROLLBACK. It is a few lines of its
-own rather than an SQLAlchemy engine, whose checkout cost about 58 µs: a tenth of what the server
-added above a small tile's SQL.
-Each connection keeps most plans prepared (psycopg `prepare`; the plan's $n text runs on a raw cursor);
-the MVT comes back binary (bytea, not hex text). The pool connects on demand, so while the database is down a tile fails
-at once (503, twin.errors); a pooled connection found broken (the database restarted) is dropped
-and the tile tried once more on a fresh one.
+The renderer talks to PostgreSQL through asyncpg, the rest of the server through psycopg: on a small
+tile psycopg's asyncio waits cost about 0.16 ms more than asyncpg, which runs a tile as fast as a
+synchronous psycopg client does (`bench/tiles.py` compares with that floor). The tile pool (as big as
+the server's) keeps its connections without pinging them on checkout, so a tile is one round trip.
+Each connection keeps the plans prepared (asyncpg's statement cache), but for the shapes a generic
+plan would slow (`TilePlan.prepare`), prepared afresh each time. The pool connects on demand, so while
+the database is down a tile fails at once (503, twin.errors); a pooled connection found broken (the
+database restarted) is dropped and the tile tried once more on a fresh one.
 """
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Callable
 
-import psycopg
-from psycopg.pq import TransactionStatus
+import asyncpg
 
 from tiles.plans import PlanCache, TilePlan, compile_plan, plan_shape
 from tiles.request import TileRequest
 from tiles.settings import TileSettings
+from twin.errors import unavailable
 from twin.settings import Settings
+
+log = logging.getLogger("twin.tiles")
+
+# The database cannot answer now: refused or lost connections (08), shutdown or cancelled statements (57,
+# statement_timeout among them), no slot left (53), or a connect that timed out.
+UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+               asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InsufficientResourcesError)
 
 
 class Connections:
-    """At most `size` connections, opened on demand by `connect` (in autocommit), reused while idle and sound."""
+    """At most `size` connections to the URL `source()` names, opened on demand, reused while sound."""
 
-    def __init__(self, connect: Callable[[], Awaitable[psycopg.AsyncConnection]], size: int, timeout_s: float):
-        self._connect, self._timeout_s = connect, timeout_s
-        self._free = asyncio.Semaphore(size)
-        self._idle: list[psycopg.AsyncConnection] = []
+    def __init__(self, source: Callable[[], str], settings: Settings):
+        self._source, self._settings = source, settings
+        self._free = asyncio.Semaphore(settings.pool_size)
+        self._idle: list[asyncpg.Connection] = []
         self._era = 0  # a connection out when drop() ran is closed when it comes back
+
+    async def _connect(self) -> asyncpg.Connection:
+        settings = self._settings
+        return await asyncpg.connect(
+            self._source(), timeout=settings.connect_timeout_s, max_cacheable_statement_size=1 << 20,
+            server_settings={"statement_timeout": str(settings.statement_timeout_ms), "timezone": "UTC",
+                             "jit": "off", "application_name": "twin-tile-renderer"})  # twin.db.session_options
 
     @contextlib.asynccontextmanager
     async def connection(self):
         if self._free.locked():
             try:
-                await asyncio.wait_for(self._free.acquire(), self._timeout_s)
-            except TimeoutError:  # a 503 (twin.errors), as the server's own pool answers when exhausted
-                raise psycopg.OperationalError(f"no tile connection came free within {self._timeout_s:g} s") from None
+                await asyncio.wait_for(self._free.acquire(), self._settings.pool_timeout_s)
+            except TimeoutError:
+                raise unavailable(TimeoutError("no tile connection came free")) from None
         else:
             await self._free.acquire()
         era = self._era
@@ -47,21 +62,23 @@ class Connections:
         except BaseException:
             self._free.release()
             raise
+        sound = False
         try:
             yield conn
+            sound = True
         finally:
             self._free.release()
-            if era == self._era and not conn.broken and conn.info.transaction_status == TransactionStatus.IDLE:
+            if sound and era == self._era and not conn.is_closed():
                 self._idle.append(conn)
-            else:  # broken, cancelled in the middle of a query, or from before drop()
-                await conn.close()
+            else:  # broken, failed or cancelled in the middle of a query, or from before drop()
+                conn.terminate()
 
-    async def drop(self) -> None:
+    def drop(self) -> None:
         """Close the idle connections, and the others as they come back."""
         self._era += 1
         idle, self._idle = self._idle, []
         for conn in idle:
-            await conn.close()
+            conn.terminate()
 
 
 class TileRenderer:
@@ -70,12 +87,12 @@ class TileRenderer:
         self.plans = PlanCache(tiles.plans)
         self.connections: Connections | None = None  # from open() to close(): the app's life
 
-    def open(self, settings: Settings, connect: Callable[[], Awaitable[psycopg.AsyncConnection]]) -> None:
-        """`connect`: opens an autocommit connection to the database the tiles are read from (tiles.changes)."""
-        self.connections = Connections(connect, settings.pool_size, settings.pool_timeout_s)
+    def open(self, settings: Settings, source: Callable[[], str]) -> None:
+        """`source`: the URL of the database the tiles are read from now (tiles.changes)."""
+        self.connections = Connections(source, settings)
 
-    async def close(self) -> None:
-        await self.connections.drop()
+    def close(self) -> None:
+        self.connections.drop()
 
     def plan(self, request: TileRequest) -> TilePlan:
         return self.plans.get(plan_shape(request, self.settings),
@@ -86,14 +103,22 @@ class TileRenderer:
         if not request.layers:
             return b""
         plan = self.plan(request)
-        params = plan.params(request.tile, self.settings)
-        for last in (False, True):
-            async with self.connections.connection() as conn:
-                try:
-                    cursor = await psycopg.AsyncRawCursor(conn).execute(plan.sql, params, prepare=plan.prepare,
-                                                                        binary=True)
-                    (data,) = await cursor.fetchone()
-                    return bytes(data or b"")
-                except psycopg.OperationalError:
-                    if not conn.broken or last:
-                        raise
+        try:
+            return await self._run(plan, plan.params(request.tile, self.settings))
+        except UNAVAILABLE as e:
+            error, reason = unavailable(e), str(e).strip().splitlines()
+            log.warning("503 %s for a tile (%s: %s)", error.code, type(e).__name__, reason[0] if reason else "")
+            raise error from e
+
+    async def _run(self, plan: TilePlan, params: list, retry: bool = True) -> bytes:
+        async with self.connections.connection() as conn:
+            try:
+                if plan.prepare:
+                    data = await conn.fetchval(plan.sql, *params)
+                else:  # a statement of its own, planned for these values
+                    data = await (await conn.prepare(plan.sql)).fetchval(*params)
+                return data or b""
+            except UNAVAILABLE:
+                if not (retry and conn.is_closed()):
+                    raise
+        return await self._run(plan, params, retry=False)  # the database dropped a pooled connection: a fresh one

@@ -45,11 +45,11 @@ async def running(app: FastAPI):
     settings = app.state.settings
 
     async def drop_renderer_connections():
-        await provider.renderer.connections.drop()
+        provider.renderer.connections.drop()
 
     follower = ChangeFollower(ReadSources(settings).tile_sources(), provider.memory, provider.shared, tile_settings(),
                               settings, drop_renderer_connections)
-    provider.renderer.open(settings, follower.connect)
+    provider.renderer.open(settings, lambda: follower.url)
     try:
         async with in_background(follower.run(), "tile-change-listener"):
             try:
@@ -59,6 +59,6 @@ async def running(app: FastAPI):
             app.state.tile_follower = follower
             yield {HITS: app.state.tile_hits}  # the lifespan state: uvicorn hands it to tiles.fastpath.TileProtocol
     finally:
-        await provider.renderer.close()
+        provider.renderer.close()
         if provider.shared:
             await provider.shared.close()
