@@ -1,6 +1,6 @@
 """Vector tiles side by side in one run: the SQL floor, this server and tipg cold; this server and nginx warm.
 
-    .venv/bin/python -m bench.tiles            # about 6 minutes, plus about 1.5 the first time (data)
+    .venv/bin/python -m bench.tiles            # about 4 minutes, plus about 1.5 the first time (data)
 
 The data: a throwaway PostGIS cluster in $TMPDIR/twin-bench-tiles with the district and 1,000,000
 generated city components, loaded through the ETL (kept for the next run; `--fresh` rebuilds it).
