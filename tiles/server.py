@@ -26,8 +26,8 @@ def install(app: FastAPI) -> None:
     provider = TileProvider(TileCache(int(tiles.cache_mb * 2**20)), TileRenderer(tiles),
                             shared, tiles)
     app.state.tile_provider = provider
+    routes.install(app)
     app.include_router(tilesets.router)
-    app.include_router(routes.router)
     raster.install(app)
 
 
