@@ -54,6 +54,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url="/docs",
         lifespan=lifespan,
         dependencies=[Depends(access.layer_in_path)],  # private layers: twin.access
+        # no OpenTelemetry here: FastAPI would otherwise look for configured providers on every request
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.extents, app.state.extent_updates = {}, {}  # layers.extents
