@@ -20,6 +20,7 @@ import asyncpg
 from tiles.plans import PlanCache, TilePlan, compile_plan, plan_shape
 from tiles.request import TileRequest
 from tiles.settings import TileSettings
+from twin.db import session_settings
 from twin.errors import unavailable
 from twin.settings import Settings
 
@@ -44,8 +45,7 @@ class Connections:
         settings = self._settings
         return await asyncpg.connect(
             self._source(), timeout=settings.connect_timeout_s, max_cacheable_statement_size=1 << 20,
-            server_settings={"statement_timeout": str(settings.statement_timeout_ms), "timezone": "UTC",
-                             "jit": "off", "application_name": "twin-tile-renderer"})  # twin.db.session_options
+            server_settings=session_settings(settings) | {"application_name": "twin-tile-renderer"})
 
     @contextlib.asynccontextmanager
     async def connection(self):

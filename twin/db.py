@@ -38,10 +38,15 @@ def _sqlalchemy_url(url: str) -> str:
     raise DatabaseError(f"Not a PostgreSQL URL: {url.split('@')[-1]!r} (expected postgresql://user:pw@host:port/db)")
 
 
-def session_options(settings: Settings) -> str:
-    """libpq `options` for every connection of the server."""
+def session_settings(settings: Settings) -> dict[str, str]:
+    """The settings of every database session of the server."""
     # jit off: PostGIS row estimates make the planner JIT-compile cheap queries for ~0.4 s each
-    return f"-c statement_timeout={settings.statement_timeout_ms} -c timezone=UTC -c jit=off"
+    return {"statement_timeout": str(settings.statement_timeout_ms), "timezone": "UTC", "jit": "off"}
+
+
+def session_options(settings: Settings) -> str:
+    """`session_settings` as libpq `options`."""
+    return " ".join(f"-c {name}={value}" for name, value in session_settings(settings).items())
 
 
 def _pool_args(settings: Settings) -> dict:
