@@ -44,11 +44,8 @@ async def running(app: FastAPI):
     provider: TileProvider = app.state.tile_provider
     settings = app.state.settings
 
-    async def drop_renderer_connections():
-        provider.renderer.connections.drop()
-
     follower = ChangeFollower(ReadSources(settings).tile_sources(), provider.memory, provider.shared, tile_settings(),
-                              settings, drop_renderer_connections)
+                              settings, lambda: provider.renderer.connections.drop())
     provider.renderer.open(settings, lambda: follower.url)
     try:
         async with in_background(follower.run(), "tile-change-listener"):
