@@ -180,12 +180,12 @@ def main(components: int = typer.Option(1_000_000, help="city components in the 
             tipg_client(tipg_paths[i])
         sizes = {"ours": [0] * len(cases), "tipg": [0] * len(cases)}
 
-        def ask(name: str, i: int, fresh: str) -> float:
+        def ask(name: str, i: int, bust: str) -> float:
             (layer, t), mine, theirs = cases[i], ours_paths[i], tipg_paths[i]
             if name == "floor":
                 return timed(floor, layer, t)[0]
             if name == "ours":
-                ms, (status, body, headers) = timed(our_client, f"{mine}?run={run}-{fresh}")
+                ms, (status, body, headers) = timed(our_client, f"{mine}?run={run}-{bust}")
                 assert status in (200, 204) and headers.get("x-tile-cache") == "miss", (mine, status)
             else:
                 ms, (status, body, _) = timed(tipg_client, theirs)
@@ -200,8 +200,8 @@ def main(components: int = typer.Option(1_000_000, help="city components in the 
                     for i in range(len(cases)):
                         per_tile[name][i].append(ask(name, i, f"{pair[1]}{n}"))
             times = {name: [statistics.median(tile) for tile in tiles] for name, tiles in per_tile.items()}
-            print(f"\nCold, one client, {' and '.join(pair)} alternating, the same {len(cases)} tiles, each the "
-                  f"median of {rounds} rounds (ms)\n")
+            print(f"\nCold, one client, {' and '.join(pair)} in turns (whole passes), the same {len(cases)} tiles, "
+                  f"each the median of {rounds} rounds (ms)\n")
             print("| case | p50 | p99 | mean | max |\n| --- | ---: | ---: | ---: | ---: |")
             for name in pair:
                 print(row(LABELS[name], times[name]))
