@@ -11,11 +11,11 @@ of 6–13, an even sample of 14–16).
   connection, prepared as the server prepares it, binary results, the server's session options,
   no HTTP;
 - cold: each tile asked of this server (a fresh query parameter, so a cache miss) and of tipg (no
-  cache), one client on a keep-alive connection, in two passes: floor and ours alternating tile by
-  tile, then ours and tipg (two programs at a time: the work a 700 KB tipg tile leaves behind in its
-  processes slowed the next request to ours by about 1 ms when all three took turns), four rounds
-  each (each tile's median counts: the machine is shared), the order turned each round (the first
-  to ask after the other ran is about 0.2 ms slower on a small tile); then wrk with 8 connections for 30 s
+  cache), one client on a keep-alive connection; two programs at a time (floor and ours, then ours
+  and tipg), in whole passes over the tiles taking turns, four rounds (each tile's median counts),
+  after one unmeasured pass of each. Taking turns tile by tile, with tipg among them, put ours
+  further above the floor (a request right after another program's on the same tile is slower);
+  see docs/benchmarks.md. Then wrk with 8 connections for 30 s
   cycling through the tiles in a shuffled order, each pass with a fresh parameter (all misses);
 - warm: this server's cached tiles and the same bytes as static files from nginx, wrk cycling
   through the 500 tiles on 8 connections.
