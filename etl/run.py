@@ -153,10 +153,14 @@ def _notes(run_id: int, layer: str, piece: Dataset, frame: pd.DataFrame, notes: 
             for label, place, record in zip(labels, places, _records(source.loc[labels], geometry))]
 
 
-def _prepared(job, spec: LayerSpec, piece: Dataset, coordinates: list[str]) -> pd.DataFrame:
-    frame = piece.attributes.drop(columns=coordinates) if spec.geometry else piece.attributes
+def _mapped(job, spec: LayerSpec, frame: pd.DataFrame) -> pd.DataFrame:
+    """Source columns mapped to the layer's fields, then the job's own preparation."""
     frame = _map_fields(job, spec, frame.copy())
     return job.prepare(frame) if hasattr(job, "prepare") else frame
+
+
+def _prepared(job, spec: LayerSpec, piece: Dataset, coordinates: list[str]) -> pd.DataFrame:
+    return _mapped(job, spec, piece.attributes.drop(columns=coordinates) if spec.geometry else piece.attributes)
 
 
 def _repeated_keys(job, spec: LayerSpec, source: Batches | Whole) -> set[str]:
@@ -168,9 +172,7 @@ def _repeated_keys(job, spec: LayerSpec, source: Batches | Whole) -> set[str]:
         return set()
     parts = []
     for values in source.values(wanted, VALIDATE_CHUNK):
-        frame = _map_fields(job, spec, values.copy())
-        frame = job.prepare(frame) if hasattr(job, "prepare") else frame
-        parts.append(pa.array(keys(spec, frame), type=pa.string(), from_pandas=True))
+        parts.append(pa.array(keys(spec, _mapped(job, spec, values)), type=pa.string(), from_pandas=True))
     counts = pc.value_counts(pa.chunked_array(parts, pa.string()))
     repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
     return set(repeated.drop_null().to_pylist())
