@@ -89,7 +89,7 @@ class Outcome:
 
 def _requests(key: str):
     """endpoint name → a function making its request's arguments (writes get a fresh code each time)."""
-    codes = itertools.count()
+    codes, fresh = itertools.count(), itertools.count()
     nearest = {"point": list(_centre()), "layers": [LAYER], "k": 3}
     return {
         "health": lambda: ("GET", "/health", {}),
@@ -97,6 +97,7 @@ def _requests(key: str):
         "items": lambda: ("GET", f"/collections/{LAYER}/items", {"params": {"limit": 5}}),
         "query": lambda: ("POST", "/query/nearest", {"json": nearest}),
         "tile": lambda: ("GET", tile_url(LAYER, TILE), {}),
+        "tile miss": lambda: ("GET", tile_url(LAYER, TILE), {"params": {"fresh": next(fresh)}}),  # rendered each time
         "write": lambda: ("POST", f"/collections/{LAYER}/items",
                           {"json": _station(f"W{next(codes)}", 2e-4), "headers": {"Authorization": f"Bearer {key}"}}),
     }

@@ -127,3 +127,14 @@ def test_a_dropped_listener_clears_the_cache_and_reconnects(http, engine, compon
     assert wait_for(lambda: not cached(http, url), 5)
     assert CODE in codes(http, url)
 
+
+
+def test_the_order_of_a_repeated_parameter_is_part_of_the_key(http, loaded):
+    """The last of a repeated parameter counts, so `properties=status&properties=code` and its reverse are two
+    tiles: cached under one key, the second would be served the first's."""
+    url = tile_url("city_components", mercator_tile(*HERE, 16))
+    fields = {}
+    for first, last in (("status", "code"), ("code", "status")):
+        tile = decode(http.get(f"{url}?properties={first}&properties={last}").content)["city_components"]
+        fields[last] = {key for feature in tile for key in feature["properties"]}
+    assert fields == {"code": {"code"}, "status": {"status"}}

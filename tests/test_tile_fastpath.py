@@ -1,6 +1,7 @@
 """Cached tiles answered by the server's HTTP protocol itself (tiles.fastpath.TileProtocol), on raw
 connections: what a browser, a proxy or a pipelining client sends, byte for byte."""
 
+import json
 import socket
 import time
 from dataclasses import dataclass
@@ -100,6 +101,28 @@ def test_what_the_fast_path_does_not_answer_goes_to_the_app(server, cached):
     (by_app, refused), _ = exchange(server, request(encoded) + post, 2)
     assert by_app.status == 200 and by_app.body == data
     assert refused.status == 405
+
+
+def test_misses_answered_before_the_app_say_what_is_wrong_as_the_app_does(server, cached, http):
+    """A public tile's miss is rendered by the fast path (from the protocol, or from the outermost middleware
+    when the protocol passes it on, as the in-process client does): the same 4xx JSON either way."""
+    url, _, _ = cached
+    origin = "Origin: https://dashboard.example"
+    wrong = {"/collections/nope/tiles/WebMercatorQuad/12/1/1": (404, "unknown_layer"),
+             "/collections/roads/tiles/WebMercatorQuad/40/1/1": (400, "tile_out_of_range"),
+             "/collections/roads/tiles/NoSuchGrid/12/1/1": (404, "unknown_tile_matrix_set"),
+             url + "?properties=nope": (400, "unknown_field"),
+             url + "?filter=lanes%20%3E": (400, "invalid_filter"),
+             url + "?as_of=yesterday": (400, "invalid_parameter"),
+             "/tiles/onemap/WebMercatorQuad/12/1/1?layers=nope": (400, "unknown_layer")}
+    answers, closed = exchange(server, b"".join(request(path, origin) for path in wrong), len(wrong))
+    assert not closed and len(answers) == len(wrong)
+    for (path, (status, code)), answer in zip(wrong.items(), answers):
+        assert (answer.status, json.loads(answer.body)["code"]) == (status, code), (path, answer.body)
+        assert answer.headers["content-type"] == "application/json"
+        assert answer.headers["access-control-allow-origin"] == "*"
+        in_process = http.get(path, headers={"Origin": "https://dashboard.example"})
+        assert (in_process.status_code, in_process.json()) == (answer.status, json.loads(answer.body))
 
 
 def test_hits_are_access_logged_when_the_log_is_on(database_url, data_dir, loaded, cached, tmp_path):

@@ -39,11 +39,16 @@ def etag_of(data: bytes) -> str:
     return '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
 
 
+def _name(pair: tuple[str, str]) -> str:
+    return pair[0]
+
+
 def cache_key(path: str, query_string: bytes | str, hidden: frozenset[str] = frozenset()) -> str:
     """`hidden`: the private layers a composite tile leaves out for its caller (twin.access), which
-    shape the tile as much as its URL does."""
+    shape the tile as much as its URL does. The parameters are ordered by name only: of a repeated one
+    the last counts, so their own order stays."""
     query = query_string.decode("latin-1") if isinstance(query_string, bytes) else query_string
-    key = path + "?" + urlencode(sorted(parse_qsl(query, keep_blank_values=True))) if query else path + "?"
+    key = path + "?" + urlencode(sorted(parse_qsl(query, keep_blank_values=True), key=_name)) if query else path + "?"
     return key + "#hidden=" + ",".join(sorted(hidden)) if hidden else key
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from tiles.cache import CachedTile, TileCache, etag_of
 from tiles.params import is_past
 from tiles.render import TileRenderer
+from tiles.responses import tile_response
 from tiles.request import TileRequest
 from tiles.settings import TileSettings
 from tiles.shared import SharedTileCache
@@ -19,6 +20,12 @@ class TileProvider:
     def __init__(self, memory: TileCache, renderer: TileRenderer, shared: SharedTileCache | None,
                  settings: TileSettings):
         self.memory, self.renderer, self.shared, self.settings = memory, renderer, shared, settings
+
+    async def answer(self, key: str, ask: Callable[[], TileRequest], if_none_match: str | None
+                     ) -> tuple[int, dict[str, str], bytes]:
+        """The HTTP answer (status, headers, body) for the tile under `key` (see `tile`)."""
+        tile, state = await self.tile(key, ask)
+        return tile_response(tile, if_none_match, state)
 
     async def tile(self, key: str, ask: Callable[[], TileRequest]) -> tuple[CachedTile, str]:
         """The tile under `key` and whether it was cached ("hit") or rendered ("miss"). `ask` validates the

@@ -1,7 +1,8 @@
 """What a tile URL asks for, validated: the tile, its layers and what shapes them.
 
-The routes (tiles.routes) make a tile from it; their FastAPI dependencies check the same parameters
-with the same functions and document them. Anything wrong is an ApiError naming the parameter.
+The tile fast path (tiles.fastpath, public tiles) and the routes (tiles.routes, the others) make a
+tile from it; the routes' FastAPI dependencies check the same parameters with the same functions and
+document them. Anything wrong is an ApiError naming the parameter.
 """
 
 from collections.abc import Mapping
@@ -12,7 +13,7 @@ from layers import crs as crs_
 from layers.catalog import LayerSpec
 from layers.cql2 import LANGS
 from layers.params import parse_as_of, parse_filter, parse_properties
-from tiles.params import onemap_layers, vector_spec
+from tiles.params import onemap_layers, tile_numbers, vector_spec
 from tiles.settings import TileSettings
 from tiles.sources import LayerRequest, clustered_at
 from tiles.tms import TileAddress, address
@@ -49,6 +50,15 @@ def _filter(query: Mapping[str, str]) -> tuple[str, str, str | None] | None:
                        where="query.filter-lang")
     crs_.parse(crs, "query.filter-crs")
     return None if text is None else (text, lang, crs)
+
+
+def tile_request(path: Mapping[str, str | None], query: Mapping[str, str],
+                 hidden: frozenset[str] = frozenset()) -> TileRequest:
+    """A tile URL's request: `path` has its tms, z, y and x, and its layer unless it is the one-map tile."""
+    z, y, x = tile_numbers(path)
+    if path.get("layer") is None:
+        return onemap_tile(path["tms"], z, y, x, query, hidden)
+    return layer_tile(path["layer"], path["tms"], z, y, x, query)
 
 
 def layer_tile(layer: str, tms: str, z: int, y: int, x: int, query: Mapping[str, str]) -> TileRequest:

@@ -32,8 +32,9 @@ def install(app: FastAPI) -> None:
 
 
 def install_fast_path(app: FastAPI) -> None:
-    """Cached tiles are answered before every other middleware: call last."""
-    app.state.tile_hits = TileHits(app.state.access, app.state.settings.cors_origins, app.state.tile_provider)
+    """Public tiles are answered before every other middleware: call last."""
+    app.state.tile_hits = TileHits(app.state.access, app.state.settings.cors_origins, app.state.tile_provider,
+                                   app.state.settings)
     app.add_middleware(TileFastPath, hits=app.state.tile_hits)
 
 

@@ -19,52 +19,68 @@ from starlette.responses import JSONResponse
 log = logging.getLogger("twin.deadline")
 
 
-def _reap(task: asyncio.Task) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.info("request abandoned at its deadline ended with %s", type(task.exception()).__name__)
+class _Watch:
+    """One request's clock: when it last received input, whether it started its response, its 503 if it had one."""
+    __slots__ = ("input", "started", "answer")
+
+    def __init__(self, now: float):
+        self.input, self.started, self.answer = now, False, None
 
 
 class RequestDeadline:
+    """The request runs in its own task, watched by one timer. When the timer finds it late, its 503 goes
+    out from a task of its own and the request's task is cancelled: the work unwinds after the answer.
+    (Running the work in a second task, awaited with a timeout, cost about 30 µs and a turn of the
+    event loop on every request, a fifth of the server's time on a small uncached tile.)"""
+
     def __init__(self, app, seconds: float, retry_after_s: int):
         self.app, self.seconds, self.retry_after_s = app, seconds, retry_after_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        loop = asyncio.get_running_loop()
-        state = {"input": loop.time(), "started": False, "abandoned": False}
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        watch = _Watch(loop.time())
 
         async def receiving():
             message = await receive()
-            state["input"] = loop.time()
+            watch.input = loop.time()
             return message
 
         async def sending(message):
-            if state["abandoned"]:  # the client has had its 503
+            if watch.answer is not None:  # the client has had its 503
                 raise asyncio.CancelledError
-            state["started"] = True
+            watch.started = True
             await send(message)
 
-        work = asyncio.ensure_future(self.app(scope, receiving, sending))
+        def due():
+            nonlocal timer
+            if watch.started:  # a response already started is never cut
+                return
+            left = watch.input + self.seconds - loop.time()
+            if left > 0:
+                timer = loop.call_later(left, due)
+                return
+            log.warning("503 request_timeout for %s %s: no answer within %.0f s", scope["method"], scope["path"],
+                        self.seconds)
+            watch.answer = loop.create_task(self._timed_out(scope, receive, send))
+            task.cancel()
+
+        timer = loop.call_later(self.seconds, due)
         try:
-            while not work.done():
-                left = state["input"] + self.seconds - loop.time()
-                if state["started"]:
-                    await asyncio.wait({work})
-                elif left > 0:
-                    await asyncio.wait({work}, timeout=left)
-                else:
-                    break
-        except asyncio.CancelledError:
-            work.cancel()
-            raise
-        if work.done():
-            return work.result()
-        state["abandoned"] = True
-        work.cancel()
-        work.add_done_callback(_reap)
-        log.warning("503 request_timeout for %s %s: no answer within %.0f s", scope["method"], scope["path"],
-                    self.seconds)
+            await self.app(scope, receiving, sending)
+        except BaseException as e:
+            if watch.answer is None:
+                raise
+            if not isinstance(e, asyncio.CancelledError):
+                log.info("request abandoned at its deadline ended with %s", type(e).__name__)
+        finally:
+            timer.cancel()
+        if watch.answer is not None:
+            task.uncancel()  # the cancellation was this deadline's own, and is over
+            await watch.answer
+
+    async def _timed_out(self, scope, receive, send) -> None:
         response = JSONResponse(
             {"code": "request_timeout", "description": f"The request did not finish within {self.seconds:.0f} s "
              "(the database is not answering); retry shortly."},

@@ -44,7 +44,7 @@ def _body(code: str, detail: str, where=None) -> dict:
 
 
 def error_body(exc: ApiError) -> dict:
-    """The JSON body of an error, for code that answers before the handlers below (the tile fast path)."""
+    """The JSON body of an error, for code that answers before the handlers below (twin.limits)."""
     return _body(exc.code, exc.detail, exc.where)
 
 
@@ -85,6 +85,11 @@ def document_errors(schema: dict) -> None:
     schemas["Error"] = ERROR_SCHEMA
 
 
+def nul_in(path: str, query: bytes) -> str | None:
+    """Where a URL holds a NUL character (path or query), if it does."""
+    return "path" if "\x00" in path else "query" if b"%00" in query else None
+
+
 class NoNulInUrl:
     """PostgreSQL text cannot hold a NUL character, so no value with one can match or be stored: a URL
     carrying one (`%00`) is answered 400 before any router sees it."""
@@ -94,7 +99,7 @@ class NoNulInUrl:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
-            where = "path" if "\x00" in scope["path"] else "query" if b"%00" in scope["query_string"] else None
+            where = nul_in(scope["path"], scope["query_string"])
             if where:
                 response = JSONResponse(_body("invalid_parameter", "The URL holds a NUL character (%00), which "
                                               "no value may contain.", where), status_code=400)
@@ -102,17 +107,26 @@ class NoNulInUrl:
         await self.app(scope, receive, send)
 
 
+def error_response(exc: ApiError) -> JSONResponse:
+    """The answer to an ApiError, from the handler below or from code that answers before it (the tile fast path)."""
+    headers = exc.headers
+    if exc.status == 503 and not any(k.lower() == "retry-after" for k in headers or {}):  # say when to return
+        headers = (headers or {}) | {"Retry-After": str(RETRY_AFTER_S)}
+    return JSONResponse(error_body(exc), status_code=exc.status, headers=headers)
+
+
+def deadline(app, settings) -> RequestDeadline:
+    """`app` under the request deadline (twin.deadline): the statement timeout and a margin."""
+    return RequestDeadline(app, settings.statement_timeout_ms / 1000 + DEADLINE_MARGIN_S, RETRY_AFTER_S)
+
+
 def install(app: FastAPI) -> None:
-    app.add_middleware(RequestDeadline, seconds=app.state.settings.statement_timeout_ms / 1000 + DEADLINE_MARGIN_S,
-                       retry_after_s=RETRY_AFTER_S)
+    app.add_middleware(deadline, settings=app.state.settings)
     app.add_middleware(NoNulInUrl)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
-        headers = exc.headers
-        if exc.status == 503 and not any(k.lower() == "retry-after" for k in headers or {}):  # say when to return
-            headers = (headers or {}) | {"Retry-After": str(RETRY_AFTER_S)}
-        return JSONResponse(_body(exc.code, exc.detail, exc.where), status_code=exc.status, headers=headers)
+        return error_response(exc)
 
     async def database_unavailable(request: Request, exc: Exception):
         error, cause = unavailable(exc), getattr(exc, "orig", None) or exc
