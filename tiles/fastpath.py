@@ -98,8 +98,9 @@ class TileHits:
 
     async def _answer(self, scope, receive, send):
         tile: PublicTile = scope[PUBLIC]
+        keep = None
         try:
-            status, headers, body = await self.provider.answer(
+            status, headers, body, keep = await self.provider.answer(
                 tile.key, lambda: tile_request(tile.url.groupdict(), QueryParams(scope["query_string"]), tile.hidden),
                 _if_none_match(scope["headers"]))
         except ApiError as e:
@@ -108,6 +109,8 @@ class TileHits:
         await send({"type": "http.response.start", "status": status,
                     "headers": [(k.encode(), v.encode()) for k, v in (headers | tile.cross_origin).items()]})
         await send({"type": "http.response.body", "body": body})
+        if keep:
+            await keep()
 
 
 def _if_none_match(headers: list[tuple[bytes, bytes]]) -> str | None:

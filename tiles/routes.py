@@ -10,6 +10,7 @@ from datetime import datetime
 
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.routing import APIRoute
+from starlette.background import BackgroundTask
 
 from layers.catalog import LayerSpec
 from layers.filters import Filter
@@ -47,10 +48,10 @@ TILE_RESPONSES = {200: {"content": {MVT: {}}, "description": "The tile"}, 204: {
 async def serve(request: Request, hidden: frozenset[str] = frozenset()) -> Response:
     """The tile, from the caches or rendered (public tiles are answered before routing: tiles.fastpath)."""
     key = cache_key(request.scope["path"], request.scope["query_string"], hidden)
-    status, headers, body = await request.app.state.tile_provider.answer(
+    status, headers, body, keep = await request.app.state.tile_provider.answer(
         key, lambda: tile_request(request.path_params, request.query_params, hidden),
         request.headers.get("if-none-match"))
-    return Response(body, status_code=status, headers=headers)
+    return Response(body, status_code=status, headers=headers, background=keep and BackgroundTask(keep))
 
 
 async def layer_tile_route(request: Request, spec: LayerSpec = Depends(vector_layer),
