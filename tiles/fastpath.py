@@ -6,14 +6,16 @@ other request (a tile the caller's key must be checked for, a CORS origin to che
 of a tile URL) goes on to the app, whose routes do the same behind its middleware. A hit needs no
 validation: only tiles that passed it are cached.
 
-Two doors share one test of what is a public tile (`TileHits.public`):
+Two doors share one test of what is a public tile (`TileHits.public`) and one answer (`TileHits.answer`):
 - `TileProtocol`, the HTTP protocol `twin serve` runs uvicorn with, answers a hit as soon as the
   request's headers are parsed: no ASGI scope, task, middleware, router or Response object (on a
-  small tile each of those costs more than the hit itself);
-- `TileFastPath`, the outermost ASGI middleware (inside Starlette's 500 handler), answers the misses
-  the protocol passes on, and hits and misses alike for any other server of the app. Behind it the
-  CORS, URL, deadline and body middlewares, the router and the Response cost about 60 µs on each
-  miss, a sixth of what the server adds to a small tile's SQL.
+  small tile each of those costs more than the hit itself); a miss runs in uvicorn's request cycle
+  straight on `TileHits.answer`, outside the app;
+- `TileFastPath`, the outermost middleware of the app (inside Starlette's 500 handler), does the same
+  for the requests the protocol passed on without looking (pipelined) and for any other server.
+Outside the app's middleware, router and Response, a miss costs about 60 µs less (measured in one
+process; more on a busy server, whose caches that code also fills). On a real server, uvicorn's
+access log line of a tile answered here names the peer's address, not a proxy's X-Forwarded-For.
 
 Private layers (twin.access): a tile of one always goes to the routes, which check the caller's
 key first; a composite tile is served here to callers without a key only, under the cache key of
@@ -132,7 +134,8 @@ class TileFastPath:
 
 
 class TileProtocol(TimelyHeaders):
-    """uvicorn's httptools protocol (with twin.limits' header bounds) answering cached tiles itself."""
+    """uvicorn's httptools protocol (with twin.limits' header bounds) answering cached public tiles itself,
+    and handing their misses to `TileHits.answer` rather than to the app."""
 
     answered = False  # the current request was answered here: its end of message is not the app's
     idle_since: float | None = None  # loop time of the last hit, if no request has begun since
