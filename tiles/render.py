@@ -11,7 +11,6 @@ database restarted) is dropped and the tile tried once more on a fresh one.
 """
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -47,8 +46,9 @@ class Connections:
             self._source(), timeout=settings.connect_timeout_s, max_cacheable_statement_size=1 << 20,
             server_settings=session_settings(settings) | {"application_name": "twin-tile-renderer"})
 
-    @contextlib.asynccontextmanager
-    async def connection(self):
+    async def acquire(self) -> tuple[asyncpg.Connection, int]:
+        """A connection, and the era it went out in, for `release` (plain calls: a context manager cost a few
+        microseconds of every tile)."""
         if self._free.locked():
             try:
                 await asyncio.wait_for(self._free.acquire(), self._settings.pool_timeout_s)
@@ -56,22 +56,19 @@ class Connections:
                 raise unavailable(TimeoutError("no tile connection came free")) from None
         else:
             await self._free.acquire()
-        era = self._era
         try:
-            conn = self._idle.pop() if self._idle else await self._connect()
+            return (self._idle.pop() if self._idle else await self._connect()), self._era
         except BaseException:
             self._free.release()
             raise
-        sound = False
-        try:
-            yield conn
-            sound = True
-        finally:
-            self._free.release()
-            if sound and era == self._era and not conn.is_closed():
-                self._idle.append(conn)
-            else:  # broken, failed or cancelled in the middle of a query, or from before drop()
-                conn.terminate()
+
+    def release(self, conn: asyncpg.Connection, era: int, sound: bool) -> None:
+        """`sound`: its query ended; a broken, failed or cancelled one, or one from before drop(), is closed."""
+        self._free.release()
+        if sound and era == self._era and not conn.is_closed():
+            self._idle.append(conn)
+        else:
+            conn.terminate()
 
     def drop(self) -> None:
         """Close the idle connections, and the others as they come back."""
@@ -111,14 +108,18 @@ class TileRenderer:
             raise error from e
 
     async def _run(self, plan: TilePlan, params: list, retry: bool = True) -> bytes:
-        async with self.connections.connection() as conn:
-            try:
-                if plan.prepare:
-                    data = await conn.fetchval(plan.sql, *params)
-                else:  # a statement of its own, planned for these values
-                    data = await (await conn.prepare(plan.sql)).fetchval(*params)
-                return data or b""
-            except UNAVAILABLE:
-                if not (retry and conn.is_closed()):
-                    raise
+        conn, era = await self.connections.acquire()
+        sound = False
+        try:
+            if plan.prepare:
+                data = await conn.fetchval(plan.sql, *params)
+            else:  # a statement of its own, planned for these values
+                data = await (await conn.prepare(plan.sql)).fetchval(*params)
+            sound = True
+            return data or b""
+        except UNAVAILABLE:
+            if not (retry and conn.is_closed()):
+                raise
+        finally:
+            self.connections.release(conn, era, sound)
         return await self._run(plan, params, retry=False)  # the database dropped a pooled connection: a fresh one
