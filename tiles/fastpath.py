@@ -123,7 +123,10 @@ def _query(query_string: bytes) -> dict[str, str]:
 
 
 def _if_none_match(headers: list[tuple[bytes, bytes]]) -> str | None:
-    return next((v.decode("latin-1") for k, v in headers if k == b"if-none-match"), None)
+    for name, value in headers:  # a loop, not a generator: this runs on every hit
+        if name == b"if-none-match":
+            return value.decode("latin-1")
+    return None
 
 
 class TileFastPath:
