@@ -25,8 +25,8 @@ is served here.
 
 import asyncio
 import re
-from urllib.parse import parse_qsl
 from typing import NamedTuple
+from urllib.parse import parse_qsl
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -97,7 +97,6 @@ class TileHits:
         hidden = private if layer is None else frozenset()
         # made on every hit: tuple.__new__ skips the named tuple's Python-level constructor (a third of a microsecond)
         return tuple.__new__(PublicTile, (match, cache_key(path, query, hidden), hidden, cross_origin))
-
 
     async def _answer(self, scope, receive, send):
         tile: PublicTile = scope[PUBLIC]

@@ -28,7 +28,11 @@ log = logging.getLogger("twin.tiles")
 # The database cannot answer now: refused or lost connections (08), shutdown or cancelled statements (57,
 # statement_timeout among them), no slot left (53), or a connect that timed out.
 UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-               asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InsufficientResourcesError)
+               asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InsufficientResourcesError,
+               asyncpg.InternalClientError)
+# A pooled connection the database shut down while it was idle can still look open, its protocol caught
+# in the error the shutdown sent ("another operation is in progress"): it is broken like a closed one.
+BROKEN = asyncpg.InternalClientError
 
 
 class Connections:
@@ -117,8 +121,8 @@ class TileRenderer:
                 data = await (await conn.prepare(plan.sql)).fetchval(*params)
             sound = True
             return data or b""
-        except UNAVAILABLE:
-            if not (retry and conn.is_closed()):
+        except UNAVAILABLE as e:
+            if not (retry and (conn.is_closed() or isinstance(e, BROKEN))):
                 raise
         finally:
             self.connections.release(conn, era, sound)
