@@ -6,11 +6,11 @@ other request (a tile the caller's key must be checked for, a CORS origin to che
 of a tile URL) goes on to the app, whose routes do the same behind its middleware. A hit needs no
 validation: only tiles that passed it are cached.
 
-Two doors share one test of what is a public tile (`TileHits.public`) and one answer (`TileHits.answer`):
+Two doors share one test of what is a public tile (`PublicTiles.public`) and one answer (`PublicTiles.answer`):
 - `TileProtocol`, the HTTP protocol `twin serve` runs uvicorn with, answers a hit as soon as the
   request's headers are parsed: no ASGI scope, task, middleware, router or Response object (on a
   small tile each of those costs more than the hit itself); a miss runs in uvicorn's request cycle
-  straight on `TileHits.answer`, outside the app;
+  straight on `PublicTiles.answer`, outside the app;
 - `TileFastPath`, the outermost middleware of the app (inside Starlette's 500 handler), does the same
   for the requests the protocol passed on without looking (pipelined) and for any other server.
 Outside the app's middleware, router and Response, a miss costs about 60 µs less (measured in one
@@ -45,7 +45,7 @@ from twin.settings import Settings
 TILE_PATH = re.compile(r"^/(?:collections/(?P<layer>[^/]+)/tiles|tiles/onemap)/(?P<tms>[^/]+)/"
                        r"(?P<z>[0-9]+)/(?P<y>[0-9]+)/(?P<x>[0-9]+)$")
 ENCODED_HEADS = 100_000  # tiles whose encoded response heads are kept (then all are dropped at once)
-HITS = "tile_hits"  # the app's TileHits in the lifespan state, which uvicorn hands to its protocols
+PUBLIC_TILES = "public_tiles"  # the app's PublicTiles in the lifespan state, which uvicorn hands to its protocols
 PUBLIC = "twin.public_tile"  # in the scope of a request TileProtocol looked at: its PublicTile, or None
 
 
@@ -57,7 +57,7 @@ class PublicTile(NamedTuple):  # made on every hit, where a frozen dataclass too
     cross_origin: dict[str, str]  # CORS headers to send with it
 
 
-class TileHits:
+class PublicTiles:
     def __init__(self, access: LayerAccess, origins: list[str], provider: TileProvider, settings: Settings):
         self.access, self.origins, self.provider = access, origins, provider
         self.answer = deadline(self._answer, settings)  # the ASGI app of a request whose scope holds its PublicTile
@@ -129,22 +129,22 @@ def _if_none_match(headers: list[tuple[bytes, bytes]]) -> str | None:
 
 
 class TileFastPath:
-    def __init__(self, app, hits: TileHits):
-        self.app, self.hits = app, hits
+    def __init__(self, app, tiles: PublicTiles):
+        self.app, self.tiles = app, tiles
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "GET":
             return await self.app(scope, receive, send)
         if PUBLIC not in scope:
-            scope[PUBLIC] = self.hits.public(scope["path"], scope["query_string"], scope["headers"])
+            scope[PUBLIC] = self.tiles.public(scope["path"], scope["query_string"], scope["headers"])
         if scope[PUBLIC] is None:
             return await self.app(scope, receive, send)
-        await self.hits.answer(scope, receive, send)
+        await self.tiles.answer(scope, receive, send)
 
 
 class TileProtocol(TimelyHeaders):
     """uvicorn's httptools protocol (with twin.limits' header bounds) answering cached public tiles itself,
-    and handing their misses to `TileHits.answer` rather than to the app."""
+    and handing their misses to `PublicTiles.answer` rather than to the app."""
 
     answered = False  # the current request was answered here: its end of message is not the app's
     idle_since: float | None = None  # loop time of the last hit, if no request has begun since
@@ -168,7 +168,7 @@ class TileProtocol(TimelyHeaders):
         self.scope.update(seen)
         if seen.get(PUBLIC) is None:
             return super().on_headers_complete()
-        app, self.app = self.app, self.app_state[HITS].answer  # a public tile: straight to its answer
+        app, self.app = self.app, self.app_state[PUBLIC_TILES].answer  # a public tile: straight to its answer
         try:
             super().on_headers_complete()
         finally:
@@ -185,22 +185,22 @@ class TileProtocol(TimelyHeaders):
     def _look_up(self) -> dict:
         """Answers the request if it is a public tile in the cache; else what was seen, for the scope (nothing
         when the request was not looked at: the middleware does)."""
-        hits = self.app_state.get(HITS)
+        tiles = self.app_state.get(PUBLIC_TILES)
         busy = self.pipeline or (self.cycle is not None and not self.cycle.response_complete)
-        if hits is None or busy or self.parser.get_method() != b"GET" or self.parser.should_upgrade():
+        if tiles is None or busy or self.parser.get_method() != b"GET" or self.parser.should_upgrade():
             return {}
         url = httptools.parse_url(self.url)
         if b"%" in url.path:
             return {}
-        public = hits.public(self.root_path + url.path.decode("ascii"), url.query or b"", self.headers)
-        tile = hits.provider.memory.get(public.key) if public else None
+        public = tiles.public(self.root_path + url.path.decode("ascii"), url.query or b"", self.headers)
+        tile = tiles.provider.memory.get(public.key) if public else None
         if tile is None:
             return {PUBLIC: public}
-        status, lines, body = hits.encoded(tile, _if_none_match(self.headers))
+        status, lines, body = tiles.encoded(tile, _if_none_match(self.headers))
         cross_origin = public.cross_origin and b"".join(f"{k}: {v}\r\n".encode("latin-1")
                                                          for k, v in public.cross_origin.items())
         keep_alive = self.parser.should_keep_alive()
-        head = b"".join([STATUS_LINE[status], hits.default_lines(self.server_state.default_headers), lines,
+        head = b"".join([STATUS_LINE[status], tiles.default_lines(self.server_state.default_headers), lines,
                          cross_origin or b"", b"" if keep_alive else b"connection: close\r\n", b"\r\n"])
         self.transport.writelines([head, body])  # the tile's bytes are not copied into one buffer first
         self.answered = True

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from tiles import raster, routes, tilesets
 from tiles.cache import TileCache
 from tiles.changes import ChangeFollower
-from tiles.fastpath import HITS, TileFastPath, TileHits
+from tiles.fastpath import PUBLIC_TILES, PublicTiles, TileFastPath
 from tiles.provider import TileProvider
 from tiles.render import TileRenderer
 from tiles.settings import tile_settings
@@ -33,9 +33,9 @@ def install(app: FastAPI) -> None:
 
 def install_fast_path(app: FastAPI) -> None:
     """Public tiles are answered before every other middleware: call last."""
-    app.state.tile_hits = TileHits(app.state.access, app.state.settings.cors_origins, app.state.tile_provider,
-                                   app.state.settings)
-    app.add_middleware(TileFastPath, hits=app.state.tile_hits)
+    app.state.public_tiles = PublicTiles(app.state.access, app.state.settings.cors_origins,
+                                         app.state.tile_provider, app.state.settings)
+    app.add_middleware(TileFastPath, tiles=app.state.public_tiles)
 
 
 @contextlib.asynccontextmanager
@@ -55,7 +55,7 @@ async def running(app: FastAPI):
             except TimeoutError:
                 log.warning("tile change listener not connected yet; tiles are served uncached until it is")
             app.state.tile_follower = follower
-            yield {HITS: app.state.tile_hits}  # the lifespan state: uvicorn hands it to tiles.fastpath.TileProtocol
+            yield {PUBLIC_TILES: app.state.public_tiles}  # the lifespan state: uvicorn hands it to tiles.fastpath.TileProtocol
     finally:
         provider.renderer.close()
         if provider.shared:
