@@ -114,7 +114,9 @@ def test_misses_answered_before_the_app_say_what_is_wrong_as_the_app_does(server
              url + "?properties=nope": (400, "unknown_field"),
              url + "?filter=lanes%20%3E": (400, "invalid_filter"),
              url + "?as_of=yesterday": (400, "invalid_parameter"),
-             "/tiles/onemap/WebMercatorQuad/12/1/1?layers=nope": (400, "unknown_layer")}
+             "/tiles/onemap/WebMercatorQuad/12/1/1?layers=nope": (400, "unknown_layer"),
+             f"/collections/roads/tiles/WebMercatorQuad/12/{'9' * 5000}/1": (400, "tile_out_of_range"),
+             url + "?filter=name%3D%27a%00%27": (400, "invalid_parameter")}  # a NUL: left to the app
     answers, closed = exchange(server, b"".join(request(path, origin) for path in wrong), len(wrong))
     assert not closed and len(answers) == len(wrong)
     for (path, (status, code)), answer in zip(wrong.items(), answers):

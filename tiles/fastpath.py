@@ -38,7 +38,7 @@ from tiles.request import tile_request
 from tiles.responses import matches, tile_response
 from twin import cors
 from twin.access import LayerAccess
-from twin.errors import ApiError, deadline, error_response
+from twin.errors import ApiError, deadline, error_response, nul_in
 from twin.limits import TimelyHeaders
 from twin.settings import Settings
 
@@ -84,7 +84,7 @@ class PublicTiles:
     def public(self, path: str, query: bytes, headers: list[tuple[bytes, bytes]]) -> PublicTile | None:
         """The public tile a GET of `path` asks for, or None when the app must answer."""
         match = TILE_PATH.match(path)
-        if match is None or not self.access.live or "\x00" in path or b"%00" in query:  # twin.errors.NoNulInUrl's
+        if match is None or not self.access.live or nul_in(path, query):  # the app answers a NUL with a 400
             return None
         cross_origin = cors.simple_headers(self.origins, headers)
         if cross_origin is None:

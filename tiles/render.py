@@ -36,7 +36,7 @@ BROKEN = asyncpg.InternalClientError
 
 
 class Connections:
-    """At most `size` connections to the URL `source()` names, opened on demand, reused while sound."""
+    """At most `settings.pool_size` connections to the URL `source()` names, opened on demand, reused while sound."""
 
     def __init__(self, source: Callable[[], str], settings: Settings):
         self._source, self._settings = source, settings

@@ -74,7 +74,8 @@ def install(app: FastAPI) -> None:
     for path, endpoint, summary in (
             ("/collections/{layer}/tiles/{tms}/{z}/{y}/{x}", layer_tile_route,
              "A vector tile of a layer (Mapbox Vector Tile)"),
-            ("/tiles/onemap/{tms}/{z}/{y}/{x}", onemap_tile_route, "The one-map tile: one MVT layer per catalog layer")):
+            ("/tiles/onemap/{tms}/{z}/{y}/{x}", onemap_tile_route,
+             "The one-map tile: one MVT layer per catalog layer")):
         app.router.add_api_route(path, endpoint, methods=["GET"], route_class_override=TileRoute, tags=["tiles"],
                                  responses=TILE_RESPONSES, response_class=Response, summary=summary)
     app.router.routes[:] = [*app.router.routes[len(documentation):], *documentation]

@@ -55,7 +55,8 @@ async def running(app: FastAPI):
             except TimeoutError:
                 log.warning("tile change listener not connected yet; tiles are served uncached until it is")
             app.state.tile_follower = follower
-            yield {PUBLIC_TILES: app.state.public_tiles}  # the lifespan state: uvicorn hands it to tiles.fastpath.TileProtocol
+            # the lifespan state: uvicorn hands it to tiles.fastpath.TileProtocol
+            yield {PUBLIC_TILES: app.state.public_tiles}
     finally:
         provider.renderer.close()
         if provider.shared:

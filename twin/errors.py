@@ -85,6 +85,11 @@ def document_errors(schema: dict) -> None:
     schemas["Error"] = ERROR_SCHEMA
 
 
+def nul_in(path: str, query: bytes) -> str | None:
+    """Where a URL holds a NUL character ("path" or "query"), if it does."""
+    return "path" if "\x00" in path else "query" if b"%00" in query else None
+
+
 class NoNulInUrl:
     """PostgreSQL text cannot hold a NUL character, so no value with one can match or be stored: a URL
     carrying one (`%00`) is answered 400 before any router sees it."""
@@ -94,7 +99,7 @@ class NoNulInUrl:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
-            where = "path" if "\x00" in scope["path"] else "query" if b"%00" in scope["query_string"] else None
+            where = nul_in(scope["path"], scope["query_string"])
             if where:
                 response = JSONResponse(_body("invalid_parameter", "The URL holds a NUL character (%00), which "
                                               "no value may contain.", where), status_code=400)
