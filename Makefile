@@ -3,32 +3,36 @@ SHELL := /bin/bash
 VENV ?= .venv
 PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := postgresql postgresql-postgis python3-venv nodejs npm chromium fonts-noto-cjk redis-server
 INSTALLED := $(VENV)/.installed
 WEB_INSTALLED := node_modules/.installed
 
-.PHONY: setup system python web demo test clean
+.PHONY: setup system python web demo test lock clean
 
 setup: system python web
 
-# Debian packages, installed only when something is missing.
+# Debian packages: only those missing, each need checked on its own (install/debian.py).
 system:
-	@if ! ls /usr/share/postgresql/*/extension/postgis.control >/dev/null 2>&1 \
-	    || ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1 \
-	    || ! command -v npm >/dev/null || ! command -v chromium >/dev/null || ! command -v redis-server >/dev/null \
-	    || ! ls /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc >/dev/null 2>&1; then \
-	  echo "installing Debian packages: $(APT_PACKAGES)"; \
-	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) </dev/null; \
-	fi
+	@PYTHON=$(PYTHON) $(PYTHON) install/debian.py
 
 python: $(INSTALLED)
 
-$(INSTALLED): pyproject.toml
+# Exactly the locked versions (requirements.lock, hashes checked), then the project itself without resolving.
+$(INSTALLED): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip install --quiet --require-hashes --no-deps -r requirements.lock
+	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
+	$(VENV)/bin/pip check
 	touch $@
+
+# Refresh the lock on purpose (for Python 3.11 on x86-64 Linux): `make lock` after a change to pyproject.toml's
+# dependencies keeps every other pin; `make lock UPGRADE=1` takes the newest versions the bounds allow.
+LOCK_VENV := build/lock
+UV := $(LOCK_VENV)/bin/uv
+lock:
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet uv==0.13.8
+	$(UV) pip compile pyproject.toml install/build.in --extra test --generate-hashes --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --no-header --quiet -o requirements.lock $(if $(UPGRADE),--upgrade)
 
 # MapLibre GL JS for the viewer and the style validator for the tests, from the npm registry.
 web: $(WEB_INSTALLED)

@@ -5,7 +5,8 @@ geometry, the page is one string_agg, and the count of matches (up to a bound pa
 `TWIN_ITEMS_COUNT_LIMIT`) comes in the same statement, so a page is one round trip and Python only
 wraps it. water_quality readings have no
 geometry of their own and are served with "geometry": null (join monitoring_stations by
-station_code for locations).
+station_code for locations). The whole layer's count is read from `twin.feature_count`, which the
+database keeps, so an unfiltered page reports an exact `numberMatched` at any size.
 """
 
 import operator
@@ -26,7 +27,7 @@ from layers.collections import layer_or_404
 from layers.edits import etag_of
 from layers.filters import Filter
 from layers.statements import fetch_one
-from layers.tables import current, parts, source
+from layers.tables import current, feature_count, parts, source
 from twin.errors import ApiError
 from twin.urls import base_url
 
@@ -157,14 +158,18 @@ async def items(
     agg = select(func.count().label("returned"),
                  func.string_agg(feature, aggregate_order_by(literal(",", Text), *page_order, rows.c.fid))
                  .label("features")).subquery("agg")
-    # each part's matches counted up to the bound: past it in either, the sum reaches the bound too
-    counted_to = page.offset + page.limit + request.app.state.settings.items_count_limit
-    counts = [select(func.count()).select_from(select(piece.c.fid).where(*where).limit(counted_to).subquery())
-              .scalar_subquery() for piece, where in zip(pieces, wheres)]
-    statement = select(reduce(operator.add, counts).label("matched"), agg.c.returned, agg.c.features)
+    if as_of is None and not wheres[0]:  # the whole layer now: its count is kept by the database
+        counted_to = None
+        matched = (select(feature_count.c.features).where(feature_count.c.layer == spec.id).scalar_subquery())
+    else:  # each part's matches counted up to the bound: past it in either, the sum reaches the bound too
+        counted_to = page.offset + page.limit + request.app.state.settings.items_count_limit
+        matched = reduce(operator.add, [
+            select(func.count()).select_from(select(piece.c.fid).where(*where).limit(counted_to).subquery())
+            .scalar_subquery() for piece, where in zip(pieces, wheres)])
+    statement = select(matched.label("matched"), agg.c.returned, agg.c.features)
     async with request.app.state.read_engine.connect() as conn:
         row = await fetch_one(conn, statement)
-    matched = row.matched if row.matched < counted_to else None
+    matched = row.matched if counted_to is None or row.matched < counted_to else None
     counts = {"numberReturned": row.returned} if matched is None else {"numberMatched": matched,
                                                                         "numberReturned": row.returned}
     head = orjson.dumps({"type": "FeatureCollection", **counts, "timeStamp": _now(),

@@ -6,7 +6,8 @@ tracking triggers bump its version), a new one inserted; in replace mode, rows m
 deleted. Into an empty layer the rows are copied straight in (the triggers still record
 every insert), and the layer's indexes are built once after the copy instead of row by row,
 when the layer can be locked without waiting (readers of the empty layer wait for the commit).
-Identifiers come from the catalog, never from user input, and are quoted.
+Identifiers come from the catalog, never from user input, and are quoted. A merge that changed a
+table in bulk analyzes it before it commits.
 
 The rows may come as a stream of frames (e.g. validated chunk by chunk): each is encoded and sent
 while the database is still storing the previous one, so the client's work and the server's overlap.
@@ -148,6 +149,7 @@ def merge(conn: Connection, spec: LayerSpec, frames: pd.DataFrame | Iterable[pd.
             inserted = _copy(cur, table, frames, cols)
             for statement in rebuild or []:
                 cur.execute(statement)
+            _analyze(cur, spec, MergeCounts(inserted=inserted))
             return MergeCounts(inserted=inserted)
         cur.execute(sql.SQL("CREATE TEMP TABLE stage ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA")
                     .format(col_list, table))
@@ -170,4 +172,21 @@ def merge(conn: Connection, spec: LayerSpec, frames: pd.DataFrame | Iterable[pd.
                 table=table, match=key_match))
             deleted = cur.rowcount
         cur.execute("DROP TABLE pg_temp.stage")
-    return MergeCounts(inserted, updated, staged - inserted - updated, deleted)
+        counts = MergeCounts(inserted, updated, staged - inserted - updated, deleted)
+        _analyze(cur, spec, counts)
+    return counts
+
+
+def _analyze(cur, spec: LayerSpec, counts: MergeCounts) -> None:
+    """ANALYZE the tables a merge changed in bulk (more rows than autovacuum's default rule, 50 + 10% of the
+    table), inside its transaction: the new statistics commit with the rows, so no reader plans a page of a
+    freshly loaded layer from an empty table's statistics while autovacuum has yet to come round."""
+    changed = {("layers", spec.id): counts.inserted + counts.updated + counts.deleted,
+               ("history", spec.id): counts.updated + counts.deleted,
+               ("twin", "change"): counts.inserted + counts.updated + counts.deleted}
+    for (schema, name), rows in changed.items():
+        if rows <= 50:
+            continue
+        cur.execute("SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = to_regclass(%s)", (f"{schema}.{name}",))
+        if rows > 50 + 0.1 * cur.fetchone()[0]:
+            cur.execute(sql.SQL("ANALYZE {}.{}").format(_ident(schema), _ident(name)))

@@ -27,6 +27,11 @@ def _columns(spec: LayerSpec) -> list[Column]:
     return columns
 
 
+# each layer's feature count, kept by the database's triggers (migration 0012)
+feature_count = Table("feature_count", metadata, Column("layer", Text, primary_key=True),
+                      Column("features", BigInteger), schema="twin")
+
+
 def current(spec: LayerSpec) -> Table:
     """The layer's current state: `layers.<id>`."""
     known = metadata.tables.get(f"layers.{spec.id}")

@@ -1,7 +1,7 @@
 """The `twin` command: the managed database, keys, layers, sample data, ETL and the server."""
 
+import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -39,6 +39,27 @@ def main() -> None:
 def fail(message: str) -> None:
     err.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(1)
+
+
+JSON_OPTION = typer.Option(False, "--json", help="one JSON array of objects, for scripts")
+
+
+def listing(rows: list[dict], as_json: bool) -> None:
+    """Rows of a listing: a table on a terminal; else one tab-separated line per row under a header line, with
+    full values (rich would wrap or cut them to 80 columns); or, with --json, a JSON array of objects."""
+    if as_json:
+        print(json.dumps(rows, ensure_ascii=False, default=str, indent=1))
+    elif not rows:
+        err.print("(none)")
+    elif console.is_terminal:
+        table = Table(*rows[0])
+        for row in rows:
+            table.add_row(*("" if v is None else str(v) for v in row.values()))
+        console.print(table)
+    else:
+        print("\t".join(rows[0]))
+        for row in rows:
+            print("\t".join("" if v is None else str(v).replace("\t", " ").replace("\n", " ") for v in row.values()))
 
 
 def cluster() -> Cluster:
@@ -184,17 +205,15 @@ def keys_create(department: str = typer.Option(..., help="the department, e.g. �
 
 
 @keys_app.command("list")
-def keys_list():
+def keys_list(as_json: bool = JSON_OPTION):
     """List keys (never their secrets)."""
     from twin.auth import list_keys
 
     with sync_engine().connect() as conn:
         rows = list_keys(conn)
-    table = Table("prefix", "department", "layers", "admin", "created", "revoked")
-    for r in rows:
-        table.add_row(r["prefix"], r["department"], ",".join(r["layers"]), "yes" if r["is_admin"] else "",
-                      f"{r['created_at']:%Y-%m-%d %H:%M}", f"{r['revoked_at']:%Y-%m-%d %H:%M}" if r["revoked_at"] else "")
-    console.print(table)
+    listing([{"prefix": r["prefix"], "department": r["department"], "layers": ",".join(r["layers"]),
+              "admin": r["is_admin"], "created": f"{r['created_at']:%Y-%m-%d %H:%M}",
+              "revoked": f"{r['revoked_at']:%Y-%m-%d %H:%M}" if r["revoked_at"] else None} for r in rows], as_json)
 
 
 @keys_app.command("revoke")
@@ -210,15 +229,13 @@ def keys_revoke(prefix: str = typer.Argument(..., help="the key's prefix (the pa
 
 # -- layers -------------------------------------------------------------------
 @layers_app.command("list")
-def layers_list():
+def layers_list(as_json: bool = JSON_OPTION):
     """Print the layer catalog."""
     from layers.catalog import catalog
 
-    table = Table("id", "名称", "title", "kind", "geometry", "department", "group", "zoom", "fields")
-    for s in catalog().values():
-        table.add_row(s.id, s.title.zh, s.title.en, s.kind, s.geometry or "", s.department, s.group,
-                      f"{s.minzoom}–{s.maxzoom}", str(len(s.fields)))
-    console.print(table)
+    listing([{"id": s.id, "名称": s.title.zh, "title": s.title.en, "kind": s.kind, "geometry": s.geometry,
+              "department": s.department, "group": s.group, "zoom": f"{s.minzoom}–{s.maxzoom}",
+              "fields": len(s.fields)} for s in catalog().values()], as_json)
 
 
 @layers_app.command("private")
@@ -284,18 +301,15 @@ def etl_run(job: str, file: Path, crs: str = typer.Option(None, help="source CRS
 
 
 @etl_app.command("runs")
-def etl_runs(limit: int = 20):
+def etl_runs(limit: int = 20, as_json: bool = JSON_OPTION):
     """The latest runs."""
     from sqlalchemy import text
 
     with sync_engine().connect() as conn:
-        rows = conn.execute(text("SELECT * FROM twin.etl_run ORDER BY id DESC LIMIT :n"), {"n": limit}).mappings().all()
-    table = Table("id", "job", "layer", "file", "status", "read", "ins", "upd", "same", "del", "quar", "started")
-    for r in rows:
-        table.add_row(str(r["id"]), r["job"], r["layer"], r["file_name"] or "", r["status"], str(r["read"]),
-                      str(r["inserted"]), str(r["updated"]), str(r["unchanged"]), str(r["deleted"]),
-                      str(r["quarantined"]), f"{r['started_at']:%Y-%m-%d %H:%M:%S}")
-    console.print(table)
+        rows = conn.execute(text("SELECT id, job, layer, file_name AS file, status, read, inserted, updated, "
+                                 "unchanged, deleted, quarantined, started_at FROM twin.etl_run "
+                                 "ORDER BY id DESC LIMIT :n"), {"n": limit}).mappings().all()
+    listing([dict(r) | {"started_at": f"{r['started_at']:%Y-%m-%d %H:%M:%S%z}"} for r in rows], as_json)
 
 
 @etl_app.command("raster")
@@ -315,17 +329,15 @@ def etl_raster(file: Path, layer: str = typer.Option("imagery", help="the raster
 
 
 @etl_app.command("quarantine")
-def etl_quarantine(run_id: int):
+def etl_quarantine(run_id: int, as_json: bool = JSON_OPTION):
     """The rows a run rejected, with the reasons."""
     from sqlalchemy import text
 
     with sync_engine().connect() as conn:
-        rows = conn.execute(text("SELECT row_number, reason, record FROM twin.quarantine WHERE run_id = :id "
-                                 "ORDER BY row_number"), {"id": run_id}).all()
-    table = Table("row", "reason", "record")
-    for row_number, reason, record in rows:
-        table.add_row(str(row_number), reason, str(record)[:120])
-    console.print(table)
+        rows = conn.execute(text("SELECT row_number AS row, reason, record FROM twin.quarantine WHERE run_id = :id "
+                                 "ORDER BY row_number"), {"id": run_id}).mappings().all()
+    listing([dict(r) if as_json else dict(r) | {"record": json.dumps(r["record"], ensure_ascii=False, default=str)}
+             for r in rows], as_json)
 
 
 @etl_app.command("revert")
@@ -391,7 +403,11 @@ def run_server(host: str, port: int, workers: int) -> None:
     base = f"http://{host}:{port}"
     console.print(f"OneMap Twin on {base}\n  map         {base}/map\n  API         {base}/\n  docs        {base}/docs\n"
                   f"  collections {base}/collections\n  health      {base}/health")
-    raise typer.Exit(subprocess.call(uvicorn_argv(host, port, workers)))
+    argv = uvicorn_argv(host, port, workers)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # the server takes this process's place (and PID): a signal sent to `twin serve` reaches it, none outlives it
+    os.execv(argv[0], argv)
 
 
 def uvicorn_argv(host: str, port: int, workers: int = 1, access_log: bool = False) -> list[str]:

@@ -11,6 +11,7 @@ layers as of a moment, the spatial queries, the change feed and the water-qualit
 """
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -59,8 +60,9 @@ def _box(bbox) -> str | None:
 
 
 class Twin:
-    def __init__(self, url: str | None = None, timeout: float = 120.0):
+    def __init__(self, url: str | None = None, timeout: float = 120.0, page_size: int = PAGE):
         self.url = (url or os.environ.get("TWIN_URL") or DEFAULT_URL).rstrip("/")
+        self.page_size = page_size
         self.http = httpx.Client(base_url=self.url, timeout=timeout)
 
     def __enter__(self):
@@ -74,6 +76,17 @@ class Twin:
 
     def get(self, path: str, **params) -> dict:
         return self._answer(self.http.get(path, params={k: v for k, v in params.items() if v is not None}))
+
+    def pages(self, path: str, **params) -> Iterator[dict]:
+        """Each page of a listing, following its `next` links to the end. A next link is fetched as it is:
+        it carries the query, and passing even an empty `params` would replace that query."""
+        page = self.get(path, **params)
+        while True:
+            yield page
+            link = next((link["href"] for link in page["links"] if link["rel"] == "next"), None)
+            if link is None:
+                return
+            page = self._answer(self.http.get(link))
 
     def post(self, path: str, body: dict) -> dict:
         return self._answer(self.http.post(path, json={k: v for k, v in body.items() if v is not None}))
@@ -94,14 +107,9 @@ class Twin:
                  datetime: str | None = None) -> gpd.GeoDataFrame:
         """Every feature of a layer (optionally within a lon/lat bbox, matching a CQL2 filter), now or
         exactly as it was at `as_of`; pages are followed to the end."""
-        params = {"limit": PAGE, "as_of": _moment(as_of), "bbox": _box(bbox), "filter": filter, "datetime": datetime}
-        path, features = f"/collections/{layer}/items", []
-        while path:
-            page = self.get(path, **params)
-            features += page["features"]
-            path = next((link["href"] for link in page["links"] if link["rel"] == "next"), None)
-            params = {}  # the next link carries them
-        return frame({"features": features})
+        pages = self.pages(f"/collections/{layer}/items", limit=self.page_size, as_of=_moment(as_of),
+                           bbox=_box(bbox), filter=filter, datetime=datetime)
+        return frame({"features": [f for page in pages for f in page["features"]]})
 
     # -- spatial queries ------------------------------------------------------------
     def query(self, name: str, **body) -> dict:
@@ -160,25 +168,17 @@ class Twin:
         fid, operation, version, time, actor, run, changed, properties after, geometry after). Resume
         later from `.attrs["cursor"]`."""
         rows, cursor = [], after
-        while True:
-            page = self.get("/changes", after=cursor, limit=PAGE, layer=layer)
+        for page in self.pages("/changes", after=after, limit=self.page_size, layer=layer):
             rows += page["changes"]
             cursor = page["cursor"]
-            if not any(link["rel"] == "next" for link in page["links"]):
-                break
         return _changes(rows, cursor)
 
     def layer_changes(self, layer: str, *, since=None, until=None, operation: str | None = None,
                       actor: str | None = None, run: int | None = None, bbox=None) -> gpd.GeoDataFrame:
         """A layer's changes filtered by time, operation, actor (a prefix ending in *), ETL run or lon/lat box."""
-        params = {"since": _moment(since), "until": _moment(until), "operation": operation, "actor": actor,
-                  "run": run, "bbox": _box(bbox), "limit": PAGE}
-        path, rows = f"/collections/{layer}/changes", []
-        while path:
-            page = self.get(path, **params)
-            rows += page["changes"]
-            path = next((link["href"] for link in page["links"] if link["rel"] == "next"), None)
-            params = {}
+        pages = self.pages(f"/collections/{layer}/changes", since=_moment(since), until=_moment(until),
+                           operation=operation, actor=actor, run=run, bbox=_box(bbox), limit=self.page_size)
+        rows = [change for page in pages for change in page["changes"]]
         return _changes(rows, rows[-1]["id"] if rows else None)
 
     # -- water quality ----------------------------------------------------------------
