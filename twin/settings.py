@@ -31,8 +31,9 @@ class Settings(BaseSettings):
     # Bundled real data; overridable so tests never depend on the checkout's neighbours.
     real_data_dir: Path = REPO_ROOT / "data" / "real"
     max_upload_mb: int = 200
-    # An items page counts the matches past it up to this many; beyond, numberMatched is left out (OGC API
-    # Features makes it optional) and `next` links carry on: counting millions costs far more than the page.
+    # A filtered items page counts the matches past it up to this many; beyond, numberMatched is left out (OGC
+    # API Features makes it optional) and `next` links carry on: counting millions costs far more than the page.
+    # An unfiltered page reads the layer's count, which the database keeps (twin.feature_count).
     items_count_limit: int = 10_000
     # Origins whose web pages may call the API (a map client on another host); [] for none.
     cors_origins: list[str] = ["*"]
