@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 
 from layers.catalog import LayerSpec, get_layer
 from layers.changelog import change, json_response
-from layers.store import set_write_context
+from layers.store import analyze_bulk, set_write_context
 from layers.tables import current, history
 from layers.writing import write_transaction
 from twin.auth import Principal, authenticate, require_layer_write
@@ -125,6 +125,7 @@ def revert_run(conn: Connection, run_id: int) -> Reverted:
     restored = conn.execute(restore_update(spec, prior.where(~created, ~gone))).rowcount
     sql, params = restore_insert(conn, spec, prior.where(~created, gone))
     reinserted = conn.exec_driver_sql(sql, params).rowcount
+    analyze_bulk(conn, spec.id, deleted + restored + reinserted, deleted + restored)
     return Reverted(run_id, spec.id, actor, {"deleted": deleted, "restored": restored, "reinserted": reinserted})
 
 

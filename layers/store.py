@@ -25,6 +25,7 @@ import pyarrow.csv as pa_csv
 import shapely
 from psycopg import errors, sql
 from psycopg.copy import QueuedLibpqWriter
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from layers.catalog import SRID, LayerSpec
@@ -149,7 +150,7 @@ def merge(conn: Connection, spec: LayerSpec, frames: pd.DataFrame | Iterable[pd.
             inserted = _copy(cur, table, frames, cols)
             for statement in rebuild or []:
                 cur.execute(statement)
-            _analyze(cur, spec, MergeCounts(inserted=inserted))
+            analyze_bulk(conn, spec.id, inserted, 0)
             return MergeCounts(inserted=inserted)
         cur.execute(sql.SQL("CREATE TEMP TABLE stage ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA")
                     .format(col_list, table))
@@ -172,21 +173,18 @@ def merge(conn: Connection, spec: LayerSpec, frames: pd.DataFrame | Iterable[pd.
                 table=table, match=key_match))
             deleted = cur.rowcount
         cur.execute("DROP TABLE pg_temp.stage")
-        counts = MergeCounts(inserted, updated, staged - inserted - updated, deleted)
-        _analyze(cur, spec, counts)
-    return counts
+    analyze_bulk(conn, spec.id, inserted + updated + deleted, updated + deleted)
+    return MergeCounts(inserted, updated, staged - inserted - updated, deleted)
 
 
-def _analyze(cur, spec: LayerSpec, counts: MergeCounts) -> None:
-    """ANALYZE the tables a merge changed in bulk (more rows than autovacuum's default rule, 50 + 10% of the
-    table), inside its transaction: the new statistics commit with the rows, so no reader plans a page of a
-    freshly loaded layer from an empty table's statistics while autovacuum has yet to come round."""
-    changed = {("layers", spec.id): counts.inserted + counts.updated + counts.deleted,
-               ("history", spec.id): counts.updated + counts.deleted,
-               ("twin", "change"): counts.inserted + counts.updated + counts.deleted}
-    for (schema, name), rows in changed.items():
-        if rows <= 50:
-            continue
-        cur.execute("SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = to_regclass(%s)", (f"{schema}.{name}",))
-        if rows > 50 + 0.1 * cur.fetchone()[0]:
-            cur.execute(sql.SQL("ANALYZE {}.{}").format(_ident(schema), _ident(name)))
+def analyze_bulk(conn: Connection, layer: str, written: int, superseded: int) -> None:
+    """ANALYZE the tables a bulk write changed (more rows than autovacuum's default rule, 50 + 10% of the table),
+    inside its transaction: the new statistics commit with the rows, so no reader plans a page of a freshly
+    loaded layer from an empty table's statistics while autovacuum has yet to come round. `written`: the
+    layer's rows inserted, updated or deleted; `superseded`: those of them whose old versions went to the
+    history."""
+    for table, rows in ((f"layers.{layer}", written), (f"history.{layer}", superseded), ("twin.change", written)):
+        if rows > 50 and rows > 50 + 0.1 * conn.execute(
+                text("SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = to_regclass(:t)"), {"t": table}).scalar():
+            quote = conn.dialect.identifier_preparer.quote
+            conn.execute(text("ANALYZE " + ".".join(map(quote, table.split(".")))))

@@ -78,3 +78,15 @@ def test_after_an_etl_load_the_page_uses_the_geometry_index(misled, tmp_path):
                                  "WHERE oid = CAST('layers.city_components' AS regclass)")).scalar_one()
     assert rows == FEW + MANY
     assert geometry_index_used(misled)
+
+
+def test_reverting_a_big_run_refreshes_the_statistics_too(misled, tmp_path):
+    from layers.revert import revert_run
+
+    result = run_file(misled, "city_components", components(tmp_path / "many.csv", 100_000, MANY, False, 2))
+    with misled.begin() as conn:
+        assert revert_run(conn, result.run_id).counts["deleted"] == MANY
+    with misled.connect() as conn:
+        rows = conn.execute(text("SELECT reltuples FROM pg_class "
+                                 "WHERE oid = CAST('layers.city_components' AS regclass)")).scalar_one()
+    assert rows == FEW
