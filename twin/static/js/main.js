@@ -4,6 +4,7 @@ import {collections, getJSON} from './api.js';
 import {readView, writeView} from './hash.js';
 import {buildTree} from './layertree.js';
 import {groupsOf, shownByDefault} from './layers.js';
+import {keepAbovePanel, setupLayout} from './layout.js';
 import {setupMeasure} from './measure.js';
 import {onFeatureClick} from './popup.js';
 import {searchFields, setupSearch} from './search.js';
@@ -64,8 +65,10 @@ async function start() {
     setupSearch(map, titles, searchFields(style), asOf);
     onFeatureClick(map, titles, {
       busy: measure.busy,
-      picked: (layer, feature) => {
-        if (layer === 'monitoring_stations') openStation(style, feature.properties, asOf());
+      picked: (layer, feature, lngLat) => {
+        if (layer !== 'monitoring_stations') return;
+        openStation(style, feature.properties, asOf());
+        keepAbovePanel(map, lngLat);
       },
     });
     const stations = () => paintStations(map, style, asOf())
@@ -85,10 +88,7 @@ async function start() {
   });
 
   document.getElementById('panel-close').addEventListener('click', closePanel);
-  document.getElementById('toggle-sidebar').addEventListener('click', () => {
-    document.body.classList.toggle('no-sidebar');
-    map.resize();
-  });
+  setupLayout(map);
 }
 
 start();

@@ -26,7 +26,7 @@ export async function attributeTable(layer, properties) {
 export async function showPopup(map, lngLat, layer, title, properties) {
   const table = await attributeTable(layer, properties);
   popup?.remove();
-  popup = new maplibregl.Popup({maxWidth: '360px', className: 'feature-popup'})
+  popup = new maplibregl.Popup({maxWidth: 'min(360px, calc(100vw - 24px))', className: 'feature-popup'})
     .setLngLat(lngLat)
     .setDOMContent(el('div', {'data-layer': layer},
       el('div', {class: 'popup-layer'}, title),
@@ -48,7 +48,7 @@ export function onFeatureClick(map, titles, handlers) {
       return;
     }
     await showPopup(map, event.lngLat, layer, titles.get(layer)?.title ?? layer, hit.properties);
-    handlers.picked(layer, hit);
+    handlers.picked(layer, hit, event.lngLat);
   });
   map.on('mousemove', event => {
     const hit = map.queryRenderedFeatures(event.point).some(f => catalogLayerOf(f.layer) && f.layer.type !== 'symbol');
