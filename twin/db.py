@@ -40,8 +40,12 @@ def _sqlalchemy_url(url: str) -> str:
 
 def session_settings(settings: Settings) -> dict[str, str]:
     """The settings of every database session of the server."""
-    # jit off: PostGIS row estimates make the planner JIT-compile cheap queries for ~0.4 s each
-    return {"statement_timeout": str(settings.statement_timeout_ms), "timezone": "UTC", "jit": "off"}
+    # jit off: PostGIS row estimates make the planner JIT-compile cheap queries for ~0.4 s each.
+    # No parallel workers: a request's query competes with the other requests for the same cores, and where a
+    # box's rows are overestimated the planner picks a parallel plan whose workers take longer to start than the
+    # page takes to read (docs/benchmarks.md, "After a bulk load").
+    return {"statement_timeout": str(settings.statement_timeout_ms), "timezone": "UTC", "jit": "off",
+            "max_parallel_workers_per_gather": "0"}
 
 
 def session_options(settings: Settings) -> str:
