@@ -25,6 +25,7 @@ import psycopg
 import typer
 
 from bench.tile_peers import ours
+from tests.etl_support import empty_database
 from twin.db import migrate
 
 BENCH_DIR = Path(tempfile.gettempdir()) / "twin-bench-after-load"
@@ -34,14 +35,6 @@ PAGES = {
     "whole layer, limit=1 (numberMatched)": "limit=1",
 }
 COLUMNS = "code, major_class, minor_class, class_name, status, owner_unit, street_code, installed_on, geom"
-
-
-def empty_database(cluster_url: str, name: str) -> str:
-    base, _ = cluster_url.rsplit("/", 1)
-    with psycopg.connect(cluster_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{base}/{name}"
 
 
 def district(url: str, data_dir: Path) -> None:
