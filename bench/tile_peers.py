@@ -102,7 +102,7 @@ def uvicorn(python: str, app: list[str], port: int) -> list[str]:
 def ours(url: str, data_dir: Path, log: Path):
     port = free_port()
     env = os.environ | {"TWIN_DATABASE_URL": url, "TWIN_DATA_DIR": str(data_dir)}
-    # as `twin serve` runs it: one worker, httptools (with the tile fast path's protocol) and uvloop
+    # as `twin serve` runs it: one worker, httptools and uvloop (a longer keep-alive: the last value counts)
     with process(uvicorn_argv("127.0.0.1", port) + KEEP_ALIVE, f"http://127.0.0.1:{port}/health", env, log):
         yield f"http://127.0.0.1:{port}"
 

@@ -29,6 +29,7 @@ Needs, for the bench only: tipg in a venv of its own (`python3 -m venv /tmp/tipg
 """
 
 import math
+import os
 import random
 import socket
 import statistics
@@ -169,6 +170,7 @@ def main(components: int = typer.Option(1_000_000, help="city components in the 
     ours_paths = [our_path(layer, t) for layer, t in cases]
     tipg_paths = [tipg_path(layer, t) for layer, t in cases]
     run = f"{time.time():.0f}"  # this run's cache-busting value: every tile is a miss once
+    print(f"started {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, load average " + load())
     print(f"{len(cases)} tiles: " + ", ".join(f"z{z} {sum(t.z == z for _, t in cases)}" for z in range(6, 17)))
 
     with tile_peers.ours(url, data_dir, work / "ours.log") as ours, \
@@ -252,6 +254,12 @@ def main(components: int = typer.Option(1_000_000, help="city components in the 
                    our_path("city_components", MERCATOR.tile(120.43, 31.50, z))) for z in (6, 10, 11))):
             ms, (status, body, _) = timed(client, f"{path}?run=low{run}")
             print(f"  {name:<46} {status}  {ms:8.1f} ms  {len(body):>8} bytes")
+    print(f"\nended {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, load average " + load())
+
+
+def load() -> str:
+    """The machine's load average (1, 5, 15 minutes): the machine is shared, so a run says how busy it was."""
+    return " / ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ NEEDS = (
     Need("CJK fonts, for the viewer's screenshots", "fonts-noto-cjk",
          files=("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",)),
     Need("Redis, for the shared tile cache tests", "redis-server", commands=("redis-server",)),
+    Need("nginx, the reverse proxy the slow-client tests put in front", "nginx", files=("/usr/sbin/nginx",)),
 )
 
 

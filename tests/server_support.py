@@ -1,11 +1,13 @@
-"""A private server whose log the test reads (the real app under uvicorn, stderr kept in a file), and a Redis
-of its own for the shared tile cache."""
+"""A private server whose log the test reads (the real app under uvicorn as `twin serve` runs it, or under
+hypercorn; stderr kept in a file), and a Redis of its own for the shared tile cache."""
 
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -37,6 +39,12 @@ def start_redis(port: int, directory: Path) -> subprocess.Popen:
     return process
 
 
+def hypercorn_argv(host: str, port: int, access_log: bool = False) -> list[str]:
+    """The same app under hypercorn: nothing in it is uvicorn's."""
+    return [sys.executable, "-m", "hypercorn", "twin.app:create_app()", "--bind", f"{host}:{port}",
+            "--worker-class", "uvloop", *(["--access-logfile", "-"] if access_log else [])]
+
+
 def _pings(client: redis.Redis) -> bool:
     try:
         return client.ping()
@@ -45,14 +53,19 @@ def _pings(client: redis.Redis) -> bool:
 
 
 @contextmanager
-def logged_server(database_url: str, data_dir: Path, log: Path, access_log: bool = False, **settings: str):
-    """The base URL of a server on `database_url`, its stderr written to `log`, extra TWIN_ settings applied."""
+def logged_server(database_url: str, data_dir: Path, log: Path, access_log: bool = False, workers: int = 1,
+                  environment: dict[str, str] | None = None, argv: Callable[..., list[str]] | None = None,
+                  **settings: str):
+    """The base URL of a server on `database_url`, its stderr written to `log`, extra TWIN_ settings applied
+    (and any other `environment`), in `workers` worker processes; run as `twin serve` runs it, or by
+    `argv(host, port, access_log=)` (hypercorn_argv)."""
     port = free_port()
-    env = os.environ | {"TWIN_DATABASE_URL": database_url, "TWIN_DATA_DIR": str(data_dir)}
+    env = os.environ | {"TWIN_DATABASE_URL": database_url, "TWIN_DATA_DIR": str(data_dir)} | (environment or {})
     env |= {f"TWIN_{k.upper()}": str(v) for k, v in settings.items()}
-    argv = uvicorn_argv("127.0.0.1", port, access_log=access_log)
+    command = (argv("127.0.0.1", port, access_log=access_log) if argv
+               else uvicorn_argv("127.0.0.1", port, workers=workers, access_log=access_log))
     with open(log, "wb") as sink:
-        process = subprocess.Popen(argv, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink)
+        process = subprocess.Popen(command, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     try:

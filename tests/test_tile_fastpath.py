@@ -1,5 +1,5 @@
-"""Cached tiles answered by the server's HTTP protocol itself (tiles.fastpath.TileProtocol), on raw
-connections: what a browser, a proxy or a pipelining client sends, byte for byte."""
+"""Public tiles answered by the tile fast path (tiles.fastpath, ASGI, in front of the router) and the other
+tiles by the routes, on raw connections: what a browser, a proxy or a pipelining client sends, byte for byte."""
 
 import json
 import socket
@@ -96,30 +96,43 @@ def test_a_body_on_a_cached_get_is_skipped_and_the_connection_goes_on(server, ca
 
 def test_what_the_fast_path_does_not_answer_goes_to_the_app(server, cached):
     url, data, _ = cached
-    encoded = url.replace("/roads/", "/ro%61ds/")  # the same tile, percent-encoded: decoded by the app
+    encoded = url.replace("/roads/", "/ro%61ds/")  # the same tile, percent-encoded: the server decodes it
     post = request(url, "Content-Type: application/json", method="POST", body=b"{}")
     (by_app, refused), _ = exchange(server, request(encoded) + post, 2)
     assert by_app.status == 200 and by_app.body == data
-    assert refused.status == 405
+    assert refused.status == 405 and json.loads(refused.body)["code"] == "method_not_allowed"
+
+
+def wrong_requests(url: str) -> dict[str, tuple[int, str]]:
+    """Tile requests each wrong in one way (`url`: a roads tile), and the status and code each gets."""
+    return {"/collections/nope/tiles/WebMercatorQuad/12/1/1": (404, "unknown_layer"),
+            "/collections/roads/tiles/WebMercatorQuad/40/1/1": (400, "tile_out_of_range"),
+            "/collections/roads/tiles/WebMercatorQuad/12/a1/1": (400, "invalid_parameter"),
+            "/collections/roads/tiles/NoSuchGrid/12/1/1": (404, "unknown_tile_matrix_set"),
+            "/collections/roads/tiles/WebMercatorQuad/3/1/1": (404, "zoom_out_of_range"),
+            url + "?properties=nope": (400, "unknown_field"),
+            url + "?filter=lanes%20%3E": (400, "invalid_filter"),
+            url + "?filter-lang=cql-text&filter=lanes%3D2": (400, "invalid_parameter"),
+            url + "?filter-crs=EPSG:99999": (400, "unsupported_crs"),
+            url + "?as_of=yesterday": (400, "invalid_parameter"),
+            "/tiles/onemap/WebMercatorQuad/12/1/1?layers=nope": (400, "unknown_layer"),
+            f"/collections/roads/tiles/WebMercatorQuad/12/{'9' * 5000}/1": (400, "tile_out_of_range"),
+            url + "?filter=name%3D%27a%00%27": (400, "invalid_parameter")}  # a NUL: left to the app
+
+
+def ask_wrong(base: str, url: str, origin: str) -> list[tuple[str, int, str, Answer]]:
+    """(path, expected status, expected code, answer) of each wrong request, sent pipelined with `origin`."""
+    wrong = wrong_requests(url)
+    answers, closed = exchange(base, b"".join(request(path, origin) for path in wrong), len(wrong))
+    assert not closed and len(answers) == len(wrong)
+    return [(path, status, code, answer) for (path, (status, code)), answer in zip(wrong.items(), answers)]
 
 
 def test_misses_answered_before_the_app_say_what_is_wrong_as_the_app_does(server, cached, http):
-    """A public tile's miss is rendered by the fast path (from the protocol, or from the outermost middleware
-    when the protocol passes it on, as the in-process client does): the same 4xx JSON either way."""
+    """A public tile's miss is rendered by the fast path, in front of the app: the same 4xx JSON as the app's
+    handlers give, with the same CORS headers."""
     url, _, _ = cached
-    origin = "Origin: https://dashboard.example"
-    wrong = {"/collections/nope/tiles/WebMercatorQuad/12/1/1": (404, "unknown_layer"),
-             "/collections/roads/tiles/WebMercatorQuad/40/1/1": (400, "tile_out_of_range"),
-             "/collections/roads/tiles/NoSuchGrid/12/1/1": (404, "unknown_tile_matrix_set"),
-             url + "?properties=nope": (400, "unknown_field"),
-             url + "?filter=lanes%20%3E": (400, "invalid_filter"),
-             url + "?as_of=yesterday": (400, "invalid_parameter"),
-             "/tiles/onemap/WebMercatorQuad/12/1/1?layers=nope": (400, "unknown_layer"),
-             f"/collections/roads/tiles/WebMercatorQuad/12/{'9' * 5000}/1": (400, "tile_out_of_range"),
-             url + "?filter=name%3D%27a%00%27": (400, "invalid_parameter")}  # a NUL: left to the app
-    answers, closed = exchange(server, b"".join(request(path, origin) for path in wrong), len(wrong))
-    assert not closed and len(answers) == len(wrong)
-    for (path, (status, code)), answer in zip(wrong.items(), answers):
+    for path, status, code, answer in ask_wrong(server, url, "Origin: https://dashboard.example"):
         assert (answer.status, json.loads(answer.body)["code"]) == (status, code), (path, answer.body)
         assert answer.headers["content-type"] == "application/json"
         assert answer.headers["access-control-allow-origin"] == "*"
@@ -152,15 +165,26 @@ def test_cross_origin_map_clients_get_the_same_headers_from_hits_and_misses(serv
 
 
 def test_a_list_of_allowed_origins_is_checked_on_hits_too(database_url, data_dir, loaded, cached, tmp_path):
-    url, _, _ = cached
+    """An Origin only CORSMiddleware can judge sends the tile to the routes: the same tile, and for a wrong
+    request the same refusal as the fast path gives (one parser, tiles.request)."""
+    url, data, etag = cached
     with logged_server(database_url, data_dir, tmp_path / "server.log",
                        cors_origins='["https://map.example"]') as base:
         first, _ = exchange(base, request(url), 1)
-        sent = request(url, "Origin: https://map.example") + request(url, "Origin: https://elsewhere.example")
-        (allowed, other), _ = exchange(base, sent, 2)
+        sent = (request(url, "Origin: https://map.example") + request(url, "Origin: https://elsewhere.example")
+                + request(url, "Origin: https://map.example", f"If-None-Match: {etag}"))
+        (allowed, other, same), _ = exchange(base, sent, 3)
+        by_routes = ask_wrong(base, url, "Origin: https://map.example")
+        by_fast_path = ask_wrong(base, url, "Accept: */*")  # no Origin: the fast path answers
     assert first[0].status == allowed.status == other.status == 200
+    assert first[0].body == allowed.body == other.body == data
     assert allowed.headers["access-control-allow-origin"] == "https://map.example"
     assert "access-control-allow-origin" not in other.headers
+    assert same.status == 304 and same.body == b"" and same.headers["etag"] == etag
+    for (path, status, code, routed), (_, _, _, fast) in zip(by_routes, by_fast_path):
+        assert (routed.status, json.loads(routed.body)["code"]) == (status, code), (path, routed.body)
+        assert json.loads(routed.body) == json.loads(fast.body), path
+        assert routed.headers["access-control-allow-origin"] == "https://map.example"
 
 
 def test_malformed_request_lines_get_a_400_and_the_server_goes_on(server, cached):
@@ -175,11 +199,11 @@ def test_malformed_request_lines_get_a_400_and_the_server_goes_on(server, cached
 
 
 def test_keep_alive_after_hits_counts_from_the_last_request(server, cached):
-    """Hits leave one keep-alive timer running per connection: a connection used every 2 s stays open past
-    uvicorn's 5 s timeout, and one left idle is closed about 5 s after its last answer."""
+    """A connection used every 2 s, hits and a miss, stays open past the 5 s keep-alive timeout
+    (twin.cli.uvicorn_argv), and one left idle is closed 5 s after its last answer."""
     url, data, _ = cached
     where = urlsplit(server)
-    with socket.create_connection((where.hostname, where.port), timeout=10) as conn:
+    with socket.create_connection((where.hostname, where.port), timeout=30) as conn:
         reader = conn.makefile("rb")
 
         def ask(path: str) -> str:
@@ -201,4 +225,6 @@ def test_keep_alive_after_hits_counts_from_the_last_request(server, cached):
         assert answers == ["hit", "hit", "miss", "hit", "hit"]
         assert reader.read(1) == b""  # closed by the server
         idle = time.monotonic() - last
-    assert 4.5 <= idle <= 7, idle
+    # a timer fires late on a loaded machine, never early: the upper bound (and the socket timeout of 30 s)
+    # only say that it fired
+    assert 4.5 <= idle <= 30, idle

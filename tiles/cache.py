@@ -34,14 +34,14 @@ class CachedTile:
 
 
 def etag_of(data: bytes) -> str:
-    # SHA-256 runs on the CPU's SHA instructions: half the time of BLAKE2b on a 30 KB tile (17 against 31 µs)
+    # SHA-256, not BLAKE2b: the CPU has instructions for it (docs/benchmarks.md, Tiles)
     return '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
 
 
 def cache_key(path: str, query_string: bytes, hidden: frozenset[str] = frozenset()) -> str:
     """`path` as the server decoded it, the query as sent: two spellings of one request may be two entries,
-    but one entry never serves two requests (parsing the query to put it in order cost 5-30 µs a tile, and
-    kept a bug: repeated parameters lost their order, which decides which one counts). `hidden`: the
+    but one entry never serves two requests (a query parsed to put it in order lost the order of repeated
+    parameters, which decides which one counts, and cost time on every tile). `hidden`: the
     private layers a composite tile leaves out for its caller (twin.access), which shape the tile as much
     as its URL does."""
     key = path + "?" + query_string.decode("latin-1")

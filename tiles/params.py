@@ -2,24 +2,14 @@
 
 from datetime import datetime, timedelta, timezone
 
-from fastapi import Path
-
 from layers.catalog import LayerSpec, catalog, get_layer
-from tiles.tms import TileAddress, address
 from twin.errors import ApiError
 
 PAST_MARGIN = timedelta(minutes=5)  # a moment older than this has all its writes committed
 
 
-async def tile_address(tms: str = Path(description="Tile matrix set id, e.g. WebMercatorQuad"),
-                 z: int = Path(description="Tile matrix (zoom level)"),
-                 y: int = Path(description="Tile row"),
-                 x: int = Path(description="Tile column")) -> TileAddress:
-    return address(tms, z, x, y)
-
-
 def tile_numbers(path: dict[str, str]) -> tuple[int, int, int]:
-    """(z, y, x) of a tile path (tiles.routes): integers (tiles.tms.address says which exist), else a 400 naming
+    """(z, y, x) of a tile path (tiles.request): integers (tiles.tms.address says which exist), else a 400 naming
     the one at fault."""
     numbers = []
     for name in ("z", "y", "x"):

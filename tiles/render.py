@@ -1,8 +1,8 @@
 """Rendering a tile in PostGIS: the shape's plan, run straight on an asyncpg connection of the tile pool.
 
-The renderer talks to PostgreSQL through asyncpg, the rest of the server through psycopg: on a small
-tile psycopg's asyncio waits cost about 0.16 ms more than asyncpg, which runs a tile as fast as a
-synchronous psycopg client does (`bench/tiles.py` compares with that floor). The tile pool (as big as
+The renderer talks to PostgreSQL through asyncpg, the rest of the server through psycopg: asyncpg runs a
+tile as fast as a synchronous psycopg client does (`bench/tiles.py` compares with that floor), psycopg's
+asyncio client measurably slower (docs/benchmarks.md, Tiles). The tile pool (as big as
 the server's) keeps its connections without pinging them on checkout, so a tile is one round trip.
 Each connection keeps the plans prepared (asyncpg's statement cache), but for the shapes a generic
 plan would slow (`TilePlan.prepare`), prepared afresh each time. The pool connects on demand, so while
@@ -51,8 +51,8 @@ class Connections:
             server_settings=session_settings(settings) | {"application_name": "twin-tile-renderer"})
 
     async def acquire(self) -> tuple[asyncpg.Connection, int]:
-        """A connection, and the era it went out in, for `release` (plain calls: a context manager cost a few
-        microseconds of every tile)."""
+        """A connection, and the era it went out in, for `release` (plain calls, not a context manager: this
+        runs on every miss)."""
         if self._free.locked():
             try:
                 await asyncio.wait_for(self._free.acquire(), self._settings.pool_timeout_s)

@@ -1,4 +1,8 @@
-"""How a tile goes out over HTTP: 200 with the MVT, 204 when empty, 304 when the client has it."""
+"""How a tile goes out over HTTP: 200 with the MVT, 204 when empty, 304 when the client has it.
+
+Both doors (tiles.fastpath for public tiles, tiles.routes for the rest) answer with `tile_response`
+(through `TileProvider.answer`) and refuse with `twin.errors.error_response`.
+"""
 
 from tiles.cache import CachedTile
 
@@ -20,3 +24,8 @@ def tile_response(tile: CachedTile, if_none_match: str | None, cache_state: str)
     if not tile.data:
         return 204, headers, b""
     return 200, headers | {"content-type": MVT, "content-length": str(len(tile.data))}, tile.data
+
+
+def encoded(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    """Headers as an ASGI response start message carries them."""
+    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from tiles import raster, routes, tilesets
 from tiles.cache import TileCache
 from tiles.changes import ChangeFollower
-from tiles.fastpath import PUBLIC_TILES, PublicTiles, TileFastPath
+from tiles.fastpath import PublicTiles, TileFastPath
 from tiles.provider import TileProvider
 from tiles.render import TileRenderer
 from tiles.settings import tile_settings
@@ -31,11 +31,13 @@ def install(app: FastAPI) -> None:
     raster.install(app)
 
 
-def install_fast_path(app: FastAPI) -> None:
-    """Public tiles are answered before every other middleware: call last."""
+def in_front(app: FastAPI) -> TileFastPath:
+    """The ASGI app to serve: `app` behind the tile fast path, which answers public tiles before any of the
+    framework's own layers (its error, telemetry and body-limit middleware), the app's middleware or its
+    router run. Call last."""
     app.state.public_tiles = PublicTiles(app.state.access, app.state.settings.cors_origins,
                                          app.state.tile_provider, app.state.settings)
-    app.add_middleware(TileFastPath, tiles=app.state.public_tiles)
+    return TileFastPath(app, app.state.public_tiles)
 
 
 @contextlib.asynccontextmanager
@@ -55,8 +57,7 @@ async def running(app: FastAPI):
             except TimeoutError:
                 log.warning("tile change listener not connected yet; tiles are served uncached until it is")
             app.state.tile_follower = follower
-            # the lifespan state: uvicorn hands it to tiles.fastpath.TileProtocol
-            yield {PUBLIC_TILES: app.state.public_tiles}
+            yield
     finally:
         provider.renderer.close()
         if provider.shared:

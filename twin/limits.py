@@ -5,19 +5,16 @@
   the limit — and a body that arrives too slowly (slower than MIN_BODY_RATE on average after
   BODY_GRACE_S, or silent for BODY_IDLE_S) is cut off with a 408. The refusal replaces whatever
   answer the application was making of the broken body, and closes the connection.
-- `TimelyHeaders` (uvicorn's httptools protocol; `twin serve` runs its subclass `tiles.fastpath.TileProtocol`):
-  a request's line and headers must arrive within HEADER_TIMEOUT_S of the connection opening or the
-  request beginning, and hold at most MAX_HEADER_BYTES; else a 408 or 431 and the connection closes.
-  uvicorn itself bounds neither (its keep-alive timer stops at the first byte), so without this a
-  client sending a header byte a second holds its connection for ever.
+
+Bounds on the request line and headers are not here: the ASGI application is called only once they
+have all arrived, and uvicorn bounds neither their time nor their size. The reverse proxy in front
+does (docs/deployment.md, "Slow and oversized requests: what the proxy must bound").
 """
 
 import asyncio
 import time
 
-import orjson
 from fastapi.responses import JSONResponse
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from twin.errors import ApiError, error_body
 
@@ -29,8 +26,6 @@ QUERY_BODY_BYTES = 2 * MB  # spatial queries take at most 10,000 vertices (layer
 BODY_GRACE_S = 10.0
 BODY_IDLE_S = 30.0
 MIN_BODY_RATE = 1024  # bytes per second, on average over the body so far
-HEADER_TIMEOUT_S = 10.0
-MAX_HEADER_BYTES = 64 * 1024
 
 
 class BodyRefused(Exception):
@@ -105,65 +100,3 @@ def install(app, upload_bytes: int) -> None:
     # uploads: etl.routes answers a declared size over the limit itself (upload_too_large); this backs it up
     app.add_middleware(BodyLimit, default=JSON_BODY_BYTES, by_prefix={
         "/etl/": upload_bytes + MB, "/query/": QUERY_BODY_BYTES, "/raster/": QUERY_BODY_BYTES})
-
-
-def _raw_response(error: ApiError) -> bytes:
-    body = orjson.dumps(error_body(error))
-    reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[error.status]
-    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
-            % (error.status, reason, len(body)) + body)
-
-
-class TimelyHeaders(HttpToolsProtocol):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.header_deadline: asyncio.TimerHandle | None = None
-        self.header_bytes = 0
-        self.in_headers = True  # reading a request's line and headers (or waiting for the first one)
-
-    def _await_headers(self) -> None:
-        if self.header_deadline is None:
-            self.header_deadline = self.loop.call_later(HEADER_TIMEOUT_S, self._headers_too_slow)
-
-    def _headers_arrived(self) -> None:
-        if self.header_deadline is not None:
-            self.header_deadline.cancel()
-            self.header_deadline = None
-        self.header_bytes = 0
-
-    def _refuse(self, error: ApiError) -> None:
-        if not self.transport.is_closing():
-            self.transport.write(_raw_response(error))
-            self.transport.close()
-
-    def _headers_too_slow(self) -> None:
-        self.header_deadline = None
-        self._refuse(ApiError(408, "headers_too_slow", f"The request line and headers did not arrive within "
-                              f"{HEADER_TIMEOUT_S:g} s."))
-
-    def connection_made(self, transport) -> None:
-        super().connection_made(transport)
-        self._await_headers()
-
-    def connection_lost(self, exc) -> None:
-        self._headers_arrived()
-        super().connection_lost(exc)
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self.in_headers = True
-
-    def on_headers_complete(self) -> None:
-        self.in_headers = False
-        self._headers_arrived()
-        super().on_headers_complete()
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self.in_headers:  # armed only when the headers did not all come in this piece (most do)
-            self._await_headers()
-            self.header_bytes += len(data)
-            if self.header_bytes > MAX_HEADER_BYTES:
-                self._headers_arrived()
-                self._refuse(ApiError(431, "headers_too_large", f"The request line and headers are larger than "
-                                      f"{MAX_HEADER_BYTES // 1024} KB."))
