@@ -79,7 +79,6 @@ def bd09_to_wgs84(lon, lat):
 
 
 TO_WGS84 = {"GCJ02": gcj02_to_wgs84, "BD09": bd09_to_wgs84}
-FROM_WGS84 = {"GCJ02": wgs84_to_gcj02, "BD09": wgs84_to_bd09}
 
 
 def transform_geometries(geometries, function):

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
+from twin.metrics import etl_runs
+
 log = logging.getLogger("twin.etl")
 LOCK_SPACE = 0x7477  # advisory-lock class for ETL runs ("tw"); the second key is the run id
 
@@ -103,13 +105,18 @@ def fail(run: Run, error: str) -> None:
 
 
 def close(run: Run) -> None:
-    """Release the run's lock and its session (a broken session is simply discarded)."""
+    """Release the run's lock and its session (a broken session is simply discarded), and count the run by
+    the status it ended with (twin.metrics)."""
+    status = "interrupted"  # unknown here: the next run's sweep will record it so
     try:
         if run.conn.in_transaction():
             run.conn.rollback()
         with run.conn.begin():
+            status = run.conn.execute(text("SELECT status FROM twin.etl_run WHERE id = :id"),
+                                      {"id": run.id}).scalar_one()
             run.conn.execute(text("SELECT pg_advisory_unlock(:space, :id)"), {"space": LOCK_SPACE, "id": run.id})
     except Exception:  # the database went away: the lock went with the session
         run.conn.invalidate()
     finally:
         run.conn.close()
+        etl_runs.labels(status).inc()

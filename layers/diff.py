@@ -13,7 +13,7 @@ from sqlalchemy.dialects.postgresql import array
 
 from layers.catalog import LayerSpec
 from layers.changelog import geometry_json, json_response, parse_moment, shift_m
-from layers.changes import MAX_LIMIT, touched_between
+from layers.history import MAX_LIMIT, touched_between
 from layers.collections import layer_or_404
 from layers.tables import source
 from twin.errors import ApiError

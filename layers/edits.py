@@ -9,17 +9,16 @@ editors writing from the same version exactly one wins and the other learns it.
 
 import shapely
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
-from sqlalchemy import BigInteger, Integer, delete, func, insert, literal, select, update
 from starlette.concurrency import run_in_threadpool
 
 from layers import crs as crs_
-from layers.catalog import SRID, LayerSpec
-from layers.changelog import change, feature_json, json_response
+from layers import features
+from layers.catalog import LayerSpec
+from layers.changelog import feature_json, json_response
 from layers.collections import layer_or_404
 from layers.feature_input import check_properties, input_crs, parse_feature, parse_geometry, read_json, \
     validated_values
-from layers.revert import restore_insert, restore_update
-from layers.tables import current, history
+from layers.features import etag_of
 from layers.writing import write_transaction
 from twin.auth import Principal, authenticate, require_layer_write
 from twin.errors import ApiError
@@ -32,11 +31,6 @@ MAX_FID = 2**63 - 1
 RETRIES = 3  # a write without If-Match re-reads and retries when another editor got in first
 CRS_PARAM = Query(None, description="CRS of the body's coordinates (overrides the Content-Crs header); "
                                     "CRS84 by default. Axis order is the CRS's: EPSG:4326 and EPSG:4490 are lat, lon.")
-
-
-def etag_of(layer: str, fid: int, version: int) -> str:
-    """The ETag of a feature version. Strong: a version's content never changes. GET of a feature sends it too."""
-    return f'"{layer}.{fid}.v{version}"'
 
 
 def _matches(if_match: str, layer: str, fid: int, version: int) -> bool:
@@ -62,12 +56,6 @@ def _writable(layer: str, principal: Principal) -> LayerSpec:
     return spec
 
 
-def _sql_values(values: dict) -> dict:
-    if values.get("geom") is not None:
-        return values | {"geom": func.ST_GeomFromWKB(shapely.to_wkb(values["geom"]), SRID)}
-    return values
-
-
 def _response(request: Request, spec: LayerSpec, row, status: int = 200) -> Response:
     headers = {"ETag": etag_of(spec.id, row.fid, row.version), "Content-Crs": crs_.DEFAULT.header}
     if status == 201:
@@ -76,9 +64,8 @@ def _response(request: Request, spec: LayerSpec, row, status: int = 200) -> Resp
 
 
 async def _current_row(request: Request, spec: LayerSpec, fid: int):
-    table = current(spec)
     async with request.app.state.engine.connect() as conn:
-        return (await conn.execute(select(table).where(table.c.fid == fid))).first()
+        return await features.current_row(conn, spec, fid)
 
 
 def _missing(spec: LayerSpec, fid: int) -> ApiError:
@@ -88,7 +75,6 @@ def _missing(spec: LayerSpec, fid: int) -> ApiError:
 async def _guarded(request: Request, principal: Principal, spec: LayerSpec, fid: int, if_match: str | None, write):
     """Apply `await write(row)` (an UPDATE or DELETE statement) to the version just read, guarded by that
     version. Returns the written row, or the current one when the write changed nothing."""
-    table = current(spec)
     for _ in range(RETRIES):
         row = await _current_row(request, spec, fid)
         if row is None:  # with If-Match, a feature that is gone fails the precondition (RFC 9110)
@@ -99,12 +85,9 @@ async def _guarded(request: Request, principal: Principal, spec: LayerSpec, fid:
         if statement is None:
             return row
         async with write_transaction(request, principal.actor) as conn:
-            guarded = statement.where(table.c.fid == fid, table.c.version == row.version)
-            done = (await conn.execute(guarded.returning(*table.columns))).first()
+            done, latest = await features.write_version(conn, spec, statement, fid, row.version)
             if done is not None:
                 return done
-            # Our statement holds the change-log lock now, so this read is stable.
-            latest = (await conn.execute(select(table.c.version).where(table.c.fid == fid))).scalar()
             if latest == row.version:
                 return row  # identical content: the triggers dropped a no-op update
         if if_match is not None:
@@ -120,9 +103,8 @@ async def create_feature(request: Request, layer: str, crs: str | None = CRS_PAR
     spec = _writable(layer, principal)
     properties, geometry = parse_feature(spec, await read_json(request), input_crs(content_crs, crs))
     values = await run_in_threadpool(validated_values, spec, properties, geometry)
-    table = current(spec)
     async with write_transaction(request, principal.actor) as conn:
-        row = (await conn.execute(insert(table).values(_sql_values(values)).returning(*table.columns))).one()
+        row = await features.insert_feature(conn, spec, values)
     return _response(request, spec, row, 201)
 
 
@@ -140,7 +122,7 @@ async def replace_feature(request: Request, layer: str, fid: int = Path(ge=1, le
     values = await run_in_threadpool(validated_values, spec, properties, geometry)
 
     async def write(_):
-        return update(current(spec)).values(_sql_values(values))
+        return features.replacing(spec, values)
 
     return _response(request, spec, await _guarded(request, principal, spec, fid, if_match, write))
 
@@ -181,7 +163,7 @@ async def update_feature(request: Request, layer: str, fid: int = Path(ge=1, le=
         shape = geometry if new_geometry else (shapely.from_wkb(bytes(stored["geom"].data)) if spec.geometry else None)
         values = await run_in_threadpool(validated_values, spec, merged, shape)
         changed = {name: values[name] for name in patch} | ({"geom": values["geom"]} if new_geometry else {})
-        return update(current(spec)).values(_sql_values(changed))
+        return features.replacing(spec, changed)
 
     return _response(request, spec, await _guarded(request, principal, spec, fid, if_match, write))
 
@@ -193,21 +175,10 @@ async def delete_feature(request: Request, layer: str, fid: int = Path(ge=1, le=
     spec = _writable(layer, principal)
 
     async def write(_):
-        return delete(current(spec))
+        return features.deleting(spec)
 
     await _guarded(request, principal, spec, fid, if_match, write)
     return Response(status_code=204)
-
-
-async def _versions(request: Request, spec: LayerSpec, fid: int, version: int) -> tuple[bool, list[int]]:
-    """Whether `version` of the feature is in the history, and every version it has had."""
-    past, c = history(spec), change.c
-    async with request.app.state.engine.connect() as conn:
-        kept = (await conn.execute(select(past.c.version).where(past.c.fid == fid, past.c.version == version)
-                                   .limit(1))).first() is not None
-        known = (await conn.execute(select(c.version).where(c.layer == spec.id, c.fid == fid, c.operation != "delete")
-                                    .order_by(c.version))).scalars().all()
-    return kept, known
 
 
 @router.post("/collections/{layer}/items/{fid}/revert",
@@ -222,23 +193,20 @@ async def revert_feature(request: Request, layer: str, fid: int = Path(ge=1, le=
         if if_match is not None and not _matches(if_match, spec.id, fid, row.version):
             raise _stale(spec, fid, row.version)
         return _response(request, spec, row)
-    kept, known = await _versions(request, spec, fid, to_version)
+    async with request.app.state.engine.connect() as conn:
+        kept, known = await features.versions(conn, spec, fid, to_version)
     if not kept:
         if not known:
             raise _missing(spec, fid)
         raise ApiError(404, "unknown_version", f"Feature {fid} has no version {to_version}; its versions: "
                        f"{', '.join(map(str, known))}.", where="query.to_version")
-    wanted = select(literal(fid, BigInteger), literal(to_version, Integer))
     if row is not None:
         async def write(_):
-            return restore_update(spec, wanted)
+            return features.restoring(spec, fid, to_version)
 
         return _response(request, spec, await _guarded(request, principal, spec, fid, if_match, write))
     if if_match is not None:
         raise _stale(spec, fid, None)
     async with write_transaction(request, principal.actor) as conn:
-        sql, params = restore_insert(conn, spec, wanted)
-        await conn.exec_driver_sql(sql, params)
-        table = current(spec)
-        restored = (await conn.execute(select(table).where(table.c.fid == fid))).one()
+        restored = await features.reinsert(conn, spec, fid, to_version)
     return _response(request, spec, restored, 201)

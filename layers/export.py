@@ -34,16 +34,15 @@ import pyogrio
 import pyproj
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
-from sqlalchemy import Text, cast, func, select
 from starlette.background import BackgroundTask
 
 from layers import crs as crs_
 from layers import params
-from layers.catalog import SRID, LayerSpec
+from layers.catalog import LayerSpec
+from layers.features import Selection, download, xy_names
 from layers.filters import Filter
-from layers.items import GEOJSON, _feature, _where, feature_layer
+from layers.items import GEOJSON, feature_layer
 from layers.statements import fetch_one
-from layers.tables import source
 from twin.errors import ApiError
 
 router = APIRouter(tags=["features"])
@@ -66,30 +65,6 @@ async def _slot():
                        headers={"Retry-After": str(RETRY_AFTER_S)})
     async with _running:
         yield
-
-
-def _in_file_crs(geom, out: crs_.Crs):
-    return geom if out.srid == SRID else func.ST_Transform(geom, out.srid)
-
-
-def _xy_names(out: crs_.Crs) -> tuple[str, str]:
-    return ("lon", "lat") if out.geographic else ("x", "y")
-
-
-def _columns(spec: LayerSpec, src, names: list[str], out: crs_.Crs, f: str, xy: bool) -> list:
-    """The selected columns for format `f`: GeoJSON is one feature text per row, made by PostgreSQL."""
-    if f == "geojson":
-        return [cast(_feature(spec, src.c, names, out), Text).label("feature")]
-    columns = [src.c.fid, *(src.c[n] for n in names)]
-    if not spec.geometry:
-        return columns
-    geom = _in_file_crs(src.c.geom, out)
-    if f != "csv":
-        return columns + [func.ST_AsBinary(geom).label("geometry")]
-    if xy:
-        x, y = _xy_names(out)
-        return columns + [func.ST_X(geom).label(x), func.ST_Y(geom).label(y)]
-    return columns + [func.ST_AsText(geom, out.decimals).label("WKT")]
 
 
 async def _chunks(request: Request, statement) -> AsyncIterator[list]:
@@ -122,7 +97,7 @@ def _csv_value(value):
 def _csv_header(spec: LayerSpec, names: list[str], out: crs_.Crs, xy: bool) -> list[str]:
     header = ["fid", *names]
     if spec.geometry:
-        header += list(_xy_names(out)) if xy else ["WKT"]
+        header += list(xy_names(out)) if xy else ["WKT"]
     return header
 
 
@@ -229,10 +204,9 @@ async def export(
     if xy and spec.geometry != "Point":
         raise ApiError(400, "invalid_parameter", f"geometry=xy needs a point layer; '{spec.id}' holds "
                        f"{spec.geometry or 'no geometries'}. Use geometry=wkt.", where="query.geometry")
-    src = source(spec, as_of)
-    names = wanted.fields(spec)
-    statement = (select(*_columns(spec, src, names, out, f, xy)).select_from(src)
-                 .where(*_where(spec, src.c, box, moment, cql)).order_by(src.c.fid))
+    selection = Selection(spec, wanted.fields(spec), out, box, moment, cql, as_of)
+    names = selection.names
+    statement = download(selection, "xy" if xy else {"geojson": "geojson", "csv": "wkt"}.get(f, "wkb"))
     headers = {"Content-Disposition": f'attachment; filename="{spec.id}.{f}"', "Content-Crs": out.header}
     chunks = await _checked(request, statement)
     if f == "geojson":

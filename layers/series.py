@@ -2,9 +2,7 @@
 
 Periods are hours or days of China Standard Time (Asia/Shanghai), the clock the readings are
 published on. Only normal readings (status 正常) enter the aggregates, as only they get a
-class. The class of a period is the GB 3838 class of its mean values, computed by the
-classifier the composition root puts in `app.state.classify_water` (etl.water_class.classify_frame:
-`layers` does not import `etl`); without one, classes are null.
+class. The class of a period is the GB 3838 class of its mean values (layers.water_class).
 """
 
 from datetime import datetime
@@ -19,6 +17,7 @@ from layers import params
 from layers.catalog import get_layer
 from layers.statements import fetch_one
 from layers.tables import source
+from layers.water_class import classify_frame
 from twin.access import require_read
 from twin.errors import ApiError
 from twin.urls import base_url
@@ -48,11 +47,10 @@ async def _station(conn, code: str, as_of: datetime | None):
     return row
 
 
-def _classes(request: Request, means: pd.DataFrame, evaluation_type: str | None) -> pd.DataFrame | None:
-    classify = getattr(request.app.state, "classify_water", None)
-    if classify is None or evaluation_type is None or means.empty:
+def _classes(means: pd.DataFrame, evaluation_type: str | None) -> pd.DataFrame | None:
+    if evaluation_type is None or means.empty:
         return None
-    return classify(means, evaluation_type)
+    return classify_frame(means, evaluation_type)
 
 
 @router.get(f"/collections/{LAYER}/series")
@@ -82,7 +80,7 @@ async def series(
         raise ApiError(400, "too_many_periods", f"More than {MAX_PERIODS} periods: narrow datetime or aggregate "
                        "daily", where="query.datetime")
     means = pd.DataFrame([{f.name: row[f"{f.name}_mean"] for f in fields} for row in rows], dtype=float)
-    classes = _classes(request, means, found.evaluation_type)
+    classes = _classes(means, found.evaluation_type)
     step = pd.Timedelta(hours=1) if aggregate == "hourly" else pd.Timedelta(days=1)
     periods = []
     for i, row in enumerate(rows):

@@ -26,6 +26,7 @@ from layers.tables import bbox_filter, source
 from tests.etl_support import REPO
 from tests.history_support import LAYER, SCRATCH, Replica, bearer, credit_code, department_keys, private_server, \
     snapshot, source_feature, write_csv
+from tests.lock_support import wait_for_waiting_writer
 
 ITEMS = f"/collections/{LAYER}/items"
 serials = itertools.count(1000)
@@ -193,8 +194,9 @@ def test_writers_commit_in_change_id_order(site):
             httpx.patch(f"{api.base_url}{ITEMS}/{second}", json={"properties": {"address": "fast"}},
                         headers=bearer(site["keys"]["ecology"]), timeout=30).status_code))
         editor.start()
-        time.sleep(0.7)
-        assert editor.is_alive()  # queued behind the open transaction
+        waiting = wait_for_waiting_writer(site["url"])  # the editor's UPDATE, queued behind the open transaction
+        assert any(f"UPDATE layers.{LAYER}" in query for query in waiting), waiting
+        assert editor.is_alive() and done == []
         assert api.get("/changes", params={"after": start}).json()["changes"] == []
         transaction.commit()
     editor.join()

@@ -2,13 +2,13 @@
 through the trigger, and its writes are recorded. On a private database (the tests write)."""
 
 import threading
-import time
 
 import psycopg
 import pytest
 from psycopg import errors, sql
 
 from tests.etl_support import drop_database, engine_for, private_database
+from tests.lock_support import wait_for_waiting_writer
 from twin.analyst import analyst_url, grant_analyst_role
 
 DB = "twin_privileges"
@@ -97,7 +97,7 @@ def test_an_editor_role_writes_are_serialised_and_recorded(editor, db_url):
     assert versions == [(1, "编辑街道"), (2, "编辑街道二")]
 
     # the editor's open write holds the writers' lock: the owner's write waits for its commit
-    finished = []
+    events = []
     with psycopg.connect(editor) as first:
         first.execute("INSERT INTO layers.streets (code, name, geom) VALUES ('E2', '先写', " + GEOM + ")")
 
@@ -105,16 +105,17 @@ def test_an_editor_role_writes_are_serialised_and_recorded(editor, db_url):
             with psycopg.connect(db_url) as conn:
                 conn.execute("INSERT INTO layers.streets (code, name, geom) VALUES ('E3', '后写', " + GEOM + ")")
                 conn.commit()
-            finished.append(time.monotonic())
+            events.append("second committed")
 
         thread = threading.Thread(target=second)
         thread.start()
-        time.sleep(1.0)
-        assert not finished, "a second writer went ahead while the first held the writers' lock"
-        committed = time.monotonic()
+        waiting = wait_for_waiting_writer(db_url)
+        assert any("'E3'" in query for query in waiting), waiting
+        assert events == [], "a second writer went ahead while the first held the writers' lock"
+        events.append("first committing")
         first.commit()
-        thread.join(timeout=10)
-    assert finished and finished[0] >= committed
+        thread.join(timeout=30)
+    assert events == ["first committing", "second committed"]
     with psycopg.connect(db_url) as conn:
         order = conn.execute("SELECT code FROM twin.change c JOIN layers.streets s USING (fid) "
                              "WHERE c.layer = 'streets' AND s.code IN ('E2', 'E3') ORDER BY change_id").fetchall()

@@ -10,7 +10,7 @@ import shapely
 from shapely.geometry import Point
 from sqlalchemy import text
 
-from layers.edits import etag_of
+from layers.features import etag_of
 from tests.history_support import LAYER, bearer, credit_code, department_keys, private_server, snapshot, \
     source_feature
 

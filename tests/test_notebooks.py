@@ -17,7 +17,7 @@ import pytest
 from nbclient import NotebookClient
 from sqlalchemy import text
 
-from etl.water_class import classify_frame
+from layers.water_class import classify_frame
 from twin.auth import create_key
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,9 +1,9 @@
-"""The water-quality series endpoint against aggregates computed here with pandas and etl.water_class."""
+"""The water-quality series endpoint against aggregates computed here with pandas and layers.water_class."""
 
 import pandas as pd
 import pytest
 
-from etl.water_class import classify_frame
+from layers.water_class import classify_frame
 
 CST = "Asia/Shanghai"
 PARAMETERS = ["water_temp", "ph", "do", "conductivity", "turbidity", "codmn", "nh3n", "tp", "tn"]

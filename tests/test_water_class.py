@@ -1,12 +1,12 @@
 import os
-import tomllib
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from etl import water_class
-from etl.water_class import CLASS_NAMES, classify, classify_frame, factor_aliases, parse_class
+from etl.factors import factor_aliases
+from layers.factors import factors
+from layers.water_class import CLASS_NAMES, classify, classify_frame, parse_class
 
 REAL_DATA = Path(os.environ.get("TWIN_REAL_DATA_DIR", Path(__file__).parents[1] / "data" / "real"))
 SHAZHU = REAL_DATA / "cnemc-water-quality" / "shazhu_daily_2020-05-10_to_2021-04-05.csv"
@@ -130,7 +130,5 @@ def test_factor_aliases(alias, field):
 
 
 def test_aliases_are_unique_per_field():
-    with open(Path(water_class.__file__).parent / "data" / "hj212_factors.toml", "rb") as f:
-        factors = tomllib.load(f)["factors"]
-    declared = sum(len({a.lower() for a in [k, f["hj212"], *f["aliases"]]}) for k, f in factors.items())
+    declared = sum(len({a.lower() for a in [k, f["hj212"], *f["aliases"]]}) for k, f in factors().items())
     assert len(factor_aliases()) == declared

@@ -8,7 +8,8 @@ A backup is written to FILE.partial and renamed when complete: a FILE is always 
 loads schema and data in one transaction (all or nothing) with the restoring role as owner, then
 the grants (best effort: a grant to a role that this cluster lacks, an analyst role say, is
 skipped and named). It refuses a database that already holds a twin database unless forced;
-forced, it drops what the backup holds before recreating it, in that same transaction.
+forced, it drops the twin's schemas and loads the backup in one transaction (anything else the database
+holds stays).
 """
 
 import os
@@ -24,7 +25,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from twin.cluster import ClusterError, find_postgis_bindir
 
-OURS = ("layers", "history", "twin")
+OURS = ("layers", "history", "twin", "sensing")
 MISSING_ROLE = re.compile(r'role "([^"]+)" does not exist')
 
 
@@ -117,6 +118,33 @@ def _occupied(url: str) -> list[str]:
     return schemas
 
 
+def _replace(conninfo: str, env: dict, file: Path) -> subprocess.CompletedProcess:
+    """Our schemas dropped and the backup loaded in one transaction: pg_restore's script fed to psql -1, ended by
+    an error if pg_restore did not write it whole, so a broken file rolls everything back. Not pg_restore
+    --clean: it drops a partition's inherited constraints one by one, which PostgreSQL refuses (observations
+    are partitioned)."""
+    drop = f"DROP SCHEMA IF EXISTS {', '.join(OURS)} CASCADE; DROP TABLE IF EXISTS public.alembic_version;"
+    with tempfile.TemporaryFile() as said, tempfile.TemporaryFile() as read_errors:
+        psql = subprocess.Popen([pg_tool("psql"), "--no-psqlrc", "--quiet", "--single-transaction", "--set",
+                                 "ON_ERROR_STOP=1", "--dbname", conninfo, "--command", drop, "--file", "-"],
+                                env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=said)
+        script = subprocess.Popen([pg_tool("pg_restore"), "--no-owner", "--no-acl", "--file", "-", str(file)],
+                                  env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=read_errors)
+        try:
+            shutil.copyfileobj(script.stdout, psql.stdin)
+            if script.wait() != 0:
+                psql.stdin.write(b"\nDO $$ BEGIN RAISE EXCEPTION 'the backup could not be read whole'; END $$;\n")
+            psql.stdin.close()
+        except BrokenPipeError:  # psql stopped at an error: its message says which
+            script.kill()
+            script.wait()
+        psql.wait()
+        said.seek(0)
+        read_errors.seek(0)
+        errors = said.read().decode(errors="replace") + read_errors.read().decode(errors="replace")
+    return subprocess.CompletedProcess(psql.args, psql.returncode or script.returncode, "", errors)
+
+
 def restore(url: str, file: Path, force: bool = False) -> Restored:
     file = Path(file)
     conninfo, env = _connection(url)
@@ -126,8 +154,8 @@ def restore(url: str, file: Path, force: bool = False) -> Restored:
         raise BackupError(f"The database already holds a twin database ({', '.join(occupied)}); restore into an "
                           "empty database, or pass --force to replace its contents with the backup's")
     restore_tool = [pg_tool("pg_restore"), "--no-owner", "--dbname", conninfo]
-    result = _run([*restore_tool, "--no-acl", "--single-transaction", "--exit-on-error",
-                   *(["--clean", "--if-exists"] if occupied else []), str(file)], env)
+    result = (_replace(conninfo, env, file) if occupied else
+              _run([*restore_tool, "--no-acl", "--single-transaction", "--exit-on-error", str(file)], env))
     if result.returncode != 0:
         raise BackupError(f"Restore failed, the database is as it was: {_last_words(result)}")
     grants = [line for line in entries if " ACL " in line]

@@ -1,16 +1,16 @@
 """The `twin` command: the managed database, keys, layers, sample data, ETL and the server."""
 
-import json
 import os
 import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from etl import cli as etl_cli
 from tiles import cli as tiles_cli
 from twin.cluster import Cluster, ClusterError
+from twin.console import JSON_OPTION, cli_actor, console, err, fail, listing
 from twin.db import DatabaseError, check_database, database_url, migrate, sync_engine
 from twin.logs import configure
 from twin.settings import get_settings
@@ -20,46 +20,17 @@ app = typer.Typer(help="OneMap Twin — the one-map (一张图) server of Wuxi X
 db_app = typer.Typer(help="The database: the managed local PostGIS, or TWIN_DATABASE_URL.", no_args_is_help=True)
 keys_app = typer.Typer(help="Department API keys.", no_args_is_help=True)
 layers_app = typer.Typer(help="The layer catalog.", no_args_is_help=True)
-etl_app = typer.Typer(help="Load data into the layers.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(layers_app, name="layers")
-app.add_typer(etl_app, name="etl")
+app.add_typer(etl_cli.app, name="etl")
 app.add_typer(tiles_cli.app, name="tiles")
-console = Console()
-err = Console(stderr=True)
 
 
 @app.callback()
 def main() -> None:
     """OneMap Twin — the one-map (一张图) server of Wuxi Xinwu."""
     configure(get_settings())
-
-
-def fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(1)
-
-
-JSON_OPTION = typer.Option(False, "--json", help="one JSON array of objects, for scripts")
-
-
-def listing(rows: list[dict], as_json: bool) -> None:
-    """Rows of a listing: a table on a terminal; else one tab-separated line per row under a header line, with
-    full values (rich would wrap or cut them to 80 columns); or, with --json, a JSON array of objects."""
-    if as_json:
-        print(json.dumps(rows, ensure_ascii=False, default=str, indent=1))
-    elif not rows:
-        err.print("(none)")
-    elif console.is_terminal:
-        table = Table(*rows[0])
-        for row in rows:
-            table.add_row(*("" if v is None else str(v) for v in row.values()))
-        console.print(table)
-    else:
-        print("\t".join(rows[0]))
-        for row in rows:
-            print("\t".join("" if v is None else str(v).replace("\t", " ").replace("\n", " ") for v in row.values()))
 
 
 def cluster() -> Cluster:
@@ -249,116 +220,11 @@ def layers_private(name: str = typer.Argument(..., help="the layer"),
     if name not in catalog():
         fail(f"unknown layer {name} (see: twin layers list)")
     with sync_engine().begin() as conn:
-        conn.execute(switch_statement(name, private, _cli_actor(None)))
+        conn.execute(switch_statement(name, private, cli_actor(None)))
     console.print(f"{name} is now {'private' if private else 'public'}")
 
 
 # -- ETL ----------------------------------------------------------------------
-def _print_result(result) -> None:
-    table = Table(title=f"run {result.run_id}: {result.status}")
-    for name in ("read", "inserted", "updated", "unchanged", "deleted", "repaired", "quarantined"):
-        table.add_column(name, justify="right")
-    if result.counts:
-        table.add_row(*(str(result.counts.get(n, 0)) for n in ("read", "inserted", "updated", "unchanged",
-                                                               "deleted", "repaired", "quarantined")))
-    console.print(table)
-    if result.error:
-        err.print(f"[red]{result.error}[/]")
-    if result.counts.get("quarantined"):
-        console.print(f"see the rejected rows: twin etl quarantine {result.run_id}")
-    if result.ignored:
-        console.print(f"[yellow]source columns not loaded (no matching field):[/] {', '.join(result.ignored)}")
-
-
-def _cli_actor(department: str | None) -> str:
-    return f"cli:{department or os.environ.get('USER', 'unknown')}"
-
-
-def _finish(result) -> None:
-    """Print a run's summary; a run that did not succeed ends the command with a non-zero status."""
-    _print_result(result)
-    if result.status != "succeeded":
-        raise typer.Exit(1)
-
-
-@etl_app.command("run")
-def etl_run(job: str, file: Path, crs: str = typer.Option(None, help="source CRS: EPSG code, GCJ02 or BD09"),
-            layer: str = typer.Option(None, help="target layer (default: the job's first)"),
-            source_layer: str = typer.Option(None, help="layer inside a GeoPackage or zip"),
-            mode: str = typer.Option("upsert", help="upsert (never deletes) or replace (snapshot)"),
-            department: str = typer.Option(None, help="the department the data comes from")):
-    """Load FILE into a layer with JOB."""
-    from etl.run import JobError, run_file
-
-    with console.status("starting") as status:
-        try:
-            result = run_file(sync_engine(), job, file, layer=layer, crs=crs, mode=mode, department=department,
-                              actor=_cli_actor(department),
-                              source_layer=source_layer, progress=lambda stage: status.update(stage))
-        except JobError as e:
-            fail(str(e))
-    _finish(result)
-
-
-@etl_app.command("runs")
-def etl_runs(limit: int = 20, as_json: bool = JSON_OPTION):
-    """The latest runs."""
-    from sqlalchemy import text
-
-    with sync_engine().connect() as conn:
-        rows = conn.execute(text("SELECT id, job, layer, file_name AS file, status, read, inserted, updated, "
-                                 "unchanged, deleted, quarantined, started_at FROM twin.etl_run "
-                                 "ORDER BY id DESC LIMIT :n"), {"n": limit}).mappings().all()
-    listing([dict(r) | {"started_at": f"{r['started_at']:%Y-%m-%d %H:%M:%S%z}"} for r in rows], as_json)
-
-
-@etl_app.command("raster")
-def etl_raster(file: Path, layer: str = typer.Option("imagery", help="the raster layer"),
-               department: str = typer.Option(None, help="the department the data comes from")):
-    """Convert FILE to a Cloud-Optimized GeoTIFF and make it the raster of LAYER (recorded as a run)."""
-    from etl.run import JobError, run_raster
-
-    with console.status("converting to COG"):
-        try:
-            result = run_raster(sync_engine(), file, layer=layer, raster_dir=get_settings().data_dir / "rasters",
-                                department=department,
-                                actor=_cli_actor(department))
-        except JobError as e:
-            fail(str(e))
-    _finish(result)
-
-
-@etl_app.command("quarantine")
-def etl_quarantine(run_id: int, as_json: bool = JSON_OPTION):
-    """The rows a run rejected, with the reasons."""
-    from sqlalchemy import text
-
-    with sync_engine().connect() as conn:
-        rows = conn.execute(text("SELECT row_number AS row, reason, record FROM twin.quarantine WHERE run_id = :id "
-                                 "ORDER BY row_number"), {"id": run_id}).mappings().all()
-    listing([dict(r) if as_json else dict(r) | {"record": json.dumps(r["record"], ensure_ascii=False, default=str)}
-             for r in rows], as_json)
-
-
-@etl_app.command("revert")
-def etl_revert(run_id: int):
-    """Undo everything run RUN_ID did, unless later changes touched the same features (then nothing changes)."""
-    from layers.revert import RevertError, revert_run
-
-    try:
-        with sync_engine().begin() as conn:
-            result = revert_run(conn, run_id)
-    except RevertError as e:
-        if e.conflicts:
-            table = Table("fid", "change", "operation", "version", "time", "actor", title="later changes")
-            for c in e.conflicts:
-                table.add_row(str(c["fid"]), str(c["change"]), c["operation"], str(c["version"]), c["time"], c["actor"])
-            console.print(table)
-        fail(str(e))
-    console.print(f"run {run_id} reverted on {result.layer} as '{result.actor}': " +
-                  ", ".join(f"{n} {what}" for what, n in result.counts.items()))
-
-
 # -- sample data, demo, server ---------------------------------------------------
 @app.command()
 def sample(out: Path = typer.Option(Path("var/sample"), help="directory to write to"),
@@ -411,11 +277,12 @@ def run_server(host: str, port: int, workers: int) -> None:
 
 
 def uvicorn_argv(host: str, port: int, workers: int = 1, access_log: bool = False) -> list[str]:
-    """How the app is served: cached tiles answered by its own HTTP protocol (tiles.fastpath), which also
-    bounds request headers (twin.limits)."""
+    """How the app is served: uvicorn with httptools and uvloop, idle keep-alive connections closed after
+    5 s. The app is plain ASGI (any ASGI server runs it); the reverse proxy bounds request headers
+    (docs/deployment.md)."""
     return [sys.executable, "-m", "uvicorn", "--factory", "twin.app:create_app", "--host", host, "--port", str(port),
-            "--http", "tiles.fastpath:TileProtocol", "--loop", "uvloop", "--workers", str(workers), "--proxy-headers",
-            *([] if access_log else ["--no-access-log"])]
+            "--http", "httptools", "--loop", "uvloop", "--timeout-keep-alive", "5", "--workers", str(workers),
+            "--proxy-headers", *([] if access_log else ["--no-access-log"])]
 
 
 @app.command()

@@ -4,7 +4,8 @@ tables, parameters by name or HJ 212-2017 factor code; each normal reading gets 
 import pandas as pd
 from sqlalchemy import text
 
-from etl.water_class import classify_frame, factor_aliases
+from etl.factors import factor_aliases
+from layers.water_class import classify_frame
 
 LAYERS = ("water_quality",)
 ALIASES = {"站点编码": "station_code", "站点代码": "station_code", "断面编码": "station_code", "mn": "station_code",

@@ -1,7 +1,7 @@
 """Surface-water class (GB 3838-2002 Ⅰ..劣Ⅴ) of a reading, as the CNEMC real-time publication assigns it.
 
-Limits, factor codes and header aliases are data in etl/data/*.toml; see gb3838.toml for the
-rules and for why values are compared unrounded.
+The class limits are data in layers/data/gb3838.toml; see it for the rules and for why values are
+compared unrounded. The ETL classifies each reading as it loads it, the series endpoint each period's means.
 """
 
 import tomllib
@@ -13,16 +13,10 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-_DATA = Path(__file__).parent / "data"
+_LIMITS = Path(__file__).parent / "data" / "gb3838.toml"
 EVALUATION_TYPES = ("river", "lake")
 CLASS_NAMES = {1: "Ⅰ", 2: "Ⅱ", 3: "Ⅲ", 4: "Ⅳ", 5: "Ⅴ", 6: "劣Ⅴ"}
 _ROMAN = {"I": 1, "II": 2, "III": 3, "IV": 4, "V": 5, "劣V": 6}
-
-
-@cache
-def _toml(name: str) -> dict:
-    with open(_DATA / name, "rb") as f:
-        return tomllib.load(f)
 
 
 @cache
@@ -30,8 +24,10 @@ def _limits(evaluation_type: str) -> dict[str, tuple[str, np.ndarray]]:
     """field -> (direction, class I..V limits) for the classifying parameters."""
     if evaluation_type not in EVALUATION_TYPES:
         raise ValueError(f"evaluation_type must be one of {EVALUATION_TYPES}, not {evaluation_type!r}")
+    with open(_LIMITS, "rb") as f:
+        parameters = tomllib.load(f)["parameters"]
     out = {}
-    for field, p in _toml("gb3838.toml")["parameters"].items():
+    for field, p in parameters.items():
         limits = p["limits"]
         if isinstance(limits, dict):
             limits = limits[evaluation_type]
@@ -75,13 +71,3 @@ def parse_class(text: str | None) -> int | None:
     # NFKC turns the Unicode roman numerals (Ⅲ) and full-width letters into plain ASCII.
     key = unicodedata.normalize("NFKC", str(text)).strip().upper().removesuffix("类")
     return _ROMAN.get(key)
-
-
-@cache
-def factor_aliases() -> dict[str, str]:
-    """Lower-cased header alias, field name or HJ 212 code -> field name."""
-    out = {}
-    for field, f in _toml("hj212_factors.toml")["factors"].items():
-        for alias in [field, f["hj212"], *f["aliases"]]:
-            out[alias.lower()] = field
-    return out
