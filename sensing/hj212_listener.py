@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from sensing.hj212 import HEADER_LENGTH, TRAILER_LENGTH, Hj212Refusal, Packet, data_response, parse_frame
+from twin import metrics
 
 log = logging.getLogger("twin.hj212")
 
@@ -83,9 +84,17 @@ class Hj212Listener:
             raise RuntimeError("the HJ 212 listener is not started")
         return self._server.sockets[0].getsockname()[1]
 
+    def _count(self, event: str, n: int) -> None:
+        self.counters[event] += n
+        metrics.hj212_events.labels(event).inc(n)
+
+    def _open(self, change: int) -> None:
+        self.counters["connections_open"] += change
+        metrics.hj212_connections.inc(change)
+
     async def start(self) -> None:
         self._closing = False
-        self._server = await asyncio.start_server(self._connection, self.host, self.port)
+        self._server = await asyncio.start_server(self._connection, self.host, self.port, reuse_port=True)
         log.info("HJ 212 listener on %s:%d", self.host, self.bound_port)
 
     async def stop(self, grace_s: float = 5.0) -> None:
@@ -108,24 +117,24 @@ class Hj212Listener:
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = _peer(writer)
         if self._closing or len(self._connections) >= self.max_connections:
-            self.counters["connections_rejected"] += 1
+            self._count("connections_rejected", 1)
             self.refusals.warn("too_many_connections", f"HJ 212 connection from {peer} refused: "
                                f"{self.max_connections} connections are open", peer=peer)
             writer.transport.abort()
             return
         task = asyncio.current_task()
         self._connections[task] = writer
-        self.counters["connections_opened"] += 1
-        self.counters["connections_open"] += 1
+        self._count("connections_opened", 1)
+        self._open(+1)
         try:
             await self._frames(reader, writer, peer)
         except ConnectionCut as cut:
-            self.counters[cut.counter] += 1
+            self._count(cut.counter, 1)
             self.refusals.warn(cut.counter, f"HJ 212 connection from {peer} closed: {cut.reason}", peer=peer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
-            self.counters["connections_open"] -= 1
+            self._open(-1)
             del self._connections[task]
             if writer.transport.get_write_buffer_size():
                 writer.transport.abort()  # a peer that does not read its responses gets no more time
@@ -196,7 +205,7 @@ class Hj212Listener:
 
     def _skip(self, buffer: bytearray, count: int, peer: str) -> None:
         if count > 0:
-            self.counters["skipped_bytes"] += count
+            self._count("skipped_bytes", count)
             self.refusals.warn("skipped_bytes", f"HJ 212 connection from {peer}: skipped {count} bytes that are "
                                f"not a frame ({bytes(buffer[:min(count, 32)])!r}…)", peer=peer)
             del buffer[:count]
@@ -209,13 +218,13 @@ class Hj212Listener:
             self._refuse(refusal.code, refusal.reason, peer)
             return
         except Exception as error:
-            self.counters["store_failed"] += 1
+            self._count("store_failed", 1)
             self.refusals.warn("store_failed", f"HJ 212 packet from {peer} not stored: {error!r}", peer=peer,
                                exc_info=True)
             return
-        self.counters["accepted"] += 1
+        self._count("accepted", 1)
         if packet.response_asked and not self._closing:
-            self.counters["responses_sent"] += 1
+            self._count("responses_sent", 1)
             writer.write(data_response(packet))
             try:
                 await asyncio.wait_for(writer.drain(), self.frame_deadline_s)
@@ -223,7 +232,7 @@ class Hj212Listener:
                 raise ConnectionCut("cut.frame_deadline", "the device did not read the data response") from None
 
     def _refuse(self, code: str, reason: str, peer: str) -> None:
-        self.counters[f"refused.{code}"] += 1
+        self._count(f"refused.{code}", 1)
         self.refusals.warn(code, f"HJ 212 packet from {peer} refused ({code}): {reason}", peer=peer, reason=reason)
 
 

@@ -37,6 +37,7 @@ def database_url(data_dir):
     url = external or (cluster.up() and cluster.url())
     os.environ["TWIN_DATABASE_URL"] = url
     os.environ["TWIN_DATA_DIR"] = str(data_dir)
+    os.environ["TWIN_HJ212_PORT"] = "0"  # servers the tests start listen for HJ 212 only where a test asks
     from twin.db import migrate, sync_engine
     from twin.settings import get_settings
 

@@ -3,10 +3,11 @@
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from starlette.types import ASGIApp
 
 from layers import collections as collection_routes
 from layers import extents
-from layers import changes as change_routes, diff as diff_routes, edits as edit_routes, revert as revert_routes
+from layers import diff as diff_routes, edits as edit_routes, history as history_routes, revert as revert_routes
 from layers import items as item_routes
 from layers import openapi as ogc_openapi
 from layers import export as export_routes
@@ -14,9 +15,11 @@ from layers import series as series_routes
 from layers import queries as query_routes
 from layers.catalog import catalog
 from tiles import server as tile_server
-from etl.water_class import classify_frame
+from sensing import hj212_ingest
+from sensing import startup as sensing_startup
+from sensing.sta import routes as sta_routes
 from etl import routes as etl_routes
-from twin import access, admin, cors, errors, health, limits
+from twin import access, admin, cors, errors, health, limits, metrics
 from twin import styles as style_routes
 from twin import viewer
 from twin.db import async_engine
@@ -30,7 +33,7 @@ def feature_layers() -> list:
     return [s for s in catalog().values() if s.kind != "raster"]
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> ASGIApp:
     settings = settings or get_settings()
     configure(settings)
 
@@ -38,7 +41,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         app.state.engine = async_engine(settings)
         app.state.read_engine = read_engine(settings, app.state.engine)  # reads that may lag: twin.replicas
-        async with tile_server.running(app) as state, access.following(app), \
+        await sensing_startup.prepare(app)  # partitions ahead, station Things (sensing.startup)
+        async with tile_server.running(app) as state, access.following(app), hj212_ingest.listening(app), \
                 in_background(extents.warm(app, feature_layers()), "extents"):
             yield state
             for update in list(app.state.extent_updates.values()):  # layers.extents
@@ -60,24 +64,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.extents, app.state.extent_updates = {}, {}  # layers.extents
     access.install(app, catalog().values())
-    app.state.classify_water = classify_frame  # layers.series classifies aggregates without importing etl
     tile_server.install(app)  # first: tiles are most of the requests, and routes are matched in order
     app.include_router(health.router(feature_layers))
     app.include_router(collection_routes.router)
-    for history_router in (change_routes.router, diff_routes.router, edit_routes.router, revert_routes.router):
+    for history_router in (history_routes.router, diff_routes.router, edit_routes.router, revert_routes.router):
         app.include_router(history_router)
     app.include_router(item_routes.router)
     app.include_router(export_routes.router)
     app.include_router(series_routes.router)
+    app.include_router(sta_routes.router)  # SensorThings /sta/v1.1
     app.include_router(query_routes.router)
     app.include_router(style_routes.router)
     app.include_router(admin.router)
     app.include_router(etl_routes.router)
     viewer.install(app)
     limits.install(app, upload_bytes=settings.max_upload_mb << 20)  # body sizes and speeds, before parsing
-    errors.install(app)  # its URL check is outside every middleware but CORS and the tile fast path
+    errors.install(app)  # its URL check is outside every middleware but CORS, metrics and the tile fast path
     cors.install(app)  # outside the rest, so refusals and errors carry its headers too
-    tile_server.install_fast_path(app)  # last: a cached tile goes out before anything else runs
+    metrics.install(app)  # counts every answer above, CORS preflights included; not the fast path's tile hits
     generate = app.openapi
 
     def openapi() -> dict:
@@ -88,4 +92,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi
-    return app
+    return tile_server.in_front(app)  # last: a public tile goes out before anything else runs

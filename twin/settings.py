@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     styles_dir: Path = REPO_ROOT / "styles"
     # A Redis (redis://host:port/db) the workers share tiles through; unset: each worker caches alone.
     redis_url: str | None = None
+    # HJ 212-2017 packets from dischargers' data loggers (sensing.hj212_ingest); port 0 turns the listener off.
+    # Every worker listens on the same port (SO_REUSEPORT), the kernel spreading connections among them.
+    hj212_host: str = "127.0.0.1"
+    hj212_port: int = 9212
 
     @field_validator("database_read_urls", mode="before")
     @classmethod

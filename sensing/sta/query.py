@@ -1,0 +1,169 @@
+"""Reading entities: a filtered, ordered, paged set, its $expand (per-parent windows), and their JSON."""
+
+from collections import defaultdict
+from datetime import datetime, timezone
+
+import orjson
+from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
+
+from sensing.sta import filters
+from sensing.sta.entities import ENTITIES, Entity
+from sensing.sta.options import Options
+from twin.errors import ApiError
+
+
+def iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+async def run(conn, statement):
+    """Rows of `statement`; what the database cannot evaluate for a request's values is a 400."""
+    try:
+        return (await conn.execute(statement)).mappings().all()
+    except RecursionError as e:
+        raise ApiError(400, "invalid_query", "The request is nested too deeply to evaluate") from e
+    except DBAPIError as e:
+        state = getattr(e.orig, "sqlstate", None) or ""
+        if state[:2] in ("22", "42") or state == "XX000":
+            message = str(getattr(e.orig, "diag", None) and e.orig.diag.message_primary or e.orig).strip()
+            raise ApiError(400, "invalid_query", f"The database cannot evaluate this request: {message}",
+                           where="query") from None
+        raise
+
+
+class Reader:
+    def __init__(self, conn, base: str, hidden: frozenset[str]):
+        self.conn, self.base, self.hidden = conn, base, hidden
+
+    def source(self, entity: Entity, key: int | None = None):
+        return entity.source(self.hidden, key)
+
+    def _columns(self, entity: Entity, source) -> list:
+        extra = [func.ST_AsGeoJSON(source.c[g], 9, 0).label(f"_{g}") for g in entity.geometries]
+        return [*source.c, *extra]
+
+    def _conditions(self, options: Options, source, where) -> list:
+        conditions = list(where)
+        if options.filter:
+            conditions.append(filters.where(options.entity, source, options.filter, self.hidden))
+        return conditions
+
+    def _order(self, options: Options, source) -> list:
+        order = [source.c[c].desc().nulls_last() if desc else source.c[c].asc() for c, desc in options.orderby]
+        return order + [source.c.id.asc()]
+
+    async def collection(self, options: Options, where=lambda source: [], key: int | None = None
+                         ) -> tuple[list[dict], int | None, bool]:
+        """(entities, count if asked, more to come) of the set; `where(source)` narrows it (a navigation path),
+        `key` to at most the entity of that id."""
+        source = self.source(options.entity, key)
+        conditions = self._conditions(options, source, where(source))
+        statement = (select(*self._columns(options.entity, source)).where(*conditions)
+                     .order_by(*self._order(options, source)).offset(options.skip).limit(options.top + 1))
+        rows = await run(self.conn, statement)
+        count = None
+        if options.count:
+            count = (await run(self.conn, select(func.count().label("n")).select_from(source).where(*conditions)))[0]["n"]
+        more = len(rows) > options.top
+        entities = [self.render(options, row) for row in rows[:options.top]]
+        await self.expand(options, rows[:options.top], entities)
+        return entities, count, more
+
+    async def expand(self, options: Options, rows, entities: list[dict]) -> None:
+        for name, inner in options.expand.items():
+            nav = options.entity.navs[name]
+            if not nav.many:
+                ids = {row[nav.fk] for row in rows if row[nav.fk] is not None}
+                found, _, _ = await self.collection(
+                    _all(inner, len(ids)), lambda s: [s.c.id.in_(ids)]) if ids else ([], None, False)
+                by_id = {e["@iot.id"]: e for e in found}
+                for row, entity in zip(rows, entities):
+                    entity[name] = by_id.get(row[nav.fk])
+                continue
+            await self._expand_many(name, nav, inner, rows, entities)
+
+    async def _expand_many(self, name, nav, inner: Options, rows, entities) -> None:
+        parents = [row["id"] for row in rows]
+        if not parents:
+            return
+        target = ENTITIES[nav.target]
+        source = self.source(target)
+        if nav.link:
+            link, mine, theirs = nav.link
+            joined, parent = source.join(link, link.c[theirs] == source.c.id), link.c[mine]
+        else:
+            joined, parent = source, source.c[nav.back]
+        conditions = self._conditions(inner, source, [parent.in_(parents)])
+        ranked = (select(*self._columns(target, source), parent.label("_parent"),
+                         func.row_number().over(partition_by=parent, order_by=self._order(inner, source))
+                         .label("_rank")).select_from(joined).where(*conditions).subquery())
+        window = (select(ranked).where(ranked.c._rank > inner.skip, ranked.c._rank <= inner.skip + inner.top + 1)
+                  .order_by(ranked.c._parent, ranked.c._rank))
+        found = defaultdict(list)
+        for row in await run(self.conn, window):
+            found[row["_parent"]].append(row)
+        counts = {}
+        if inner.count:
+            counted = select(parent, func.count()).select_from(joined).where(*conditions).group_by(parent)
+            counts = {r[0]: r[1] for r in (await self.conn.execute(counted)).all()}
+        for row, entity in zip(rows, entities):
+            children = found.get(row["id"], [])
+            rendered = [self.render(inner, child) for child in children[:inner.top]]
+            await self.expand(inner, children[:inner.top], rendered)
+            entity[name] = rendered
+            if inner.count:
+                entity[f"{name}@iot.count"] = counts.get(row["id"], 0)
+            if len(children) > inner.top:
+                entity[f"{name}@iot.nextLink"] = (f"{self.base}/{options_path(entity)}/{name}"
+                                                  f"?$top={inner.top}&$skip={inner.skip + inner.top}")
+
+    def render(self, options: Options, row) -> dict:
+        entity = options.entity
+        link = f"{self.base}/{entity.plural}({row['id']})"
+        out = {"@iot.selfLink": link, "@iot.id": row["id"]}
+        for name, column in entity.properties.items():
+            if name == "id":
+                continue
+            value = row[column]
+            if column in entity.geometries:
+                value = orjson.loads(row[f"_{column}"]) if row[f"_{column}"] else None
+            elif column in entity.times:
+                value = iso(value)
+            out[name] = value
+        if entity.name == "Observation":
+            out["phenomenonTime"] = _interval(row["phenomenon_time"], row["phenomenon_time_end"])
+        for name in entity.navs:
+            out[f"{name}@iot.navigationLink"] = f"{link}/{name}"
+        if options.select is not None:
+            keep = set(options.select) | {f"{n}@iot.navigationLink" for n in options.select if n in entity.navs}
+            if "id" in keep:
+                keep |= {"@iot.id", "@iot.selfLink"}
+            out = {k: v for k, v in out.items() if k in keep}
+        out["_path"] = f"{entity.plural}({row['id']})"
+        return out
+
+
+def options_path(entity: dict) -> str:
+    return entity["_path"]
+
+
+def strip(value):
+    """Drop the internal `_path` members before a body goes out."""
+    if isinstance(value, dict):
+        return {k: strip(v) for k, v in value.items() if k != "_path"}
+    if isinstance(value, list):
+        return [strip(v) for v in value]
+    return value
+
+
+def _interval(start: datetime, end: datetime | None) -> str:
+    return iso(start) if end is None else f"{iso(start)}/{iso(end)}"
+
+
+def _all(options: Options, size: int) -> Options:
+    """A to-one expansion: every target asked for, whatever $top says."""
+    return Options(options.entity, top=max(size, 1), skip=0, select=options.select, filter=options.filter,
+                   expand=options.expand)

@@ -1,0 +1,157 @@
+"""The observation store: monthly partitions, bulk ingest, and the look-ups an ingest path needs.
+
+`add_observations` is the one way rows get in (HTTP dataArray, the HJ 212 listener's sink, later MQTT):
+rows of water-quality Datastreams become the `water_quality` layer's readings (sensing.water_quality), all
+others one multi-row upsert into `sensing.observation`: a row repeating a (datastream, phenomenonTime) key
+replaces the stored one (the last write wins, also within one batch). The months the rows fall in are made
+first (rows of older or stranger times than any month made land in the DEFAULT partition, never refused).
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import select, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from sensing import tables as t
+from sensing import water_quality as wq
+
+MONTHS_AHEAD = 3  # made at start-up, so live data never waits on a new partition
+
+
+@dataclass(frozen=True)
+class ObservationRow:
+    datastream_id: int
+    phenomenon_time: datetime
+    result: float | None
+    result_quality: str | None = None
+    result_time: datetime | None = None
+    phenomenon_time_end: datetime | None = None
+    feature_of_interest_id: int | None = None
+
+
+def ensure_partitions(conn: Connection, first: datetime, last: datetime) -> int:
+    """Make the monthly partitions from `first`'s month to `last`'s; returns how many were new."""
+    return conn.execute(text("SELECT sensing.ensure_partitions(:first, :last)"),
+                        {"first": first, "last": last}).scalar()
+
+
+def prepare_months(conn: Connection, now: datetime | None = None) -> int:
+    """At start-up: this month and the next MONTHS_AHEAD."""
+    now = now or datetime.now(timezone.utc)
+    return ensure_partitions(conn, now, now + timedelta(days=31 * MONTHS_AHEAD))
+
+
+def _latest_rows(rows: Iterable[ObservationRow]) -> list[ObservationRow]:
+    keyed = {}
+    for row in rows:
+        keyed[(row.datastream_id, row.phenomenon_time)] = row
+    return list(keyed.values())
+
+
+def water_quality_streams(conn: Connection, ids: Iterable[int]) -> dict[int, tuple[str, str]]:
+    """datastream id -> (station code, parameter field) of those among `ids` that are water-quality ones."""
+    d, th = t.datastream, t.thing
+    rows = conn.execute(select(d.c.id, th.c.station_code, d.c.wq_field).join_from(d, th, d.c.thing_id == th.c.id)
+                        .where(d.c.id.in_(list(set(ids))), d.c.wq_field.is_not(None)))
+    return {r.id: (r.station_code, r.wq_field) for r in rows}
+
+
+def insert_rows(conn: Connection, rows: Iterable[ObservationRow], actor: str = "sensing") -> list[int]:
+    """Store `rows` in the caller's transaction; returns their observation ids in order (the last write of a
+    repeated key gets the id of the stored row)."""
+    rows = list(rows)
+    if not rows:
+        return []
+    streams = water_quality_streams(conn, (r.datastream_id for r in rows))
+    ids: dict[tuple[int, datetime], int] = {}
+    readings: dict[tuple[str, datetime], tuple[dict, str | None]] = {}
+    for row in rows:
+        if row.datastream_id in streams:
+            station, field = streams[row.datastream_id]
+            values, quality = readings.get((station, row.phenomenon_time), ({}, None))
+            values[field] = row.result
+            readings[(station, row.phenomenon_time)] = (values, row.result_quality or quality)
+    for (station, moment), (values, quality) in readings.items():
+        fid = wq.write_reading(conn, actor, station, moment, values, quality)
+        for field in values:
+            ids[(station, field, moment)] = -(fid * wq.STRIDE + wq.position_of(field))
+    stored = _latest_rows(r for r in rows if r.datastream_id not in streams)
+    if stored:
+        times = [r.phenomenon_time for r in stored]
+        ensure_partitions(conn, min(times), max(times))
+        columns = ["datastream_id", "phenomenon_time", "phenomenon_time_end", "result_time", "result",
+                   "result_quality", "feature_of_interest_id"]
+        arrays = {c: [getattr(r, c) for r in stored] for c in columns}
+        returned = conn.execute(text(
+            "INSERT INTO sensing.observation AS o (datastream_id, phenomenon_time, phenomenon_time_end, result_time, "
+            "result, result_quality, feature_of_interest_id) "
+            "SELECT * FROM unnest(CAST(:datastream_id AS bigint[]), CAST(:phenomenon_time AS timestamptz[]), "
+            "CAST(:phenomenon_time_end AS timestamptz[]), CAST(:result_time AS timestamptz[]), "
+            "CAST(:result AS float8[]), CAST(:result_quality AS text[]), CAST(:feature_of_interest_id AS bigint[])) "
+            "ON CONFLICT (datastream_id, phenomenon_time) DO UPDATE SET phenomenon_time_end = excluded.phenomenon_time_end, "
+            "result_time = excluded.result_time, result = excluded.result, result_quality = excluded.result_quality, "
+            "feature_of_interest_id = excluded.feature_of_interest_id "
+            "RETURNING o.id, o.datastream_id, o.phenomenon_time"), arrays).all()
+        for r in returned:
+            ids[(r.datastream_id, r.phenomenon_time)] = r.id
+        analyze_bulk(conn, len(stored), min(times), max(times))
+    out = []
+    for row in rows:
+        if row.datastream_id in streams:
+            station, field = streams[row.datastream_id]
+            out.append(ids[(station, field, row.phenomenon_time)])
+        else:
+            out.append(ids[(row.datastream_id, row.phenomenon_time)])
+    return out
+
+
+def analyze_bulk(conn: Connection, written: int, first: datetime, last: datetime) -> None:
+    """ANALYZE the partitions (and the hourly aggregate) a bulk insert changed by more than autovacuum's rule
+    (50 + 10% of the table), as layers.store.analyze_bulk does for layers; a new partition has no rows counted,
+    so any bulk load into it is analyzed."""
+    if written <= 50:
+        return
+    partitions = conn.execute(text(
+        "SELECT c.oid::regclass::text, greatest(c.reltuples, 0) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'sensing.observation'::regclass AND (c.relname = 'observation_default' OR "
+        "c.relname BETWEEN 'observation_' || to_char(CAST(:first AS timestamptz) AT TIME ZONE 'UTC', 'YYYY_MM') "
+        "AND 'observation_' || to_char(CAST(:last AS timestamptz) AT TIME ZONE 'UTC', 'YYYY_MM'))"),
+        {"first": first, "last": last}).all()
+    tables = [name for name, rows in partitions if not name.endswith("observation_default") and written > 50 + 0.1 * rows]
+    hourly = conn.execute(text("SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = 'sensing.observation_hourly'::regclass")).scalar()
+    if written / 12 > 50 + 0.1 * hourly:
+        tables.append("sensing.observation_hourly")
+    for table in tables:  # names from the catalog, not from input
+        conn.execute(text(f"ANALYZE {table}"))
+
+
+# The HJ 212 listener's sink (and any other async ingest path) --------------------------------------------
+
+async def thing_by_mn(conn: AsyncConnection, mn: str):
+    """The Thing (id, name, department, properties) whose properties.hj212_mn is the device number `mn`, or None."""
+    th = t.thing
+    return (await conn.execute(select(th.c.id, th.c.name, th.c.department, th.c.properties)
+                               .where(th.c.properties["hj212_mn"].astext == mn))).first()
+
+
+async def datastreams_by_code(conn: AsyncConnection, thing_id: int) -> dict[str, int]:
+    """HJ 212 factor code (Datastream properties.hj212_code) -> Datastream id, for one Thing."""
+    d = t.datastream
+    rows = await conn.execute(select(d.c.properties["hj212_code"].astext, d.c.id)
+                              .where(d.c.thing_id == thing_id, d.c.properties.has_key("hj212_code")))
+    return {code: id_ for code, id_ in rows}
+
+
+async def add_observations(conn: AsyncConnection, rows: Iterable[ObservationRow], actor: str = "sensing") -> list[int]:
+    """Store `rows` in one transaction of `conn` (begun here unless the caller began one) and commit it;
+    returns their ids once committed, so an acknowledgement after this call is safe."""
+    rows = list(rows)
+    if conn.in_transaction():
+        ids = await conn.run_sync(insert_rows, rows, actor)
+        await conn.commit()
+        return ids
+    async with conn.begin():
+        return await conn.run_sync(insert_rows, rows, actor)
