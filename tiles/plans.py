@@ -2,9 +2,10 @@
 
 A shape is everything about a tile but its place: the grid, the layers with their properties,
 filter and as_of, and whether each point layer is clustered at that zoom. Its statement is
-composed with SQLAlchemy Core (tiles.sources) the first time the shape is asked for, compiled to
-text with named parameters and kept (least recently used out). A tile of that shape binds its
-envelope and resolution (`tile_values`) beside the plan's own values (filter literals, as_of):
+composed with SQLAlchemy Core (tiles.sources) the first time the shape is asked for, compiled for
+asyncpg (PostgreSQL's own $1, $2 … placeholders, in `positiontup` order) and kept (least recently
+used out). A tile of that shape binds its envelope and resolution (`tile_values`) beside the plan's
+own values (filter literals, as_of):
 values are always parameters, never SQL text, and the one text per shape lets the database
 keep it prepared. Except for low zooms of point layers clustered from their points (not from
 counted cells, tiles.sources), where every tile is clustered: after five
@@ -13,20 +14,18 @@ points the tile's envelope holds and clusters a million points twice as slowly. 
 afresh each time (`prepare` false); planning is nothing beside clustering.
 """
 
-import re
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 
 from tiles.settings import TileSettings
 from tiles.request import TileRequest
 from tiles.sources import LayerRequest, cell_block, clustered_at, from_cells, tile_statement, tile_values
 from tiles.tms import TileAddress
 
-DIALECT = PGDialect_psycopg()
-PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
+DIALECT = PGDialect_asyncpg()  # compiles to PostgreSQL's own $1, $2 … placeholders, as asyncpg runs them
 
 
 @dataclass(frozen=True)
@@ -41,18 +40,6 @@ class TilePlan:
         return [bound[name] for name in self.names]
 
 
-def _numbered(sql: str) -> tuple[str, tuple[str, ...]]:
-    """psycopg's %(name)s text as PostgreSQL's $n text (each name numbered once), and the names in order.
-    psycopg converts a long query like a tile's on every execution; this is done once per plan."""
-    names: dict[str, int] = {}
-
-    def number(match: re.Match) -> str:
-        if match.group(1) is None:
-            return "%"  # an escaped percent sign
-        return f"${names.setdefault(match.group(1), len(names) + 1)}"
-    return PLACEHOLDER.sub(number, sql), tuple(names)
-
-
 def plan_shape(request: TileRequest, settings: TileSettings) -> tuple:
     """The request's shape (tiles.request), and whether counted cells fit its zoom, which changes the SQL too."""
     return request.shape(settings) + (cell_block(request.tile, settings) is not None,)
@@ -62,10 +49,9 @@ def compile_plan(requests: list[LayerRequest], tile: TileAddress, settings: Tile
     """The plan of the shape of `tile` with these layers (any tile of the same shape gives the same plan)."""
     compiled = tile_statement(requests, tile, settings).compile(
         dialect=DIALECT, compile_kwargs={"render_postcompile": True})
-    processors = compiled._bind_processors  # type adaptations SQLAlchemy applies on execute (none for most types)
-    values = {name: processors[name](value) if name in processors else value
-              for name, value in compiled.construct_params().items() if name not in tile_values(tile, settings)}
-    return TilePlan(*_numbered(str(compiled)), values, prepare=not any(
+    own = tile_values(tile, settings)
+    values = {name: value for name, value in compiled.construct_params().items() if name not in own}
+    return TilePlan(str(compiled), tuple(compiled.positiontup), values, prepare=not any(
         clustered_at(r.spec, tile.z, settings) and not from_cells(r, tile, settings) for r in requests))
 
 
