@@ -32,6 +32,8 @@ def configure(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
+    # alembic names each of its plugins at INFO on every migration check: a screen of noise at every start
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     # uvicorn's loggers have their own handlers: no API key may pass those either
     for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access"):
         for each in logging.getLogger(name).handlers:
