@@ -129,6 +129,15 @@ def keys(spec: LayerSpec, frame: pd.DataFrame) -> pd.Series:
 
 def _check_keys(spec: LayerSpec, typed: pd.DataFrame, rejects: dict[int, str], repeated: set[str] | None) -> None:
     joined = _joined(spec, typed)
+    if spec.kind == "series" and repeated is None:
+        # published readings repeat a station's time (a file re-issues its last hours): the last usable row of a
+        # key is loaded, the earlier ones are quarantined as superseded. Series are validated whole (their
+        # jobs enrich the whole input), so "last" is known here.
+        usable = joined[~joined.index.isin(list(rejects)) & joined.notna()]
+        _reject(rejects, usable.index[usable.duplicated(keep="last")], lambda i: "superseded: a later row of "
+                "this input has the same " + ", ".join(f"{k}={typed.at[i, k]}" for k in spec.key)
+                + "; for readings the last row wins")
+        return
     repeats = joined.duplicated(keep=False) if repeated is None else joined.isin(repeated)
     duplicated = repeats & joined.notna()
     _reject(rejects, typed.index[duplicated], lambda i: "duplicate key "

@@ -131,3 +131,35 @@ def test_invalid_polygons_are_repaired_and_reported_or_rejected(db, tmp_path):
     repaired = shapely.from_wkt(wkt)
     assert valid and repaired.geom_type == "MultiPolygon" and len(repaired.geoms) == 2
     assert repaired.area == pytest.approx(2 * (d / 2 * d / 2), rel=1e-9)  # two triangles meeting at the centre
+
+
+def test_repeated_readings_the_last_usable_row_wins(engine, loaded, tmp_path):
+    """A readings file repeating a station's time (as published files re-issue their last hours) loads the last
+    usable row of each time and quarantines the earlier ones as superseded: nothing refused whole, nothing lost."""
+    with engine.connect() as conn:
+        station = conn.execute(text("SELECT code FROM layers.monitoring_stations ORDER BY code LIMIT 1")).scalar_one()
+    rows = [  # 站点编码, 监测时间, 溶解氧, 氨氮
+        (station, "2001-01-01 08:00", 7.0, 0.20),
+        (station, "2001-01-01 12:00", 6.0, 0.30),
+        (station, "2001-01-01 08:00", 7.5, 0.25),  # re-issued: wins over the first row
+        (station, "2001-01-01 12:00", 6.5, 900),  # re-issued, but out of range: the earlier 12:00 row stays
+        (station, "2001-01-01 16:00", 5.0, 0.40),
+    ]
+    path = tmp_path / "readings.csv"
+    pd.DataFrame(rows, columns=["站点编码", "监测时间", "溶解氧", "氨氮"]).to_csv(path, index=False)
+    try:
+        result = run_file(engine, "water_quality", path)
+        assert result.status == "succeeded" and result.counts["inserted"] == 3, result
+        with engine.connect() as conn:
+            stored = dict(conn.execute(text(
+                "SELECT to_char(observed_at AT TIME ZONE 'Asia/Shanghai', 'HH24:MI'), \"do\" FROM layers.water_quality "
+                "WHERE station_code = :s AND observed_at < '2001-01-02'"), {"s": station}).all())
+        assert stored == {"08:00": 7.5, "12:00": 6.0, "16:00": 5.0}
+        held = quarantine(engine, result.run_id)
+        assert sorted(held) == [1, 4]
+        assert held[1][0].startswith(f"superseded: a later row of this input has the same station_code={station}")
+        assert "outside the plausible range" in held[4][0]
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM layers.water_quality WHERE station_code = :s AND observed_at < '2001-01-02'"),
+                         {"s": station})

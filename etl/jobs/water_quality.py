@@ -31,7 +31,8 @@ def _long_to_wide(frame: pd.DataFrame) -> pd.DataFrame:
         raise ValueError(f"unknown water-quality parameters in column {parameter!r}: {names}")
     keys = [c for c in frame.columns if c not in (parameter, value, "_field")]
     frame[keys] = frame[keys].astype("object").fillna("")  # grouping drops NaN keys; blank ones get rejected
-    return frame.pivot_table(index=keys, columns="_field", values=value, aggfunc="first").reset_index()
+    # a parameter given twice for one station and time: the last value wins, as for repeated rows (layers.validate)
+    return frame.pivot_table(index=keys, columns="_field", values=value, aggfunc="last").reset_index()
 
 
 def prepare(frame: pd.DataFrame) -> pd.DataFrame:
