@@ -72,6 +72,14 @@ def link_locations(conn, thing_id: int, locations: list[int]) -> None:
         conn.execute(t.historical_location_location.insert().values(historical_location_id=history, location_id=key))
 
 
+def _referenced(conn, table, body: dict, where: str, name: str) -> int | None:
+    """The id of the existing entity `body` names by @iot.id (404 if there is none), or None for a new one."""
+    key = b.reference(body, where)
+    if key is not None:
+        _must_exist(conn, table, key, where, name)
+    return key
+
+
 def _list(body: dict, name: str, where: str) -> list:
     value = body.get(name, [])
     if not isinstance(value, list):
@@ -81,9 +89,7 @@ def _list(body: dict, name: str, where: str) -> list:
 
 def location(conn, p: Principal, body, where="body") -> int:
     body = b.obj(body, where)
-    key = b.reference(body, where)
-    if key is not None:
-        _must_exist(conn, t.location, key, where, "Location")
+    if (key := _referenced(conn, t.location, body, where, "Location")) is not None:
         return key
     values = _named(body, where) | {"encoding_type": b.text(body, "encodingType", where),
                                     "geom": _geom(b.geometry(body.get("location"), f"{where}.location")),
@@ -98,9 +104,7 @@ def location(conn, p: Principal, body, where="body") -> int:
 
 def sensor(conn, p: Principal, body, where="body") -> int:
     body = b.obj(body, where)
-    key = b.reference(body, where)
-    if key is not None:
-        _must_exist(conn, t.sensor, key, where, "Sensor")
+    if (key := _referenced(conn, t.sensor, body, where, "Sensor")) is not None:
         return key
     return _insert(conn, t.sensor, _named(body, where) | {
         "encoding_type": b.text(body, "encodingType", where), "metadata": _metadata(body, where),
@@ -116,9 +120,7 @@ def _metadata(body: dict, where: str) -> str:
 
 def observed_property(conn, p: Principal, body, where="body") -> int:
     body = b.obj(body, where)
-    key = b.reference(body, where)
-    if key is not None:
-        _must_exist(conn, t.observed_property, key, where, "ObservedProperty")
+    if (key := _referenced(conn, t.observed_property, body, where, "ObservedProperty")) is not None:
         return key
     definition = b.text(body, "definition", where)
     # the definition names the property: a second one with the same definition is the first
@@ -131,9 +133,7 @@ def observed_property(conn, p: Principal, body, where="body") -> int:
 
 def feature_of_interest(conn, p: Principal, body, where="body") -> int:
     body = b.obj(body, where)
-    key = b.reference(body, where)
-    if key is not None:
-        _must_exist(conn, t.feature_of_interest, key, where, "FeatureOfInterest")
+    if (key := _referenced(conn, t.feature_of_interest, body, where, "FeatureOfInterest")) is not None:
         return key
     return _insert(conn, t.feature_of_interest, _named(body, where) | {
         "encoding_type": b.text(body, "encodingType", where),
