@@ -30,7 +30,7 @@ from sqlalchemy import create_engine, func, select, text
 
 from layers.catalog import get_layer
 from layers.store import merge
-from layers.tables import bbox_filter, source
+from layers.tables import bbox_filter, layer_at
 from twin.db import database_url, migrate
 
 LAYER = get_layer("city_components")
@@ -122,7 +122,7 @@ def _reads(engine, moments: list[datetime], runs: int) -> list[tuple[str, int, f
                                    zip((1, "middle", "last superseded"), moments)]
     queries = []
     for name, moment in cases:
-        layer = source(LAYER, moment)
+        layer = layer_at(LAYER, moment)
         query = select(func.count()).select_from(layer).where(bbox_filter(layer.c.geom, BOX))
         queries += [(name, query, True)] + ([(f"{name}, without 0011", query, False)] if moment else [])
     times = {name: [] for name, _, _ in queries}

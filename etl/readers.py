@@ -49,7 +49,7 @@ class Dataset:
     attributes: pd.DataFrame
     geometry: pd.Series | None  # shapely geometries, same index, or None for a table without coordinates
     crs: str | None  # as declared by the file (WKT or authority code), None when it says nothing
-    source: str
+    file_name: str
     coordinates: list[str] = field(default_factory=list)  # a table's columns the geometry was built from
     problems: dict = field(default_factory=dict)  # row label -> why its geometry could not be read
     offset: int = 0  # rows of the file before this piece's first row (a piece of a file read in batches)
@@ -191,7 +191,7 @@ class Whole:
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
-        self.source, self.crs = dataset.source, dataset.crs
+        self.file_name, self.crs = dataset.file_name, dataset.crs
         self.columns = [str(c) for c in dataset.attributes.columns]
         self.coordinates = dataset.coordinates
         self.has_geometry = dataset.geometry is not None
@@ -201,7 +201,7 @@ class Whole:
         for start in range(0, max(len(d.attributes), 1), size):
             rows = slice(start, start + size)
             yield Dataset(d.attributes.iloc[rows], None if d.geometry is None else d.geometry.iloc[rows], d.crs,
-                          d.source, d.coordinates, d.problems, d.offset + start)
+                          d.file_name, d.coordinates, d.problems, d.offset + start)
 
     def values(self, columns: list[str], size: int = BATCH) -> Iterator[pd.DataFrame]:
         yield self.dataset.attributes[columns]
@@ -216,7 +216,7 @@ class Batches:
     coordinates: list[str] = []  # geometries are the file's own, not built from attribute columns
 
     def __init__(self, path: Path, name: str, layer: str | None, encoding: str | None):
-        self.path, self.source, self.layer, self.encoding = path, name, layer, encoding
+        self.path, self.file_name, self.layer, self.encoding = path, name, layer, encoding
         with self._arrow(None, read_geometry=False) as (meta, _):
             self.columns = [str(c) for c in meta["fields"]]
             self.geometry_name = meta["geometry_name"] or "wkb_geometry"
@@ -236,17 +236,17 @@ class Batches:
             with self._arrow(columns, size, read_geometry) as (_, reader):
                 yield from reader
         except Exception as e:  # GDAL's and pyarrow's errors for a file broken past its header
-            raise ReadError(f"{self.source} cannot be read to its end: {e}") from e
+            raise ReadError(f"{self.file_name} cannot be read to its end: {e}") from e
 
     def pieces(self, size: int = BATCH) -> Iterator[Dataset]:
         offset = 0
         for batch in self._batches(None, size, self.has_geometry):
             attributes, geometry = _split(batch, self.geometry_name if self.has_geometry else None, offset)
-            yield Dataset(attributes, geometry, self.crs, self.source, offset=offset)
+            yield Dataset(attributes, geometry, self.crs, self.file_name, offset=offset)
             offset += len(attributes)
         if not offset:  # no features: one empty piece with the file's columns
             yield Dataset(pd.DataFrame(columns=self.columns), pd.Series(dtype=object) if self.has_geometry else None,
-                          self.crs, self.source)
+                          self.crs, self.file_name)
 
     def values(self, columns: list[str], size: int = BATCH) -> Iterator[pd.DataFrame]:
         offset = 0
@@ -258,14 +258,14 @@ class Batches:
     def whole(self) -> Dataset:
         pieces = list(self.pieces())
         geometry = pd.concat([p.geometry for p in pieces]) if self.has_geometry else None
-        return Dataset(pd.concat([p.attributes for p in pieces]), geometry, self.crs, self.source)
+        return Dataset(pd.concat([p.attributes for p in pieces]), geometry, self.crs, self.file_name)
 
 
 class GeoParquet(Batches):
     """A GeoParquet file whose geometries are WKB, read in batches of rows with pyarrow."""
 
     def __init__(self, path: Path, name: str, geo: dict, hidden: list[str]):
-        self.path, self.source = path, name
+        self.path, self.file_name = path, name
         self.geometry_name = geo["primary_column"]
         self.columns = [c for c in pq.ParquetFile(path).schema_arrow.names if c not in [self.geometry_name, *hidden]]
         self.has_geometry = True
@@ -278,7 +278,7 @@ class GeoParquet(Batches):
         try:
             yield from pq.ParquetFile(self.path).iter_batches(batch_size=size, columns=wanted)
         except Exception as e:
-            raise ReadError(f"{self.source} cannot be read to its end: {e}") from e
+            raise ReadError(f"{self.file_name} cannot be read to its end: {e}") from e
 
 
 def _split(batch: pa.RecordBatch, geometry_name: str | None, offset: int) -> tuple[pd.DataFrame, pd.Series | None]:

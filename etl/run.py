@@ -198,7 +198,7 @@ def _usable(run: Run, job, spec: LayerSpec, source: Batches | Whole, crs: str | 
         keep = frame.index.difference(list(rejects), sort=False)
         part = validate(spec, frame.loc[keep], None if geometry is None else geometry.loc[keep], repeated)
         rejects.update(part.rejects)
-        tally.quarantine += _notes(run.id, spec.id, piece, frame, rejects, source.source)
+        tally.quarantine += _notes(run.id, spec.id, piece, frame, rejects, source.file_name)
         tally.repairs += _notes(run.id, spec.id, piece, frame, part.repairs)
         tally.repaired += part.repaired
         tally.last = (piece, frame)
@@ -217,7 +217,7 @@ def execute(run: Run, job_name: str, dataset: Dataset | Batches | Whole, *, laye
         job, spec = resolve(job_name, layer)
         source = Whole(dataset) if isinstance(dataset, Dataset) else dataset
         if spec.geometry and not source.has_geometry:
-            raise JobError(f"{source.source} has no geometry or recognisable coordinate columns "
+            raise JobError(f"{source.file_name} has no geometry or recognisable coordinate columns "
                            "(e.g. 经度/纬度, lon/lat, x/y, or WKT in a geometry column)")
         enriched = hasattr(job, "enrich")
         if enriched:
@@ -234,12 +234,12 @@ def execute(run: Run, job_name: str, dataset: Dataset | Batches | Whole, *, laye
             run.conn.exec_driver_sql("SET LOCAL client_connection_check_interval = '1s'")  # stop if we die
             if enriched:
                 usable, more = job.enrich(run.conn, pd.concat(list(usable)))
-                tally.quarantine += _notes(run.id, spec.id, *tally.last, more, source.source)
+                tally.quarantine += _notes(run.id, spec.id, *tally.last, more, source.file_name)
                 usable = [usable]
             set_write_context(run.conn, actor=actor, run_id=run.id)
             counts = merge(run.conn, spec, usable, replace=(mode == "replace"))
             if mode == "replace" and not counts.inserted + counts.updated + counts.unchanged:
-                raise JobError(f"{source.source} has no usable features ({len(tally.quarantine)} rejected); "
+                raise JobError(f"{source.file_name} has no usable features ({len(tally.quarantine)} rejected); "
                                f"replace mode would delete every feature of '{spec.id}', so nothing was changed")
             for statement, rows in ((QUARANTINE, tally.quarantine), (REPAIRS, tally.repairs)):
                 if rows:

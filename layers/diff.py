@@ -15,7 +15,7 @@ from layers.catalog import LayerSpec
 from layers.changelog import geometry_json, json_response, parse_moment, shift_m
 from layers.history import MAX_LIMIT, touched_between
 from layers.collections import layer_or_404
-from layers.tables import source
+from layers.tables import layer_at
 from twin.errors import ApiError
 
 router = APIRouter(tags=["history"])
@@ -23,7 +23,7 @@ router = APIRouter(tags=["history"])
 
 def _diff_rows(spec: LayerSpec, start, end, limit: int):
     touched = touched_between(spec.id, start, end)
-    before_all, after_all = source(spec, start).alias("then"), source(spec, end).alias("now")
+    before_all, after_all = layer_at(spec, start).alias("then"), layer_at(spec, end).alias("now")
     o = select(before_all).where(before_all.c.fid.in_(touched)).subquery("o")
     n = select(after_all).where(after_all.c.fid.in_(touched)).subquery("n")
     names = [f.name for f in spec.fields]

@@ -28,7 +28,7 @@ from layers.changelog import change
 from layers.filters import Filter
 from layers.revert import restore_insert, restore_update
 from layers.statements import fetch_one
-from layers.tables import current, feature_count, history, parts, source
+from layers.tables import current, feature_count, history, layer_at, parts
 from twin.errors import ApiError
 
 
@@ -148,7 +148,7 @@ async def page(engine: AsyncEngine, selection: Selection, page: params.Page, key
 
 async def feature(engine: AsyncEngine, selection: Selection, fid: int) -> tuple[str, int] | None:
     """(GeoJSON text, version) of feature `fid` as selected, or None if the layer has no such feature."""
-    columns = source(selection.spec, selection.as_of).c
+    columns = layer_at(selection.spec, selection.as_of).c
     statement = select(cast(geojson(selection, columns), Text), columns.version).where(columns.fid == fid)
     async with engine.connect() as conn:
         row = await fetch_one(conn, statement)
@@ -165,7 +165,7 @@ def download(selection: Selection, geometry: str):
     says: "geojson" (the whole feature as GeoJSON text, labelled feature), "wkb", "wkt" or "xy" (points). The
     files' geometries keep x = east, as GIS files do."""
     spec, out = selection.spec, selection.out
-    src = source(spec, selection.as_of)
+    src = layer_at(spec, selection.as_of)
     if geometry == "geojson":
         columns = [cast(geojson(selection, src.c), Text).label("feature")]
     else:

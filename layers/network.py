@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from layers.catalog import SRID, get_layer
 from layers.crs import Crs
 from layers.query_geometry import collection, feature, feature_select, geodesic, geojson, metres_between, near
-from layers.tables import source
+from layers.tables import layer_at
 
 NODE_TOLERANCE = 1e-6  # degrees, about 0.1 m: a line end this close to another line joins it
 METRIC = 4549
@@ -108,7 +108,7 @@ def _alongside(layer_id: str, query, pieces, within_m: float, crs: Crs):
     """A point layer's features within `within_m` of the traced pieces, each with its distance
     from the river and its position along the trace (from the start point)."""
     spec = get_layer(layer_id)
-    src = source(spec, query.as_of)
+    src = layer_at(spec, query.as_of)
     distance = metres_between(src.c.geom, pieces.c.piece)
     located = func.ST_LineLocatePoint(pieces.c.piece_m, func.ST_Transform(src.c.geom, METRIC))
     along = pieces.c.from_m + (pieces.c.to_m - pieces.c.from_m) * (
@@ -125,7 +125,7 @@ def _alongside(layer_id: str, query, pieces, within_m: float, crs: Crs):
 async def trace(conn: AsyncConnection, point, query, crs: Crs, hidden: frozenset[str] = frozenset()) -> dict | None:
     """The traced reaches, sources and stations, or None when no river passes within `snap` of the point."""
     rivers_spec = get_layer(RIVERS)
-    rivers = source(rivers_spec, query.as_of)
+    rivers = layer_at(rivers_spec, query.as_of)
     pieces, start, graph = _pieces(rivers, point, query)
     began = (await conn.execute(
         select(rivers.c.fid, rivers.c.code, rivers.c.name, start.c.offset_m,

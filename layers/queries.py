@@ -31,7 +31,7 @@ from layers.query_bodies import (MAX_DISTANCE_M, MAX_K, MAX_LAYERS, MAX_RESULTS,
                                  Trace, Within, conditions)
 from layers.query_geometry import (MAX_VERTICES, around, bound, collection, feature, feature_select, metres_between,
                                    near, read_geometry)
-from layers.tables import source
+from layers.tables import layer_at
 from twin.access import hidden_layers, require_read
 from twin.errors import ApiError
 
@@ -122,7 +122,7 @@ async def nearest(query: Nearest, request: Request) -> Response:
     features, counts = [], {}
     async with snapshot(request) as conn:
         for spec in specs:
-            src = source(spec, query.as_of)
+            src = layer_at(spec, query.as_of)
             candidates = select(src.c.geom).order_by(src.c.geom.op("<->")(point)).limit(query.k).subquery()
             # + 1 mm: ST_DWithin can miss a feature at exactly the ST_Distance it reports
             reach = select(func.max(metres_between(candidates.c.geom, point)) + 0.001).scalar_subquery()
@@ -146,7 +146,7 @@ async def within(query: Within, request: Request) -> Response:
     crs = parse_crs(query.crs, "body.crs")
     spec = vector_layer(query.layer, "body.layer")
     await require_read(request, [spec.id], "body.layer")
-    src = source(spec, query.as_of)
+    src = layer_at(spec, query.as_of)
     members = {}
     async with snapshot(request) as conn:
         if query.geometry is not None:
@@ -157,7 +157,7 @@ async def within(query: Within, request: Request) -> Response:
         else:
             other = vector_layer(query.of.layer, "body.of.layer")
             await require_read(request, [other.id], "body.of.layer")
-            other_src = source(other, query.as_of)
+            other_src = layer_at(other, query.as_of)
             selected = (select(other_src.c.fid, other_src.c.geom)
                         .where(*conditions(other, other_src, query.of.where, "body.of.where")).subquery("selected"))
             members["selected"] = await conn.scalar(select(func.count()).select_from(selected))
@@ -217,7 +217,7 @@ async def intersects(query: Intersects, request: Request) -> Response:
     summary, features = {}, []
     async with snapshot(request) as conn:
         for spec in specs:
-            src = source(spec, query.as_of)
+            src = layer_at(spec, query.as_of)
             inside = func.ST_Intersects(src.c.geom, area)
             counts = {}
             for name in categories[spec.id]:
@@ -231,7 +231,7 @@ async def intersects(query: Intersects, request: Request) -> Response:
         if query.features and total > MAX_RESULTS:
             raise too_many(total, "Send features=false for the counts alone, or draw a smaller polygon.")
         for spec in specs if query.features else []:
-            src = source(spec, query.as_of)
+            src = layer_at(spec, query.as_of)
             rows = await conn.execute(feature_select(spec, src, crs, query.geometries)
                                       .where(func.ST_Intersects(src.c.geom, area)).order_by(src.c.fid))
             features += [feature(spec, row) for row in rows]
@@ -252,7 +252,7 @@ async def at(query: At, request: Request) -> Response:
     features = []
     async with snapshot(request) as conn:
         for spec in specs:
-            src = source(spec, query.as_of)
+            src = layer_at(spec, query.as_of)
             rows = await conn.execute(feature_select(spec, src, crs, query.geometries)
                                       .where(func.ST_Intersects(src.c.geom, point)).order_by(src.c.fid))
             features += [feature(spec, row) for row in rows]
@@ -282,7 +282,7 @@ async def aggregate(query: Aggregate, request: Request) -> Response:
             options = [f.name for f in spec.fields if not kinds or f.type in kinds]
             raise ApiError(422, "unknown_field", f"{name[:100]!r} is not one of {spec.id}'s {wanted}: "
                            f"{', '.join(options)}.", where=f"body.{role}")
-    src, polygons = source(spec, query.as_of), source(by, query.as_of)
+    src, polygons = layer_at(spec, query.as_of), layer_at(by, query.as_of)
     where = conditions(spec, src, query.where, "body.where")
     async with snapshot(request) as conn:
         rows = (await conn.execute(feature_select(by, polygons, crs, query.geometries)

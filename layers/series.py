@@ -16,7 +16,7 @@ from sqlalchemy import func, literal, select
 from layers import params
 from layers.catalog import get_layer
 from layers.statements import fetch_one
-from layers.tables import source
+from layers.tables import layer_at
 from layers.water_class import classify_frame
 from twin.access import require_read
 from twin.errors import ApiError
@@ -36,7 +36,7 @@ def _parameters() -> list:
 
 
 async def _station(conn, code: str, as_of: datetime | None):
-    stations = source(get_layer(STATIONS), as_of).c
+    stations = layer_at(get_layer(STATIONS), as_of).c
     row = await fetch_one(conn, select(stations.code, stations.name, stations.evaluation_type)
                           .where(stations.code == code))
     if row is None:
@@ -63,7 +63,7 @@ async def series(
 ):
     await require_read(request, [LAYER, STATIONS], "path")  # the readings and the station they describe
     spec = get_layer(LAYER)
-    readings = source(spec, as_of).c
+    readings = layer_at(spec, as_of).c
     fields = _parameters()
     start = func.date_trunc(UNITS[aggregate], readings.observed_at, TIME_ZONE).label("start")
     measures = [agg(readings[f.name]).label(f"{f.name}_{name}") for f in fields

@@ -1,7 +1,7 @@
 """SQLAlchemy Core tables for the layers, built from the catalog, and the layer as of a moment.
 
 Queries are composed with these objects (never by pasting user input into SQL); items,
-spatial queries and tiles all read a layer through `source()` so `as_of` works everywhere.
+spatial queries and tiles all read a layer through `layer_at()` so `as_of` works everywhere.
 """
 
 from datetime import datetime
@@ -45,7 +45,7 @@ def history(spec: LayerSpec) -> Table:
                                                  schema="history")
 
 
-def source(spec: LayerSpec, as_of: datetime | None = None) -> Selectable:
+def layer_at(spec: LayerSpec, as_of: datetime | None = None) -> Selectable:
     """The layer now, or exactly as it was at `as_of`, as a FROM-able selectable with the same columns."""
     if as_of is None:
         return current(spec)

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from layers.catalog import get_layer
 from layers.codes import credit_code_check_char
-from layers.tables import source
+from layers.tables import layer_at
 from tests.etl_support import drop_database, engine_for, private_database, serve
 from twin.auth import create_key, revoke_key
 
@@ -50,9 +50,9 @@ def _plain(value):
 
 
 def snapshot(engine, layer: str = LAYER, as_of=None) -> dict[int, tuple[dict, bytes | None]]:
-    """{fid: (properties, WKB)} of the layer now, or as it was at `as_of` (via layers.tables.source)."""
+    """{fid: (properties, WKB)} of the layer now, or as it was at `as_of` (via layers.tables.layer_at)."""
     spec = get_layer(layer)
-    src = source(spec, as_of)
+    src = layer_at(spec, as_of)
     geometry = [func.ST_AsBinary(src.c.geom).label("wkb")] if spec.geometry else []
     with engine.connect() as conn:
         rows = conn.execute(select(src.c.fid, *(src.c[f.name] for f in spec.fields), *geometry)).all()

@@ -22,7 +22,7 @@ from sqlalchemy import select, text
 
 from etl.run import run_file
 from layers.catalog import catalog, get_layer
-from layers.tables import bbox_filter, source
+from layers.tables import bbox_filter, layer_at
 from tests.etl_support import REPO
 from tests.history_support import LAYER, SCRATCH, Replica, bearer, credit_code, department_keys, private_server, \
     snapshot, source_feature, write_csv
@@ -243,8 +243,8 @@ def _box_over_http(site, fids, moment) -> dict[int, tuple[str, list[float]]]:
 
 
 def _box_in_sql(engine, fids, moment, *planner_off: str) -> dict[int, tuple[str, list[float]]]:
-    """The same through layers.tables.source, with the named plan types switched off."""
-    src = source(get_layer(LAYER), moment)
+    """The same through layers.tables.layer_at, with the named plan types switched off."""
+    src = layer_at(get_layer(LAYER), moment)
     with engine.begin() as conn:
         for setting in planner_off:
             conn.execute(text(f"SET LOCAL {setting} = off"))

@@ -124,7 +124,7 @@ def test_cells_follow_writes_within_the_transaction(engine):
 @pytest.mark.parametrize("z", [6, 8, 10, 13, 14, 15, 16])
 def test_cell_clusters_equal_point_clusters(dense, components, statuses, z):
     """Per tile, the clusters summed from cells (current; up to z15) equal those computed from the points
-    (as_of now, which reads source(spec, as_of); and current tiles at z16): counts and statuses, positions
+    (as_of now, which reads layer_at(spec, as_of); and current tiles at z16): counts and statuses, positions
     within a tile unit; and an independent count per 16x16 cell, the status of most points (ties: the
     first), the mean position. A point on a tile's west or north edge is in that tile, as in its cell."""
     now = datetime.now(timezone.utc).isoformat()

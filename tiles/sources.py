@@ -22,7 +22,7 @@ from sqlalchemy.sql import ColumnElement, Select, Selectable
 
 from layers.catalog import SRID, LayerSpec
 from layers.filters import Filter
-from layers.tables import current, source
+from layers.tables import current, layer_at
 from tiles.settings import TileSettings
 from tiles.tms import BUFFER, EXTENT, TileAddress
 
@@ -234,7 +234,7 @@ def _points(request: LayerRequest, src: Selectable, where: list, tile: TileAddre
 def layer_part(request: LayerRequest, tile: TileAddress, values: dict, settings: TileSettings) -> ColumnElement:
     """A scalar subquery: the layer's MVT layer (bytea) for the tile, empty when nothing is there."""
     spec = request.spec
-    src = source(spec, request.as_of)
+    src = layer_at(spec, request.as_of)
     where = [src.c.geom.op("&&")(_storage_envelope(tile, values))]
     if request.filter is not None:
         where.append(request.filter.clause(spec, src.c))

@@ -1,6 +1,6 @@
 """An index on each layer's `updated_at`, so a read as of a past moment skips the rows changed since.
 
-The layer as of a moment t (`layers.tables.source`) is the current rows with updated_at <= t plus the
+The layer as of a moment t (`layers.tables.layer_at`) is the current rows with updated_at <= t plus the
 history rows valid at t. Without this index the current part finds every current row in the box
 through the geometry index and fetches each only to drop the ones changed after t: as dear as the
 whole current read. With it the planner combines the two indexes (or, when few rows are that old,
@@ -15,7 +15,7 @@ readings arrive in bulk at a rate where every index counts.
 The history keeps its GiST (valid, geom). For a box at a moment it read 178 index pages where a GiST
 (geom, valid) read 1,412 and an n-D GiST on each row's box × validity (`&&&`) 739 (200,000 features ×
 10 versions), and the n-D one serves only a query that repeats the box inside the history branch,
-which the callers of `source()` do not write (docs/benchmarks.md, "Change tracking").
+which the callers of `layer_at()` do not write (docs/benchmarks.md, "Change tracking").
 
 Revision ID: 0011
 Revises: 0010
