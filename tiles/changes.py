@@ -19,7 +19,7 @@ tries the replica again every RETRY_PREFERRED_S; each switch clears the caches a
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import psycopg
 
@@ -44,8 +44,8 @@ FROM (SELECT change_id, layer, changed_at, bbox_before b, bbox_after a
 
 class ChangeFollower:
     def __init__(self, sources: list[str], cache: TileCache, shared: SharedTileCache | None, settings: TileSettings,
-                 server: Settings, on_switch: Callable[[], None]):
-        """`sources`: where tiles are read, preferred first; `on_switch` drops the renderer's connections."""
+                 server: Settings, on_switch: Callable[[], Awaitable[None]]):
+        """`sources`: where tiles are read, preferred first; `on_switch` expires the renderer's connections."""
         self.sources, self.cache, self.shared, self.settings = sources, cache, shared, settings
         self.server, self.on_switch = server, on_switch
         self.url = sources[0]  # the source followed, and so the one tiles are rendered from
@@ -70,7 +70,7 @@ class ChangeFollower:
     async def _follow(self, url: str, conn: psycopg.AsyncConnection) -> None:
         if url != self.url:
             self.url = url
-            self.on_switch()
+            await self.on_switch()
         standby = (await (await conn.execute("SELECT pg_is_in_recovery()")).fetchone())[0]
         if not standby:
             await conn.execute(f"LISTEN {CHANNEL}")

@@ -2,12 +2,13 @@
 
 The renderer talks to PostgreSQL through asyncpg, the rest of the server through psycopg: asyncpg runs a
 tile as fast as a synchronous psycopg client does (`bench/tiles.py` compares with that floor), psycopg's
-asyncio client measurably slower (docs/benchmarks.md, Tiles). The tile pool (as big as
-the server's) keeps its connections without pinging them on checkout, so a tile is one round trip.
-Each connection keeps the plans prepared (asyncpg's statement cache), but for the shapes a generic
-plan would slow (`TilePlan.prepare`), prepared afresh each time. The pool connects on demand, so while
-the database is down a tile fails at once (503, twin.errors); a pooled connection found broken (the
-database restarted) is dropped and the tile tried once more on a fresh one.
+asyncio client measurably slower (docs/benchmarks.md, Tiles). The tile pool is asyncpg's (as big as the
+server's); it neither pings a connection on checkout nor resets it on release, so a tile is one round trip
+(a tile changes nothing in the session). Each connection keeps the plans prepared (asyncpg's statement
+cache), but for the shapes a generic plan would slow (`TilePlan.prepare`), prepared afresh each time. The
+pool connects on demand, so while the database is down a tile fails at once (503, twin.errors); a pooled
+connection found broken (the database restarted) expires the pool's connections, and the tile is tried
+once more on a fresh one.
 """
 
 import asyncio
@@ -35,65 +36,48 @@ UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, a
 BROKEN = asyncpg.InternalClientError
 
 
-class Connections:
-    """At most `settings.pool_size` connections to the URL `source()` names, opened on demand, reused while sound."""
+async def _keep(conn: asyncpg.Connection) -> None:
+    """Nothing to reset: a tile leaves no state in the session (asyncpg's default reset is a round trip)."""
 
-    def __init__(self, source: Callable[[], str], settings: Settings):
-        self._source, self._settings = source, settings
-        self._free = asyncio.Semaphore(settings.pool_size)
-        self._idle: list[asyncpg.Connection] = []
-        self._era = 0  # a connection out when drop() ran is closed when it comes back
 
-    async def _connect(self) -> asyncpg.Connection:
-        settings = self._settings
-        return await asyncpg.connect(
-            self._source(), timeout=settings.connect_timeout_s, max_cacheable_statement_size=1 << 20,
-            server_settings=session_settings(settings) | {"application_name": "twin-tile-renderer"})
-
-    async def acquire(self) -> tuple[asyncpg.Connection, int]:
-        """A connection, and the era it went out in, for `release` (plain calls, not a context manager: this
-        runs on every miss)."""
-        if self._free.locked():
-            try:
-                await asyncio.wait_for(self._free.acquire(), self._settings.pool_timeout_s)
-            except TimeoutError:
-                raise unavailable(TimeoutError("no tile connection came free")) from None
-        else:
-            await self._free.acquire()
-        try:
-            return (self._idle.pop() if self._idle else await self._connect()), self._era
-        except BaseException:
-            self._free.release()
-            raise
-
-    def release(self, conn: asyncpg.Connection, era: int, sound: bool) -> None:
-        """`sound`: its query ended; a broken, failed or cancelled one, or one from before drop(), is closed."""
-        self._free.release()
-        if sound and era == self._era and not conn.is_closed():
-            self._idle.append(conn)
-        else:
-            conn.terminate()
-
-    def drop(self) -> None:
-        """Close the idle connections, and the others as they come back."""
-        self._era += 1
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.terminate()
+def _discard(conn: asyncpg.pool.PoolConnectionProxy) -> bool:
+    """Close a connection whose query failed or was cancelled, so it is not pooled again; whether it was
+    closed already."""
+    try:
+        closed = conn.is_closed()
+        conn.terminate()
+        return closed
+    except asyncpg.InterfaceError:  # asyncpg found it closed and gave it back to the pool itself
+        return True
 
 
 class TileRenderer:
     def __init__(self, tiles: TileSettings):
         self.settings = tiles
         self.plans = PlanCache(tiles.plans)
-        self.connections: Connections | None = None  # from open() to close(): the app's life
+        self.pool: asyncpg.Pool | None = None  # from open() to close(): the app's life
+        self.wait_s = 0.0
 
-    def open(self, settings: Settings, source: Callable[[], str]) -> None:
-        """`source`: the URL of the database the tiles are read from now (tiles.changes)."""
-        self.connections = Connections(source, settings)
+    async def open(self, settings: Settings, database_url_now: Callable[[], str]) -> None:
+        """`database_url_now`: the URL of the database the tiles are read from now (tiles.changes)."""
+
+        async def connect(*_, **options) -> asyncpg.Connection:
+            return await asyncpg.connect(database_url_now(), **options)
+
+        self.wait_s = settings.pool_timeout_s
+        self.pool = await asyncpg.create_pool(
+            connect=connect, min_size=0, max_size=settings.pool_size, reset=_keep,
+            max_queries=1 << 62,  # not replaced after 50,000 tiles, losing its prepared plans
+            timeout=settings.connect_timeout_s, max_cacheable_statement_size=1 << 20,
+            server_settings=session_settings(settings) | {"application_name": "twin-tile-renderer"})
+
+    async def switched(self) -> None:
+        """Tiles are read from another database now: every connection to the old one is closed, the idle
+        ones at their next checkout, the others as they come back."""
+        await self.pool.expire_connections()
 
     def close(self) -> None:
-        self.connections.drop()
+        self.pool.terminate()
 
     def plan(self, request: TileRequest) -> TilePlan:
         return self.plans.get(plan_shape(request, self.settings),
@@ -112,18 +96,18 @@ class TileRenderer:
             raise error from e
 
     async def _run(self, plan: TilePlan, params: list, retry: bool = True) -> bytes:
-        conn, era = await self.connections.acquire()
-        sound = False
+        conn = await self.pool.acquire(timeout=self.wait_s)  # none came free in time: TimeoutError, a 503
         try:
             if plan.prepare:
                 data = await conn.fetchval(plan.sql, *params)
             else:  # a statement of its own, planned for these values
                 data = await (await conn.prepare(plan.sql)).fetchval(*params)
-            sound = True
-            return data or b""
-        except UNAVAILABLE as e:
-            if not (retry and (conn.is_closed() or isinstance(e, BROKEN))):
+        except BaseException as e:
+            broken = _discard(conn) or isinstance(e, BROKEN)
+            if not (retry and broken and isinstance(e, UNAVAILABLE)):
                 raise
-        finally:
-            self.connections.release(conn, era, sound)
-        return await self._run(plan, params, retry=False)  # the database dropped a pooled connection: a fresh one
+            await self.pool.expire_connections()  # the database restarted: its other connections are broken too
+        else:
+            await self.pool.release(conn)
+            return data or b""
+        return await self._run(plan, params, retry=False)  # on a fresh connection

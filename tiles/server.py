@@ -48,8 +48,8 @@ async def running(app: FastAPI):
     settings = app.state.settings
 
     follower = ChangeFollower(ReadSources(settings).tile_sources(), provider.memory, provider.shared, tile_settings(),
-                              settings, lambda: provider.renderer.connections.drop())
-    provider.renderer.open(settings, lambda: follower.url)
+                              settings, provider.renderer.switched)
+    await provider.renderer.open(settings, lambda: follower.url)
     try:
         async with in_background(follower.run(), "tile-change-listener"):
             try:
