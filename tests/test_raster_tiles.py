@@ -95,3 +95,72 @@ def test_only_tiffs_are_served(tmp_path, cog):
                    '<SimpleSource><SourceFilename>/etc/passwd</SourceFilename></SimpleSource>'
                    '</VRTRasterBand></VRTDataset>')
     assert is_tiff(cog) and not is_tiff(str(vrt)) and not is_tiff(str(tmp_path / "missing.tif"))
+
+
+def test_the_limits_are_documented_where_titiler_declares_the_parameters(http):
+    paths = http.get("/api").json()["paths"]
+
+    def limits(path: str, method: str = "get") -> dict:
+        schemas = {p["name"]: p["schema"] for p in paths[f"/raster/{{layer}}{path}"][method]["parameters"]}
+        return {name: next((s.get("minimum", s.get("exclusiveMinimum")), s.get("maximum"))
+                           for s in schema.get("anyOf", [schema]) if "maximum" in s)
+                for name, schema in schemas.items() if any("maximum" in s for s in schema.get("anyOf", [schema]))}
+
+    tile = limits("/tiles/{tileMatrixSetId}/{z}/{x}/{y}.{format}")
+    assert tile == {"tilesize": (1, 2048), "buffer": (0, 256), "padding": (0, 256)}
+    assert limits("/tiles/{tileMatrixSetId}/{z}/{x}/{y}") == tile
+    assert limits("/tiles/{tileMatrixSetId}") == {"minzoom": (0, 24), "maxzoom": (0, 24)}
+    assert limits("/{tileMatrixSetId}/tilejson.json") == tile | {"minzoom": (0, 24), "maxzoom": (0, 24)}
+    sizes = {"width": (1, 2048), "height": (1, 2048), "max_size": (1, 2048)}
+    assert limits("/statistics") == sizes and limits("/statistics", "post") == sizes | {"cover_scale": (0, 1000)}
+    assert limits("/info") == {} and limits("/point/{lon},{lat}") == {}
+
+
+TILE = "/raster/imagery/tiles/WebMercatorQuad/12/3417/1670"
+
+
+@pytest.mark.parametrize("path, where, words", [
+    (f"{TILE}.png?padding=1000", "query.padding", "padding must lie between 0 and 256, not 1000"),
+    (f"{TILE}?tilesize=nan", "query.tilesize", "between 1 and 2048"),
+    ("/raster/imagery/WebMercatorQuad/tilejson.json?tilesize=4096", "query.tilesize", "between 1 and 2048"),
+    ("/raster/imagery/WebMercatorQuad/tilejson.json?maxzoom=25", "query.maxzoom", "between 0 and 24"),
+    ("/raster/imagery/statistics?height=3000", "query.height", "between 1 and 2048"),
+    ("/raster/imagery/statistics?histogram_bins=20000", "query.histogram_bins", "between 1 and 10000"),
+    ("/raster/imagery/statistics?algorithm_params={", "query.algorithm_params", "JSON object"),
+    ("/raster/imagery/point/120.43,31.5?bidx=2", "query.bidx", "band 2; this layer has band 1 (b1)"),
+])
+def test_out_of_range_names_the_parameter_and_its_range(http, path, where, words):
+    response = http.get(path)
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["code"] == "invalid_parameter" and body["where"] == where and words in body["description"], body
+
+
+@pytest.mark.parametrize("path, where", [
+    (f"{TILE}.png?tilesize=big", "query.tilesize"),  # titiler's declaration: an integer
+    (f"{TILE}.png?buffer=0", "query.buffer"),  # titiler's: above 0
+    ("/raster/imagery/statistics?histogram_bins=1.5", "query.histogram_bins"),  # titiler's pattern
+])
+def test_other_invalid_values_are_fastapis_validation_as_400(http, path, where):
+    response = http.get(path)
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["code"] == "invalid_parameter" and body["where"][0]["where"] == where, body
+
+
+def test_values_within_the_limits_are_served(http, cog):
+    tile = http.get(f"{TILE}.png", params={"bidx": 1, "rescale": "0,60", "tilesize": 512, "buffer": 2, "padding": 1})
+    assert tile.status_code == 200, tile.text
+    with MemoryFile(tile.content) as memfile, memfile.open() as image:
+        assert (image.width, image.height) == (516, 516)
+    shaded = http.get(f"{TILE}.png", params={"algorithm": "hillshade", "algorithm_params": '{"azimuth": 45}'})
+    assert shaded.status_code == 200 and shaded.content.startswith(b"\x89PNG"), shaded.text
+    stats = http.get("/raster/imagery/statistics", params={"width": 64, "height": 64, "histogram_bins": "0,10,20,80",
+                                                           "histogram_range": "0,80"})
+    assert stats.status_code == 200, stats.text
+    assert stats.json()["b1"]["histogram"][1] == [0, 10, 20, 80]
+    tj = http.get("/raster/imagery/WebMercatorQuad/tilejson.json", params={"minzoom": 10, "maxzoom": 14})
+    assert (tj.json()["minzoom"], tj.json()["maxzoom"]) == (10, 14)
+    projected = {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [[
+        [13406000, 3697000], [13410000, 3697000], [13410000, 3701000], [13406000, 3697000]]]}}
+    assert http.post("/raster/imagery/statistics", params={"coord_crs": "EPSG:3857"}, json=projected).status_code == 200
