@@ -29,6 +29,11 @@ def segment(n: int, *, flag: int = 5, mn: str = MN, factor: str = "w01018") -> s
             f"CP=&&DataTime={now:%Y%m%d%H%M%S};{factor}-Rtd={n}.5,{factor}-Flag=N;w21003-Rtd=1.2,w21003-Flag=N&&")
 
 
+def wrong_crc(framed: bytes) -> bytes:
+    """The frame with a CRC that is never its true one (a fixed 0000 once was: the segments carry the time)."""
+    return framed[:-6] + b"%04X\r\n" % (int(framed[-6:-2], 16) ^ 0x5A5A)
+
+
 def qn_of(data: bytes | str) -> str:
     text = unframe(data) if isinstance(data, bytes) else data
     return text.split(";", 1)[0].removeprefix("QN=")
@@ -161,7 +166,7 @@ def test_bad_crc_wrong_length_and_garbage_between_frames_are_refused(listen, cap
     listener = listen(store)
     good, bad_crc, too_long, too_short, after = (segment(n) for n in range(1, 6))
     garbage = b"\x00\xff\r\nAT+CSQ\r\n#x##ab"
-    bad_crc_frame = frame(bad_crc)[:-6] + b"0000\r\n"
+    bad_crc_frame = wrong_crc(frame(bad_crc))
     too_long_frame = b"##%04d" % (len(too_long) + 7) + frame(too_long)[6:]
     too_short_frame = b"##%04d" % (len(too_short) - 7) + frame(too_short)[6:]
     with connect(listener) as sock:
@@ -316,7 +321,7 @@ def test_connections_past_the_limit_are_refused(listen):
 def test_a_flood_of_refusals_logs_one_line_per_interval(listen, caplog):
     caplog.set_level(logging.WARNING, logger="twin.hj212")
     listener = listen(MemoryStore(), log_interval_s=60)
-    bad = frame(segment(1))[:-6] + b"0000\r\n"
+    bad = wrong_crc(frame(segment(1)))
     with connect(listener) as sock:
         sock.sendall(bad * 500 + b"noise" * 1000 + frame(segment(2)))
         read_frames(sock, 1)
