@@ -57,6 +57,7 @@ class TileRenderer:
         self.plans = PlanCache(tiles.plans)
         self.pool: asyncpg.Pool | None = None  # from open() to close(): the app's life
         self.wait_s = 0.0
+        self.out = 0  # connections acquired and not yet given back
 
     async def open(self, settings: Settings, database_url_now: Callable[[], str]) -> None:
         """`database_url_now`: the URL of the database the tiles are read from now (tiles.changes)."""
@@ -96,18 +97,25 @@ class TileRenderer:
             raise error from e
 
     async def _run(self, plan: TilePlan, params: list, retry: bool = True) -> bytes:
-        conn = await self.pool.acquire(timeout=self.wait_s)  # none came free in time: TimeoutError, a 503
+        # a wait is bounded only when every connection is out: asyncpg runs an acquire given a timeout (and its
+        # release) in a task of its own, which costs more than the rest of the pool's work for a miss
+        timeout = self.wait_s if self.out >= self.pool.get_max_size() else None
+        self.out += 1
         try:
-            if plan.prepare:
-                data = await conn.fetchval(plan.sql, *params)
-            else:  # a statement of its own, planned for these values
-                data = await (await conn.prepare(plan.sql)).fetchval(*params)
-        except BaseException as e:
-            broken = _discard(conn) or isinstance(e, BROKEN)
-            if not (retry and broken and isinstance(e, UNAVAILABLE)):
-                raise
-            await self.pool.expire_connections()  # the database restarted: its other connections are broken too
-        else:
-            await self.pool.release(conn)
-            return data or b""
+            conn = await self.pool.acquire(timeout=timeout)  # none came free in time: TimeoutError, a 503
+            try:
+                if plan.prepare:
+                    data = await conn.fetchval(plan.sql, *params)
+                else:  # a statement of its own, planned for these values
+                    data = await (await conn.prepare(plan.sql)).fetchval(*params)
+            except BaseException as e:
+                broken = _discard(conn) or isinstance(e, BROKEN)
+                if not (retry and broken and isinstance(e, UNAVAILABLE)):
+                    raise
+                await self.pool.expire_connections()  # the database restarted: its other connections are too
+            else:
+                await self.pool.release(conn)
+                return data or b""
+        finally:
+            self.out -= 1
         return await self._run(plan, params, retry=False)  # on a fresh connection
