@@ -177,14 +177,23 @@ def merge(conn: Connection, spec: LayerSpec, frames: pd.DataFrame | Iterable[pd.
     return MergeCounts(inserted, updated, staged - inserted - updated, deleted)
 
 
+def changed_in_bulk(conn: Connection, table: str, rows: int) -> bool:
+    """Whether `rows` written to `table` pass autovacuum's default analyze rule (50 + 10% of its rows): then the
+    writer analyzes it itself, inside its transaction, so the statistics commit with the rows and no reader
+    plans from an empty or far smaller table's statistics while autovacuum has yet to come round."""
+    return rows > 50 and rows > 50 + 0.1 * conn.execute(
+        text("SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = to_regclass(:t)"), {"t": table}).scalar()
+
+
+def analyze(conn: Connection, table: str) -> None:
+    """ANALYZE `table` ("schema.name", a name from the catalog, never from input)."""
+    quote = conn.dialect.identifier_preparer.quote
+    conn.execute(text("ANALYZE " + ".".join(map(quote, table.split(".")))))
+
+
 def analyze_bulk(conn: Connection, layer: str, written: int, superseded: int) -> None:
-    """ANALYZE the tables a bulk write changed (more rows than autovacuum's default rule, 50 + 10% of the table),
-    inside its transaction: the new statistics commit with the rows, so no reader plans a page of a freshly
-    loaded layer from an empty table's statistics while autovacuum has yet to come round. `written`: the
-    layer's rows inserted, updated or deleted; `superseded`: those of them whose old versions went to the
-    history."""
+    """ANALYZE what a bulk write to a layer changed in bulk (`changed_in_bulk`). `written`: the layer's rows
+    inserted, updated or deleted; `superseded`: those of them whose old versions went to the history."""
     for table, rows in ((f"layers.{layer}", written), (f"history.{layer}", superseded), ("twin.change", written)):
-        if rows > 50 and rows > 50 + 0.1 * conn.execute(
-                text("SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = to_regclass(:t)"), {"t": table}).scalar():
-            quote = conn.dialect.identifier_preparer.quote
-            conn.execute(text("ANALYZE " + ".".join(map(quote, table.split(".")))))
+        if changed_in_bulk(conn, table, rows):
+            analyze(conn, table)

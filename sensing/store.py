@@ -15,6 +15,7 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from layers.store import analyze, changed_in_bulk
 from sensing import tables as t
 from sensing import water_quality as wq
 
@@ -109,23 +110,19 @@ def insert_rows(conn: Connection, rows: Iterable[ObservationRow], actor: str = "
 
 
 def analyze_bulk(conn: Connection, written: int, first: datetime, last: datetime) -> None:
-    """ANALYZE the partitions (and the hourly aggregate) a bulk insert changed by more than autovacuum's rule
-    (50 + 10% of the table), as layers.store.analyze_bulk does for layers; a new partition has no rows counted,
-    so any bulk load into it is analyzed."""
+    """ANALYZE the month partitions (and the hourly aggregate) a bulk insert changed in bulk, by the rule of
+    layers.store.changed_in_bulk; a new partition has no rows counted, so any bulk load into it is analyzed."""
     if written <= 50:
         return
     partitions = conn.execute(text(
-        "SELECT c.oid::regclass::text, greatest(c.reltuples, 0) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "WHERE i.inhparent = 'sensing.observation'::regclass AND (c.relname = 'observation_default' OR "
-        "c.relname BETWEEN 'observation_' || to_char(CAST(:first AS timestamptz) AT TIME ZONE 'UTC', 'YYYY_MM') "
-        "AND 'observation_' || to_char(CAST(:last AS timestamptz) AT TIME ZONE 'UTC', 'YYYY_MM'))"),
-        {"first": first, "last": last}).all()
-    tables = [name for name, rows in partitions if not name.endswith("observation_default") and written > 50 + 0.1 * rows]
-    hourly = conn.execute(text("SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = 'sensing.observation_hourly'::regclass")).scalar()
-    if written / 12 > 50 + 0.1 * hourly:
-        tables.append("sensing.observation_hourly")
-    for table in tables:  # names from the catalog, not from input
-        conn.execute(text(f"ANALYZE {table}"))
+        "SELECT c.oid::regclass::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'sensing.observation'::regclass AND c.relname BETWEEN "
+        "'observation_' || to_char(CAST(:first AS timestamptz) AT TIME ZONE 'UTC', 'YYYY_MM') "
+        "AND 'observation_' || to_char(CAST(:last AS timestamptz) AT TIME ZONE 'UTC', 'YYYY_MM')"),
+        {"first": first, "last": last}).scalars().all()
+    for table, rows in [(name, written) for name in partitions] + [("sensing.observation_hourly", written // 12)]:
+        if changed_in_bulk(conn, table, rows):
+            analyze(conn, table)
 
 
 # The HJ 212 listener's sink (and any other async ingest path) --------------------------------------------

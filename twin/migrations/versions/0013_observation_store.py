@@ -159,25 +159,21 @@ BEGIN
 END $$;
 """
 
+ADD_TO_PERIOD = r"""
+    INSERT INTO sensing.observation_%(table)s AS a
+    SELECT datastream_id, date_trunc('%(unit)s', phenomenon_time, 'Asia/Shanghai'), count(result), min(result),
+           max(result), sum(result)
+    FROM new_rows GROUP BY 1, 2
+    ON CONFLICT (datastream_id, period_start) DO UPDATE SET count = a.count + excluded.count,
+        min = least(a.min, excluded.min), max = greatest(a.max, excluded.max),
+        sum = coalesce(a.sum + excluded.sum, a.sum, excluded.sum);
+"""
+
 AGGREGATES = r"""
 CREATE FUNCTION sensing.add_to_aggregates() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    INSERT INTO sensing.observation_hourly AS a
-    SELECT datastream_id, date_trunc('hour', phenomenon_time, 'Asia/Shanghai'), count(result), min(result),
-           max(result), sum(result)
-    FROM new_rows GROUP BY 1, 2
-    ON CONFLICT (datastream_id, period_start) DO UPDATE SET count = a.count + excluded.count,
-        min = least(a.min, excluded.min), max = greatest(a.max, excluded.max),
-        sum = coalesce(a.sum + excluded.sum, a.sum, excluded.sum);
-    INSERT INTO sensing.observation_daily AS a
-    SELECT datastream_id, date_trunc('day', phenomenon_time, 'Asia/Shanghai'), count(result), min(result),
-           max(result), sum(result)
-    FROM new_rows GROUP BY 1, 2
-    ON CONFLICT (datastream_id, period_start) DO UPDATE SET count = a.count + excluded.count,
-        min = least(a.min, excluded.min), max = greatest(a.max, excluded.max),
-        sum = coalesce(a.sum + excluded.sum, a.sum, excluded.sum);
-    INSERT INTO sensing.latest_observation AS l
+%ADD_TO_PERIODS%    INSERT INTO sensing.latest_observation AS l
     SELECT DISTINCT ON (datastream_id) datastream_id, id, phenomenon_time, result, result_quality
     FROM new_rows ORDER BY datastream_id, phenomenon_time DESC
     ON CONFLICT (datastream_id) DO UPDATE SET observation_id = excluded.observation_id,
@@ -246,7 +242,8 @@ CREATE TRIGGER observation_updated AFTER UPDATE ON sensing.observation
     FOR EACH STATEMENT EXECUTE FUNCTION sensing.recompute_aggregates();
 CREATE TRIGGER observation_deleted AFTER DELETE ON sensing.observation REFERENCING OLD TABLE AS old_rows
     FOR EACH STATEMENT EXECUTE FUNCTION sensing.recompute_aggregates();
-"""
+""".replace("%ADD_TO_PERIODS%", "".join(ADD_TO_PERIOD % {"table": table, "unit": unit}
+                                            for table, unit in (("hourly", "hour"), ("daily", "day"))))
 
 SYNC_STATIONS = r"""
 CREATE FUNCTION sensing.sync_stations(owner text) RETURNS void
