@@ -38,10 +38,10 @@ def observations(packet: Packet, streams: dict[str, int]) -> list[store.Observat
 def sink(engine: AsyncEngine) -> Sink:
     async def stored(packet: Packet) -> None:
         async with engine.connect() as conn:
-            thing = await store.thing_by_mn(conn, packet.mn)
-            if thing is None:
+            streams = await store.device_streams(conn, packet.mn)
+            if streams is None:
                 raise UnknownDevice(packet.mn)
-            rows = observations(packet, await store.datastreams_by_code(conn, thing.id))
+            rows = observations(packet, streams)
             if rows:
                 await store.add_observations(conn, rows, actor=f"hj212:{packet.mn}")
     return stored

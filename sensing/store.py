@@ -127,19 +127,15 @@ def analyze_bulk(conn: Connection, written: int, first: datetime, last: datetime
 
 # The HJ 212 listener's sink (and any other async ingest path) --------------------------------------------
 
-async def thing_by_mn(conn: AsyncConnection, mn: str):
-    """The Thing (id, name, department, properties) whose properties.hj212_mn is the device number `mn`, or None."""
-    th = t.thing
-    return (await conn.execute(select(th.c.id, th.c.name, th.c.department, th.c.properties)
-                               .where(th.c.properties["hj212_mn"].astext == mn))).first()
-
-
-async def datastreams_by_code(conn: AsyncConnection, thing_id: int) -> dict[str, int]:
-    """HJ 212 factor code (Datastream properties.hj212_code) -> Datastream id, for one Thing."""
-    d = t.datastream
-    rows = await conn.execute(select(d.c.properties["hj212_code"].astext, d.c.id)
-                              .where(d.c.thing_id == thing_id, d.c.properties.has_key("hj212_code")))
-    return {code: id_ for code, id_ in rows}
+async def device_streams(conn: AsyncConnection, mn: str) -> dict[str, int] | None:
+    """The Datastreams of the Thing whose properties.hj212_mn is the device number `mn`, by HJ 212 factor code
+    (Datastream properties.hj212_code), in one round trip; None when no Thing has that device."""
+    th, d = t.thing, t.datastream
+    rows = (await conn.execute(
+        select(th.c.id, d.c.properties["hj212_code"].astext, d.c.id)
+        .outerjoin(d, (d.c.thing_id == th.c.id) & d.c.properties.has_key("hj212_code"))
+        .where(th.c.properties["hj212_mn"].astext == mn))).all()
+    return {code: stream for _, code, stream in rows if code is not None} if rows else None
 
 
 async def add_observations(conn: AsyncConnection, rows: Iterable[ObservationRow], actor: str = "sensing") -> list[int]:

@@ -85,10 +85,8 @@ def test_the_sink_stores_and_the_aggregates_follow_updates_and_deletes(engine, s
         engine_ = async_engine(get_settings())
         try:
             async with engine_.connect() as conn:
-                thing = await store.thing_by_mn(conn, "STORE-MN-1")
-                codes = await store.datastreams_by_code(conn, thing.id)
-                assert codes == {"w01018": stream}
-                assert await store.thing_by_mn(conn, "unknown") is None
+                assert await store.device_streams(conn, "STORE-MN-1") == {"w01018": stream}
+                assert await store.device_streams(conn, "unknown") is None
                 return await store.add_observations(conn, rows)
         finally:
             await engine_.dispose()
