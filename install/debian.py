@@ -39,6 +39,10 @@ NEEDS = (
          files=("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",)),
     Need("Redis, for the shared tile cache tests", "redis-server", commands=("redis-server",)),
     Need("nginx, the reverse proxy the slow-client tests put in front", "nginx", files=("/usr/sbin/nginx",)),
+    Need("mosquitto, the MQTT broker of the live feeds", "mosquitto", files=("/usr/sbin/mosquitto",)),
+    Need("pgRouting for PostgreSQL 15, the drainage network's traces", "postgresql-15-pgrouting",
+         files=("/usr/share/postgresql/15/extension/pgrouting.control",)),
+    Need("pgBackRest, the WAL archive and point-in-time recovery", "pgbackrest", commands=("pgbackrest",)),
 )
 
 

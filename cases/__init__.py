@@ -1,0 +1,1 @@
+"""The city-management case loop: cases, routing, stages, Open311."""
