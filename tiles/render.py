@@ -58,6 +58,7 @@ class TileRenderer:
         self.pool: asyncpg.Pool | None = None  # from open() to close(): the app's life
         self.wait_s = 0.0
         self.out = 0  # connections acquired and not yet given back
+        self.releasing: set[asyncio.Task] = set()  # releases under way (_release_soon)
 
     async def open(self, settings: Settings, database_url_now: Callable[[], str]) -> None:
         """`database_url_now`: the URL of the database the tiles are read from now (tiles.changes)."""
@@ -103,19 +104,35 @@ class TileRenderer:
         self.out += 1
         try:
             conn = await self.pool.acquire(timeout=timeout)  # none came free in time: TimeoutError, a 503
-            try:
-                if plan.prepare:
-                    data = await conn.fetchval(plan.sql, *params)
-                else:  # a statement of its own, planned for these values
-                    data = await (await conn.prepare(plan.sql)).fetchval(*params)
-            except BaseException as e:
-                broken = _discard(conn) or isinstance(e, BROKEN)
-                if not (retry and broken and isinstance(e, UNAVAILABLE)):
-                    raise
-                await self.pool.expire_connections()  # the database restarted: its other connections are too
-            else:
-                await self.pool.release(conn)
-                return data or b""
+        except BaseException:
+            self.out -= 1
+            raise
+        try:
+            if plan.prepare:
+                data = await conn.fetchval(plan.sql, *params)
+            else:  # a statement of its own, planned for these values
+                data = await (await conn.prepare(plan.sql)).fetchval(*params)
+        except BaseException as e:
+            self.out -= 1
+            broken = _discard(conn) or isinstance(e, BROKEN)
+            if not (retry and broken and isinstance(e, UNAVAILABLE)):
+                raise
+            await self.pool.expire_connections()  # the database restarted: its other connections are too
+            return await self._run(plan, params, retry=False)  # on a fresh connection
+        self._release_soon(conn)
+        return data or b""
+
+    def _release_soon(self, conn: asyncpg.pool.PoolConnectionProxy) -> None:
+        """Give the connection back while the tile goes out: asyncpg releases in a task of its own, and
+        awaiting it would hold the answer for as many turns of the event loop."""
+        task = asyncio.get_running_loop().create_task(self._release(conn))
+        self.releasing.add(task)
+        task.add_done_callback(self.releasing.discard)
+
+    async def _release(self, conn: asyncpg.pool.PoolConnectionProxy) -> None:
+        try:
+            await self.pool.release(conn)
+        except Exception as e:  # the connection is lost (the pool is closing, or it broke): the pool forgets it
+            log.debug("tile connection not given back (%s: %s)", type(e).__name__, e)
         finally:
             self.out -= 1
-        return await self._run(plan, params, retry=False)  # on a fresh connection
