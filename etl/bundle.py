@@ -31,14 +31,15 @@ def _skipped() -> RunResult:
 
 
 def _sample(settings: Settings, components: int, progress: Callable[[str], None]) -> dict[str, Path]:
-    from etl.sample import generate
+    from etl.sample import FILES, generate
 
     out = settings.data_dir / "sample"
     manifest = out / "manifest.json"
     wanted = {"components": components, "seed": SEED}
     if manifest.exists():
         saved = json.loads(manifest.read_text())
-        if saved.get("args") == wanted and all(Path(p).exists() for p in saved["files"].values()):
+        if saved.get("args") == wanted and set(FILES) <= set(saved["files"]) \
+                and all(Path(p).exists() for p in saved["files"].values()):
             return {k: Path(v) for k, v in saved["files"].items()}
     progress("generating the district sample")
     files = generate(out, components=components, seed=SEED)
@@ -125,6 +126,9 @@ def load_bundle(engine: Engine, settings: Settings, components: int = 20_000,
         ("monitoring_stations", "monitoring_stations", None, sample["monitoring_stations"], None),
         ("city_components", "city_components", None, sample["city_components"], None),
         ("pollution_sources", "pollution_sources", "GCJ02", sample["pollution_sources"], None),
+        *(("drainage_nodes", layer, None, sample[layer], None)
+          for layer in ("manholes", "pump_stations", "treatment_plants", "outfalls", "gates")),
+        ("drainage_pipes", "pipes", None, sample["pipes"], None),
     ]
     plan.append(("water_quality", "water_quality", None, sample["water_quality"], None))
     results = []

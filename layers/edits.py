@@ -19,6 +19,7 @@ from layers.collections import layer_or_404
 from layers.feature_input import check_properties, input_crs, parse_feature, parse_geometry, read_json, \
     validated_values
 from layers.features import etag_of
+from layers.scope import require_scope
 from layers.writing import write_transaction
 from twin.auth import Principal, authenticate, require_layer_write
 from twin.errors import ApiError
@@ -87,6 +88,7 @@ async def _guarded(request: Request, principal: Principal, spec: LayerSpec, fid:
         async with write_transaction(request, principal.actor) as conn:
             done, latest = await features.write_version(conn, spec, statement, fid, row.version)
             if done is not None:
+                await require_scope(conn, principal, spec, row, done)
                 return done
             if latest == row.version:
                 return row  # identical content: the triggers dropped a no-op update
@@ -105,6 +107,7 @@ async def create_feature(request: Request, layer: str, crs: str | None = CRS_PAR
     values = await run_in_threadpool(validated_values, spec, properties, geometry)
     async with write_transaction(request, principal.actor) as conn:
         row = await features.insert_feature(conn, spec, values)
+        await require_scope(conn, principal, spec, None, row)
     return _response(request, spec, row, 201)
 
 
@@ -209,4 +212,5 @@ async def revert_feature(request: Request, layer: str, fid: int = Path(ge=1, le=
         raise _stale(spec, fid, None)
     async with write_transaction(request, principal.actor) as conn:
         restored = await features.reinsert(conn, spec, fid, to_version)
+        await require_scope(conn, principal, spec, None, restored)
     return _response(request, spec, restored, 201)

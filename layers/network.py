@@ -59,6 +59,9 @@ def _graph(rivers):
             .join(end, and_(end.c.eid == edges.c.eid, ~end.c.head)).cte("graph"))
 
 
+river_graph = _graph  # the noded river edges, which the drainage graph (layers.drainage_graph) also builds on
+
+
 def _pieces(rivers, point, query):
     """The traced part of each edge reached: (eid, fid, from_m, to_m, piece, piece_m), from_m and
     to_m its distances from the start point along the rivers; and the start (eid, at, offset_m)."""

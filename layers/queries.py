@@ -23,7 +23,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from layers import aggregation, network
+from layers import aggregation, drainage_answer, drainage_graph, network
 from layers.catalog import LayerSpec, get_layer, vector_layers
 from layers.crs import Crs
 from layers.crs import parse as parse_crs
@@ -104,7 +104,8 @@ async def queries():
             "intersects": "POST /query/intersects — features in a polygon, counted per layer and category",
             "at": "POST /query/at — the polygons (districts, streets, grids …) containing a point",
             "aggregate": "POST /query/aggregate — a layer counted or summed per polygon of another layer",
-            "trace": "POST /query/trace — river reaches up- or downstream of a point, with sources and stations",
+            "trace": "POST /query/trace — river reaches up- or downstream of a point, with sources and stations; "
+                     "from a feature: the drainage network up- or downstream of it, or its service area",
         },
         "limits": {"max_distance_m": MAX_DISTANCE_M, "max_k": MAX_K, "max_vertices": MAX_VERTICES,
                    "max_results": MAX_RESULTS, "max_layers": MAX_LAYERS},
@@ -313,6 +314,13 @@ async def trace(query: Trace, request: Request) -> Response:
     """The river reaches up- or downstream of a point, up to a distance along the rivers, with
     the pollution sources within `buffer` metres of them and the monitoring stations on them."""
     crs = parse_crs(query.crs, "body.crs")
+    if query.feature is not None:  # the drainage network, from a feature (layers.drainage_answer)
+        await require_read(request, [vector_layer(query.feature.layer, "body.feature.layer").id], "body")
+        async with request.app.state.engine.begin() as conn:
+            await drainage_graph.refresh(conn)
+        async with snapshot(request) as conn:
+            body = await drainage_answer.body(conn, query, crs, await hidden_layers(request))
+        return answer(body, crs, media_type="application/json")
     point = bound(read_geometry(query.point, crs, "body.point", {"Point"}))
     await require_read(request, [network.RIVERS], "body")
     hidden = await hidden_layers(request)  # sources or stations the caller may not read are left out

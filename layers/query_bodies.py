@@ -97,11 +97,19 @@ class Aggregate(Query):
 
 
 class Trace(Query):
-    point: PointInput
-    direction: Literal["upstream", "downstream"]
-    distance: Annotated[float, ToMillimetres] = Field(ge=0.001, le=MAX_DISTANCE_M, allow_inf_nan=False,
-                                                      description=f"metres along the rivers, at most "
-                                                                  f"{MAX_DISTANCE_M:g}")
+    point: PointInput | None = Field(None, description="trace the rivers from this point (give point or feature)")
+    feature: Selector | None = Field(None, description="trace the drainage network (rivers, outfalls, pipes) from "
+                                     "this one feature: a monitoring station, manhole, pipe, pump station, treatment "
+                                     "plant, outfall or pollution source", examples=[
+                                         {"layer": "pump_stations", "where": {"code": "XWBZ001"}}])
+    direction: Literal["upstream", "downstream", "service_area"] = Field(
+        description="service_area (a pump station or pipe): what loses its way out if it fails")
+    distance: Annotated[float, ToMillimetres] | None = Field(None, ge=0.001, le=MAX_DISTANCE_M, allow_inf_nan=False,
+                                                             description=f"metres along the rivers (or the network), "
+                                                                         f"at most {MAX_DISTANCE_M:g}; required "
+                                                                         "with point, default the whole network")
+    limit: int = Field(MAX_RESULTS, ge=1, le=MAX_RESULTS, description="network traces: at most this many features "
+                       "of each layer, nearest first (numberMatched says how many were reached)")
     buffer: Annotated[float, ToMillimetres] = Field(500.0, ge=0, le=MAX_BUFFER_M, allow_inf_nan=False,
                                                     description="pollution sources within this many metres of the "
                                                                 "traced reaches")
@@ -111,6 +119,14 @@ class Trace(Query):
     station_distance: Annotated[float, ToMillimetres] = Field(50.0, ge=0, le=500, allow_inf_nan=False,
                                                               description="stations within this many metres of a "
                                                                           "reach are on it")
+
+    @model_validator(mode="after")
+    def one_start(self):
+        if (self.point is None) == (self.feature is None):
+            raise ValueError("give exactly one of point and feature")
+        if self.point is not None and (self.distance is None or self.direction == "service_area"):
+            raise ValueError("a river trace from a point goes upstream or downstream and needs a distance")
+        return self
 
 
 _VALUE_TYPES = {"text": StrictStr, "integer": StrictInt, "real": StrictInt | float, "boolean": StrictBool,

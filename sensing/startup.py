@@ -1,12 +1,12 @@
-"""What the server does for the observation store when it starts: the coming months' partitions, and the
-station Things and Datastreams made again from the layers (both idempotent)."""
+"""What the server does for the observation store when it starts: the coming months' partitions, the station
+Things and Datastreams made again from the layers, and the online pollution sources' (all idempotent)."""
 
 import logging
 
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from sensing import store
+from sensing import sources, store
 from sensing import water_quality as wq
 
 log = logging.getLogger("sensing.startup")
@@ -17,6 +17,7 @@ def prepare_sync(conn) -> None:
     conn.execute(text("LOCK TABLE sensing.water_quality_parameter IN EXCLUSIVE MODE"))
     store.prepare_months(conn)
     wq.refresh(conn)
+    sources.refresh(conn)
 
 
 async def prepare(app: FastAPI) -> None:

@@ -7,12 +7,14 @@ replaces the stored one (the last write wins, also within one batch). The months
 first (rows of older or stranger times than any month made land in the DEFAULT partition, never refused).
 """
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import select, text
-from sqlalchemy.engine import Connection
+from sqlalchemy import event, select, text
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import Pool
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from layers.store import analyze, changed_in_bulk
@@ -20,6 +22,7 @@ from sensing import tables as t
 from sensing import water_quality as wq
 
 MONTHS_AHEAD = 3  # made at start-up, so live data never waits on a new partition
+log = logging.getLogger("sensing.store")
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,55 @@ def insert_rows(conn: Connection, rows: Iterable[ObservationRow], actor: str = "
             out.append(ids[(station, field, row.phenomenon_time)])
         else:
             out.append(ids[(row.datastream_id, row.phenomenon_time)])
+    if _stored_listeners:
+        conn.info.setdefault(_PENDING, []).append((rows, out))
     return out
+
+
+# "Observations stored": whoever must hear of new observations (the MQTT publisher, alert rules) registers
+# `listener(rows, ids)` with on_stored; it is called in the process that stored them, for every insert_rows
+# (so every path: HTTP, dataArray, HJ 212, MQTT), once the transaction has committed and its connection has
+# gone back to the pool; never for a rolled-back one. It runs in the committing thread: it must not block.
+_stored_listeners: list[Callable[[list[ObservationRow], list[int]], None]] = []
+_PENDING, _COMMITTED = "sensing.stored.pending", "sensing.stored.committed"
+
+
+def on_stored(listener: Callable[[list[ObservationRow], list[int]], None]) -> Callable[[], None]:
+    """Register `listener`; returns the function that unregisters it."""
+    _stored_listeners.append(listener)
+    return lambda: _stored_listeners.remove(listener)
+
+
+@event.listens_for(Engine, "commit")
+def _committing(conn: Connection) -> None:
+    if _PENDING in conn.info:
+        conn.info.setdefault(_COMMITTED, []).extend(conn.info.pop(_PENDING))
+
+
+@event.listens_for(Engine, "rollback")
+def _rolled_back(conn: Connection) -> None:
+    conn.info.pop(_PENDING, None)
+
+
+@event.listens_for(Pool, "invalidate")
+def _lost(dbapi_connection, record, exception) -> None:
+    if record is None:
+        return
+    record.info.pop(_PENDING, None)
+    record.info.pop(_COMMITTED, None)
+
+
+@event.listens_for(Pool, "checkin")
+def _returned(dbapi_connection, record) -> None:
+    if record is None:
+        return
+    record.info.pop(_PENDING, None)
+    for rows, ids in record.info.pop(_COMMITTED, ()):
+        for listener in list(_stored_listeners):
+            try:
+                listener(rows, ids)
+            except Exception:
+                log.exception("an observations-stored listener failed")
 
 
 def analyze_bulk(conn: Connection, written: int, first: datetime, last: datetime) -> None:

@@ -4,7 +4,8 @@ from layers.catalog import catalog
 from layers.codes import CHECKS
 
 BUILT_IN = {"districts", "streets", "grids", "roads", "rivers", "water_bodies", "city_components",
-            "pollution_sources", "monitoring_stations", "water_quality", "imagery"}
+            "pollution_sources", "monitoring_stations", "water_quality", "imagery",
+            "pipes", "manholes", "pump_stations", "treatment_plants", "outfalls", "gates"}
 
 
 def test_built_in_layers_are_in_the_catalog():

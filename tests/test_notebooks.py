@@ -44,7 +44,8 @@ def run(name: str, server: str, monkeypatch, report: str) -> dict:
 
 def test_every_notebook_is_tested():
     assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == [
-        "01_pollution_near_rivers.ipynb", "02_water_quality_trends.ipynb", "03_component_inventory.ipynb"]
+        "01_pollution_near_rivers.ipynb", "02_water_quality_trends.ipynb", "03_component_inventory.ipynb",
+        "04_case_review.ipynb"]  # 04: tests/test_cases_notebook.py
 
 
 def test_pollution_near_rivers(server, engine, monkeypatch):

@@ -22,6 +22,7 @@ REAL = Path(__file__).resolve().parents[1] / "data" / "real"
 METRIC = "EPSG:4549"  # CGCS2000 / 3-degree Gauss-Kruger CM 120E
 COMPONENTS, DAYS = 3000, 3
 GPKG_LAYERS = ["streets", "grids", "roads", "rivers", "monitoring_stations", "city_components"]
+NETWORK_LAYERS = ["pipes", "manholes", "pump_stations", "treatment_plants", "outfalls", "gates"]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def test_missing_real_data_dir_is_reported(tmp_path, monkeypatch):
         generate(tmp_path / "out", components=10, days=1)
 
 
-@pytest.mark.parametrize("layer", GPKG_LAYERS)
+@pytest.mark.parametrize("layer", GPKG_LAYERS + NETWORK_LAYERS)
 def test_layers_follow_their_spec(out, layer):
     spec = get_layer(layer)
     info = pyogrio.read_info(out[layer], layer=layer)

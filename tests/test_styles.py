@@ -98,7 +98,7 @@ def test_styles_draw_catalog_layers_and_fields(styles, catalog, http):
     grouped = [layer for group in styles["onemap"]["metadata"]["twin:groups"] for layer in group["layers"]]
     assert sorted(grouped) == sorted(vector | raster), "every map layer in exactly one group"
     titles = [g["title"] for g in styles["onemap"]["metadata"]["twin:groups"]]
-    assert titles == ["基础地理", "城市部件", "生态环境", "水环境"]
+    assert titles == ["基础地理", "城市部件", "生态环境", "智慧排水", "水环境"]
 
 
 def test_composite_draws_points_and_labels_over_areas(styles):

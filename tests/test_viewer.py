@@ -99,7 +99,7 @@ def test_page_renders_the_district_offline(viewer, tmp_path):
     assert not viewer.errors, viewer.errors
     # The layer tree lists the four groups with their Chinese titles and a generated legend.
     groups = viewer.page.locator("#layer-tree summary").all_inner_texts()
-    assert [g.split("\n")[0] for g in groups] == ["基础地理", "城市部件", "生态环境", "水环境"]
+    assert [g.split("\n")[0] for g in groups] == ["基础地理", "城市部件", "生态环境", "智慧排水", "水环境"]
     legend = viewer.page.locator(".legend[data-layer=monitoring_stations]").inner_text()
     assert all(name in legend for name in ("Ⅰ类", "Ⅲ类", "劣Ⅴ类", "暂无数据"))
     assert "公用设施" in viewer.page.locator(".legend[data-layer=city_components]").inner_text()

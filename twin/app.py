@@ -11,14 +11,17 @@ from layers import diff as diff_routes, edits as edit_routes, history as history
 from layers import items as item_routes
 from layers import openapi as ogc_openapi
 from layers import export as export_routes
-from layers import series as series_routes
 from layers import queries as query_routes
 from layers.catalog import catalog
 from tiles import server as tile_server
-from sensing import hj212_ingest
+from sensing import hj212_ingest, mqtt_service
+from sensing import series as series_routes
 from sensing import startup as sensing_startup
 from sensing.sta import routes as sta_routes
 from etl import routes as etl_routes
+from events import service as event_service
+from cases import open311 as open311_routes, routes as case_routes, routing as case_routing
+from cases import statistics as case_statistics
 from twin import access, admin, cors, errors, health, limits, metrics
 from twin import styles as style_routes
 from twin import viewer
@@ -42,7 +45,10 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         app.state.engine = async_engine(settings)
         app.state.read_engine = read_engine(settings, app.state.engine)  # reads that may lag: twin.replicas
         await sensing_startup.prepare(app)  # partitions ahead, station Things (sensing.startup)
+        await case_routing.load(app.state.engine)  # the responsibility table, when its file changed
         async with tile_server.running(app) as state, access.following(app), hj212_ingest.listening(app), \
+                mqtt_service.running(app), \
+                event_service.running(app), \
                 in_background(extents.warm(app, feature_layers()), "extents"):
             yield state
             for update in list(app.state.extent_updates.values()):  # layers.extents
@@ -77,6 +83,9 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     app.include_router(style_routes.router)
     app.include_router(admin.router)
     app.include_router(etl_routes.router)
+    event_service.install(app)  # /stream, /alerts, /webhooks
+    for case_router in (case_statistics.router, case_routes.router, open311_routes.router):  # /cases/statistics first
+        app.include_router(case_router)
     viewer.install(app)
     limits.install(app, upload_bytes=settings.max_upload_mb << 20)  # body sizes and speeds, before parsing
     errors.install(app)  # its URL check is outside every middleware but CORS, metrics and the tile fast path

@@ -19,6 +19,7 @@ from fastapi import Request
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from twin import broker
 from twin.errors import ApiError
 
 log = logging.getLogger("twin.auth")
@@ -30,6 +31,9 @@ SECRETS = [  # (pattern, replacement) for what may carry a key in a log line
 ]
 
 
+ROLES = ("reporter", "supervisor", "dispatcher", "department", "contractor")  # the case loop's (cases.loop)
+
+
 @dataclass(frozen=True)
 class Principal:
     key_id: int
@@ -37,9 +41,31 @@ class Principal:
     department: str
     layers: tuple[str, ...]
     is_admin: bool
+    role: str | None = None  # one of ROLES, or None for a plain department key
+    # where and what the key may touch: grid and street codes, case/component class prefixes ("C0118", "E01");
+    # empty means anywhere (grids and streets together: in any of the grids or any of the streets)
+    grids: tuple[str, ...] = ()
+    streets: tuple[str, ...] = ()
+    classes: tuple[str, ...] = ()
 
     def may_write(self, layer: str) -> bool:
         return self.is_admin or layer in self.layers
+
+    @property
+    def scoped(self) -> bool:
+        return bool(self.grids or self.streets or self.classes)
+
+    def covers(self, grid: str | None, street: str | None, class_code: str | None) -> bool:
+        """Whether a feature in `grid` and `street` of class `class_code` (None: the layer has no class) is in
+        the key's scope."""
+        area = not (self.grids or self.streets) or grid in self.grids or street in self.streets
+        kind = not self.classes or class_code is None or any(class_code.startswith(c) for c in self.classes)
+        return self.is_admin or (area and kind)
+
+    def scope_text(self) -> str:
+        parts = [f"{name} {', '.join(values)}" for name, values in
+                 (("grids", self.grids), ("streets", self.streets), ("classes", self.classes)) if values]
+        return "; ".join(parts) or "everywhere"
 
     @property
     def actor(self) -> str:
@@ -50,24 +76,31 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def create_key(conn: Connection, department: str, layers: list[str], is_admin: bool = False) -> str:
+def create_key(conn: Connection, department: str, layers: list[str], is_admin: bool = False, *,
+               role: str | None = None, grids: list[str] = (), streets: list[str] = (),
+               classes: list[str] = ()) -> str:
     prefix, secret = secrets.token_hex(4), secrets.token_urlsafe(32)
-    conn.execute(text("INSERT INTO twin.api_key (prefix, secret_hash, department, layers, is_admin) "
-                      "VALUES (:prefix, :hash, :department, :layers, :is_admin)"),
+    conn.execute(text("INSERT INTO twin.api_key (prefix, secret_hash, department, layers, is_admin, role, "
+                      "scope_grids, scope_streets, scope_classes) "
+                      "VALUES (:prefix, :hash, :department, :layers, :is_admin, :role, :grids, :streets, :classes)"),
                  {"prefix": prefix, "hash": _hash(secret), "department": department,
-                  "layers": layers, "is_admin": is_admin})
-    return f"twin_{prefix}_{secret}"
+                  "layers": layers, "is_admin": is_admin, "role": role, "grids": list(grids),
+                  "streets": list(streets), "classes": list(classes)})
+    key = f"twin_{prefix}_{secret}"
+    broker.remember_key(conn, prefix, key)  # its MQTT password hash, made while the secret is known
+    return key
 
 
 def list_keys(conn: Connection) -> list[dict]:
-    rows = conn.execute(text("SELECT id, prefix, department, layers, is_admin, created_at, revoked_at "
-                             "FROM twin.api_key ORDER BY id"))
+    rows = conn.execute(text("SELECT id, prefix, department, layers, is_admin, role, scope_grids, scope_streets, "
+                             "scope_classes, created_at, revoked_at FROM twin.api_key ORDER BY id"))
     return [dict(r._mapping) for r in rows]
 
 
 def revoke_key(conn: Connection, prefix: str) -> bool:
     result = conn.execute(text("UPDATE twin.api_key SET revoked_at = now() "
                                "WHERE prefix = :prefix AND revoked_at IS NULL"), {"prefix": prefix})
+    broker.refresh(conn)  # the broker drops the key at once
     return result.rowcount == 1
 
 
@@ -122,15 +155,17 @@ async def authenticate(request: Request) -> Principal:
     prefix, secret = parsed
     async with request.app.state.engine.connect() as conn:
         row = (await conn.execute(text(
-            "SELECT id, prefix, secret_hash, department, layers, is_admin, revoked_at IS NOT NULL AS revoked "
-            "FROM twin.api_key WHERE prefix = :prefix"), {"prefix": prefix})).first()
+            "SELECT id, prefix, secret_hash, department, layers, is_admin, revoked_at IS NOT NULL AS revoked, "
+            "role, scope_grids, scope_streets, scope_classes FROM twin.api_key WHERE prefix = :prefix"),
+            {"prefix": prefix})).first()
     if row is None:
         raise _refuse(request, "invalid_key", invalid, "unknown prefix", prefix)
     if not hmac.compare_digest(row.secret_hash, _hash(secret)):
         raise _refuse(request, "invalid_key", invalid, "wrong secret", prefix)
     if row.revoked:
         raise _refuse(request, "invalid_key", invalid, "revoked key", prefix)
-    return Principal(row.id, row.prefix, row.department, tuple(row.layers), row.is_admin)
+    return Principal(row.id, row.prefix, row.department, tuple(row.layers), row.is_admin, row.role,
+                     tuple(row.scope_grids), tuple(row.scope_streets), tuple(row.scope_classes))
 
 
 def require_layer_write(principal: Principal, layer: str) -> None:

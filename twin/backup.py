@@ -25,7 +25,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from twin.cluster import ClusterError, find_postgis_bindir
 
-OURS = ("layers", "history", "twin", "sensing")
+OURS = ("layers", "history", "twin", "sensing", "cases", "events")  # every schema the migrations make
 MISSING_ROLE = re.compile(r'role "([^"]+)" does not exist')
 
 

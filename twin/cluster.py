@@ -71,10 +71,12 @@ class Status:
 
 
 class Cluster:
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, server_settings: dict[str, str] | None = None):
+        """`server_settings` are given to the server at every start (continuous archiving: twin.pitr)."""
         self.data_dir = Path(data_dir).resolve()
         self.pgdata = self.data_dir / "pg"
         self.config_file = self.data_dir / "cluster.json"
+        self.server_settings = server_settings or {}
 
     # -- state ------------------------------------------------------------
     def _config(self) -> dict:
@@ -99,7 +101,8 @@ class Cluster:
         return Status(self.initialized, running, self._config().get("port"), self.pgdata)
 
     # -- running commands as the right OS user ------------------------------
-    def _as_owner(self, argv: list[str]) -> list[str]:
+    def as_owner(self, argv: list[str]) -> list[str]:
+        """`argv` run as the OS user owning the cluster's files (postgres, when we are root)."""
         if os.geteuid() != 0:
             return argv
         try:
@@ -109,7 +112,7 @@ class Cluster:
         return ["runuser", "-u", "postgres", "--", *argv]
 
     def _run(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(self._as_owner(argv), capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        result = subprocess.run(self.as_owner(argv), capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if check and result.returncode != 0:
             raise ClusterError(f"{Path(argv[0]).name} failed: {(result.stderr or result.stdout).strip()}")
         return result
@@ -177,6 +180,7 @@ class Cluster:
         self._remove_stale_pid()
         port = self._pick_port(self._config())
         options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{self.pgdata}'"
+        options += "".join(f' -c "{name}={value}"' for name, value in self.server_settings.items())
         self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.pgdata / "server.log"), "-o", options)
         self._ensure_database()
         return self.status()

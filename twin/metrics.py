@@ -30,7 +30,14 @@ tile_cache_misses = Counter("twin_tile_cache_misses", "Tiles rendered because no
 etl_runs = Counter("twin_etl_runs", "ETL runs ended in this process, by their recorded status", ["status"])
 hj212_events = Counter("twin_hj212_events", "HJ 212 listener: packets accepted and refused (refused.<reason>), "
                        "responses sent, bytes skipped, connections opened, rejected and cut", ["event"])
+mqtt_messages = Counter("twin_mqtt_messages", "MQTT ingest: messages stored, refused (refused.<reason>) and "
+                        "skipped (echo: the server's own publication of a stored observation)", ["outcome"])
+mqtt_published = Counter("twin_mqtt_published", "Stored observations published to MQTT subscribers (sent), and "
+                         "not published because the broker was away (dropped)", ["outcome"])
 hj212_connections = Gauge("twin_hj212_connections", "HJ 212 data loggers connected now", multiprocess_mode="livesum")
+stream_clients = Gauge("twin_stream_clients", "SSE clients following the event stream now", multiprocess_mode="livesum")
+stream_dropped = Counter("twin_stream_dropped", "SSE clients dropped for falling too far behind (they resume by id)")
+webhook_events = Counter("twin_webhook_events", "Events posted to webhook subscribers, delivered or failed", ["outcome"])
 
 router = APIRouter(tags=["operations"])
 

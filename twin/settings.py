@@ -45,6 +45,57 @@ class Settings(BaseSettings):
     # Every worker listens on the same port (SO_REUSEPORT), the kernel spreading connections among them.
     hj212_host: str = "127.0.0.1"
     hj212_port: int = 9212
+    # MQTT (docs/mqtt.md): an external broker as mqtt://user:password@host:port (the server's own account);
+    # unset: the managed mosquitto (`twin broker up`) on mqtt_host:mqtt_port (0: a free port, picked once).
+    mqtt_url: str | None = None
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 0
+    # `twin serve` ingests from the broker's Datastream topics (sensing.mqtt_ingest) when a broker is there.
+    mqtt_ingest: bool = True
+    # The shared subscription's group every ingest process of the city joins, with TWIN_MQTT_URL (the managed
+    # broker's is a secret of its own: twin.broker.ingest_group).
+    mqtt_group: str = "twin-ingest"
+    mqtt_batch: int = 500  # messages committed together at most ...
+    mqtt_batch_ms: int = 50  # ... or after this long
+    # Events (docs/alerts.md): SSE clients get a comment line this often; one that falls stream_queue events behind
+    # is dropped (it resumes by Last-Event-ID). Webhooks: workers per process, events per POST, the first retry
+    # after webhook_backoff_s doubling up to webhook_backoff_max_s, paused after failing for webhook_retry_s.
+    stream_heartbeat_s: float = 15
+    stream_queue: int = 1000
+    webhook_workers: int = 2
+    webhook_batch: int = 500
+    webhook_timeout_s: float = 10
+    webhook_backoff_s: float = 10
+    webhook_backoff_max_s: float = 600
+    webhook_retry_s: float = 86400
+    # Alerts: a new or changed rule is judged over the readings of the last alert_replay_hours; a water alert's
+    # upstream context traces alert_trace_m up the rivers, reads sources from alert_context_hours before it, and
+    # reckons travel times at alert_flow_m_s.
+    alert_replay_hours: float = 24
+    alert_trace_m: float = 10_000
+    alert_context_hours: float = 24
+    alert_flow_m_s: float = 0.3
+
+    # Continuous archiving and point-in-time recovery of the managed cluster (twin.pitr, pgBackRest): WAL is
+    # archived at least every archive_timeout_s (the most a lost disk can take), into backup_repo (default
+    # data_dir/backups: put it on another disk). A base backup is full when the newest full one is older than
+    # backup_full_every_days, else incremental; backup_retention_full full backups are kept, with their WAL.
+    archive: bool = True
+    backup_repo: Path | None = None
+    archive_timeout_s: int = 60
+    backup_full_every_days: int = 7
+    backup_retention_full: int = 2
+    # Bounded sessions (migration 0014, `twin db analyst-role`): an analyst's statement, transaction left idle,
+    # and idle connection are cut after these many seconds; each analyst role has so many connections at most.
+    analyst_statement_timeout_s: int = 300
+    analyst_idle_in_transaction_timeout_s: int = 600
+    analyst_idle_session_timeout_s: int = 3600
+    analyst_connection_limit: int = 10
+    # The app's own role: a transaction it leaves idle this long is cut (a leak; the ETL's long loads never idle
+    # that long between statements). Its statements are bounded per session (statement_timeout_ms above).
+    app_idle_in_transaction_timeout_s: int = 600
+    # Anonymous case reports (POST /cases, Open311) from one client address within an hour, at most (cases.routes).
+    cases_reports_per_hour: int = 20
 
     @field_validator("database_read_urls", mode="before")
     @classmethod

@@ -9,7 +9,7 @@ import importlib
 from types import ModuleType
 
 JOBS = ("boundaries", "city_components", "imagery", "metro", "monitoring_stations", "pollution_sources",
-        "rivers", "roads", "water_quality")
+        "rivers", "roads", "water_quality", "drainage_nodes", "drainage_pipes")
 
 
 def get_job(name: str) -> ModuleType | None:

@@ -15,8 +15,9 @@ import shapely
 
 from etl.sample import components as components_
 from etl.sample import district as district_
+from etl.sample import network as network_
 from etl.sample import pollution, raster, readings, real, rivers, roads, stations
-from etl.sample.geo import rng, to_degrees
+from etl.sample.geo import rng, to_degrees, to_metres
 from layers.catalog import SRID, get_layer
 
 Progress = Callable[[str, int, int], None]
@@ -26,14 +27,20 @@ FILES = {
     "streets": "streets.gpkg", "grids": "grids.gpkg", "roads": "roads.gpkg", "rivers": "rivers.gpkg",
     "pollution_sources": "pollution_sources.csv", "monitoring_stations": "monitoring_stations.gpkg",
     "water_quality": "water_quality.csv", "city_components": "city_components.gpkg", "imagery": "elevation.tif",
+    "pipes": "pipes.gpkg", "manholes": "manholes.gpkg", "pump_stations": "pump_stations.gpkg",
+    "treatment_plants": "treatment_plants.gpkg", "outfalls": "outfalls.gpkg", "gates": "gates.gpkg",
 }
+NETWORK = ("manholes", "pump_stations", "treatment_plants", "outfalls", "gates", "pipes")
+PIPES_PER_COMPONENT = 2.5  # 20,000 components (the default scale) come with about 50,000 pipes
 
 
 def generate(out_dir: Path, components: int = 20_000, seed: int = 42, days: int = 90,
-             progress: Progress | None = None) -> dict[str, Path]:
-    """Write every synthetic layer into out_dir; return layer id -> file written."""
-    if components < 1 or days < 1:
-        raise ValueError("components and days must be at least 1")
+             progress: Progress | None = None, pipes: int | None = None) -> dict[str, Path]:
+    """Write every synthetic layer into out_dir; return layer id -> file written. `pipes`: about how many
+    drainage pipes (default PIPES_PER_COMPONENT a component)."""
+    pipes = round(PIPES_PER_COMPONENT * components) if pipes is None else pipes
+    if components < 1 or days < 1 or pipes < 1:
+        raise ValueError("components, days and pipes must be at least 1")
     report = progress or (lambda stage, done, total: None)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -76,6 +83,14 @@ def generate(out_dir: Path, components: int = 20_000, seed: int = 42, days: int 
 
     raster.write(paths["imagery"], district, shapely.union_all(reaches.geometry.values), rng(seed, "elevation"))
     report("imagery", 1, 1)
+    covers = pyogrio.read_dataframe(paths["city_components"], columns=["code", "class_name"],
+                                    where="class_name IN ('污水井盖', '雨水井盖')")
+    covers = covers.set_geometry(to_metres(covers.geometry.values))
+    drainage = network_.network(road_table, reaches, paths["imagery"], covers, pipes, rng(seed, "network"))
+    with _gdal_options(OGR_CURRENT_DATE=FIXED_DATE):
+        for layer in NETWORK:
+            _write_layer(getattr(drainage, layer), paths[layer], layer)
+    report("pipes", 1, 1)
     return paths
 
 

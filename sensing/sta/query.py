@@ -4,11 +4,15 @@ from collections import defaultdict
 from datetime import datetime, timezone
 
 import orjson
-from sqlalchemy import func, select
+from sqlalchemy import func, select, union_all
 from sqlalchemy.exc import DBAPIError
 
+from layers.catalog import get_layer
+from layers.tables import current
+from sensing import tables as t
+from sensing import water_quality as wq
 from sensing.sta import filters
-from sensing.sta.entities import ENTITIES, Entity
+from sensing.sta.entities import ENTITIES, OBSERVATION_COLUMNS, Entity
 from sensing.sta.options import Options
 from twin.errors import ApiError
 
@@ -61,8 +65,11 @@ class Reader:
         `key` to at most the entity of that id."""
         source = self.source(options.entity, key)
         conditions = self._conditions(options, source, where(source))
-        statement = (select(*self._columns(options.entity, source)).where(*conditions)
-                     .order_by(*self._order(options, source)).offset(options.skip).limit(options.top + 1))
+        page = source
+        if options.entity.name == "Observation" and key is None and not conditions and not options.orderby:
+            page = first_observations(self.hidden, options.skip + options.top + 1)
+        statement = (select(*self._columns(options.entity, page)).where(*conditions)
+                     .order_by(*self._order(options, page)).offset(options.skip).limit(options.top + 1))
         rows = await run(self.conn, statement)
         count = None
         if options.count:
@@ -144,6 +151,19 @@ class Reader:
             out = {k: v for k, v in out.items() if k in keep}
         out["_path"] = f"{entity.plural}({row['id']})"
         return out
+
+
+def first_observations(hidden: frozenset[str], count: int):
+    """The first `count` Observations in id order, as a source: each part of the union (stored observations,
+    positive ids; the readings' unpivoted parameters, negative ids -(fid * STRIDE + position), so ascending id is
+    descending fid and position) read in its own index order and cut to `count` before the union is sorted."""
+    o = t.observation
+    stored = select(*(o.c[c] for c in OBSERVATION_COLUMNS)).order_by(o.c.id).limit(count)
+    if wq.LAYER in hidden:
+        return stored.subquery("observations")
+    readings, parameter = current(get_layer(wq.LAYER)), t.water_quality_parameter
+    first = wq.observations().order_by(readings.c.fid.desc(), parameter.c.position.desc()).limit(count)
+    return union_all(stored, first).subquery("observations")
 
 
 def options_path(entity: dict) -> str:

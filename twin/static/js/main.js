@@ -7,8 +7,11 @@ import {groupsOf, shownByDefault} from './layers.js';
 import {keepAbovePanel, setupLayout} from './layout.js';
 import {setupMeasure} from './measure.js';
 import {onFeatureClick} from './popup.js';
+import {setupCases} from './cases.js';
+import {traceFrom} from './drainage.js';
 import {searchFields, setupSearch} from './search.js';
 import {openStation, paintStations} from './stations.js';
+import {setupLive} from './live.js';
 import {addChangeLayers, applyAsOf, endOfDay, setupTimeline, showChanges} from './timeline.js';
 import {closePanel, notify} from './ui.js';
 
@@ -66,6 +69,7 @@ async function start() {
     onFeatureClick(map, titles, {
       busy: measure.busy,
       picked: (layer, feature, lngLat) => {
+        traceFrom(map, layer, feature.properties);  // stations, outfalls, pump stations: their upstream (drainage.js)
         if (layer !== 'monitoring_stations') return;
         openStation(style, feature.properties, asOf());
         keepAbovePanel(map, lngLat);
@@ -82,6 +86,8 @@ async function start() {
       refreshChanges();
     });
     stations();
+    setupCases(map);  // the case panel (cases.js)
+    setupLive(map, style, asOf);  // open alerts and readings as they arrive (live.js)
     if (day) refreshChanges();
     save();
     document.body.classList.add('ready');

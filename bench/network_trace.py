@@ -1,0 +1,173 @@
+"""Drainage traces over a large network: pgRouting (as served, parts first) beside the recursive CTE and
+beside pgRouting over the whole edge table, on the same graph.
+
+A throwaway cluster in $TMPDIR/twin-bench-network (deleted afterwards unless --keep): the sample
+district generated with --pipes pipes (default 1,000,000), loaded through the ETL jobs, the graph
+built (layers.drainage_graph). Then, from random starts: upstream traces (the whole network upstream,
+with distances) from manholes, pump stations and river stations; the recursive CTE's upstream
+reachability (no distances) from the same manholes and pump stations; pgRouting on the whole edge
+table from a few of them; service areas of pump stations and pipes; downstream from manholes.
+
+    nice .venv/bin/python -m bench.network_trace [--pipes 1000000] [--keep]
+"""
+
+import asyncio
+import os
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import typer
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+BENCH_DIR = Path(os.environ.get("TMPDIR", tempfile.gettempdir())) / "twin-bench-network"
+LOADS = [("rivers", "rivers", None), ("monitoring_stations", "monitoring_stations", None),
+         ("pollution_sources", "pollution_sources", "GCJ02"), ("drainage_nodes", "manholes", None),
+         ("drainage_nodes", "pump_stations", None), ("drainage_nodes", "treatment_plants", None),
+         ("drainage_nodes", "outfalls", None), ("drainage_nodes", "gates", None), ("drainage_pipes", "pipes", None)]
+
+CTE_UPSTREAM = """
+WITH RECURSIVE up (node) AS (
+    SELECT unnest(CAST(:starts AS bigint[]))
+    UNION
+    SELECT CASE WHEN e.target = up.node THEN e.source ELSE e.target END FROM twin.drainage_edge e
+    JOIN up ON e.target = up.node OR (e.reverse_cost >= 0 AND e.source = up.node))
+SELECT count(*) FROM up
+"""
+WHOLE_UPSTREAM = """
+SELECT count(*) FROM pgr_drivingDistance(
+    'SELECT id, target AS source, source AS target, cost, reverse_cost FROM twin.drainage_edge',
+    CAST(:start AS bigint), 1e15)
+"""
+
+
+def build(pipes: int, log) -> str:
+    from etl.run import run_file
+    from etl.sample import generate
+    from layers.drainage_graph import rebuild
+    from twin.cluster import Cluster
+    from twin.db import migrate, sync_engine
+
+    shutil.rmtree(BENCH_DIR, ignore_errors=True)
+    BENCH_DIR.mkdir(parents=True)
+    BENCH_DIR.chmod(0o755)
+    started = time.perf_counter()
+    files = generate(BENCH_DIR / "sample", components=20_000, days=1, pipes=pipes)
+    log(f"generated the district with {pipes:,} pipes asked: {time.perf_counter() - started:.0f} s")
+    cluster = Cluster(BENCH_DIR / "db")
+    cluster.up()
+    url = cluster.url()
+    os.environ["TWIN_DATABASE_URL"] = url
+    migrate(url=url)
+    engine = sync_engine()
+    for job, layer, crs in LOADS:
+        started = time.perf_counter()
+        result = run_file(engine, job, files[layer], layer=layer, crs=crs)
+        log(f"loaded {layer}: {result.counts} {result.error or ''} ({time.perf_counter() - started:.0f} s)")
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        conn.execute(text("SET LOCAL statement_timeout = 0"))
+        rebuild(conn)
+    log(f"built the graph: {time.perf_counter() - started:.0f} s")
+    return url
+
+
+def _stats(name: str, times: list[float], extra: str = "") -> str:
+    ms = sorted(t * 1000 for t in times)
+    p90 = ms[min(len(ms) - 1, int(0.9 * len(ms)))]
+    return f"| {name} | {len(ms)} | {statistics.median(ms):.0f} | {p90:.0f} | {ms[-1]:.0f} | {extra} |"
+
+
+async def measure(url: str, log) -> None:
+    from layers import drainage_trace
+
+    engine = create_async_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    pick = random.Random(22)
+    async with engine.connect() as conn:
+        await conn.execute(text("SET jit = off"))  # as the server's query snapshots do
+        counts = (await conn.execute(text("SELECT (SELECT count(*) FROM layers.pipes), (SELECT count(*) FROM "
+                                          "twin.drainage_edge), (SELECT count(*) FROM twin.drainage_node), "
+                                          "(SELECT count(DISTINCT component) FROM twin.drainage_node)"))).one()
+        log(f"pipes {counts[0]:,}, graph edges {counts[1]:,}, nodes {counts[2]:,}, parts {counts[3]:,}")
+
+        async def fids(layer: str, n: int) -> list[int]:
+            every = (await conn.execute(text(f"SELECT fid FROM layers.{layer} ORDER BY fid"))).scalars().all()
+            return pick.sample(list(every), min(n, len(every)))
+
+        async def timed(kind: str, layer: str, fid: int):
+            started = time.perf_counter()
+            reach = await getattr(drainage_trace, kind)(conn, layer, fid)
+            return time.perf_counter() - started, reach
+
+        rows = ["| trace | runs | p50 ms | p90 ms | max ms | features reached (median) |", "|---|---|---|---|---|---|"]
+        manholes, pumps = await fids("manholes", 100), await fids("pump_stations", 60)
+        stations, pipes = await fids("monitoring_stations", 40), await fids("pipes", 60)
+        for label, kind, layer, chosen in (
+                ("upstream from a manhole (pgRouting)", "upstream", "manholes", manholes),
+                ("upstream from a pump station (pgRouting)", "upstream", "pump_stations", pumps),
+                ("upstream from a river station (pgRouting)", "upstream", "monitoring_stations", stations),
+                ("downstream from a manhole (pgRouting, with the path)", "downstream", "manholes", manholes[:50]),
+                ("service area of a pump station (pgRouting)", "service_area", "pump_stations", pumps[:30]),
+                ("service area of a pipe (pgRouting)", "service_area", "pipes", pipes)):
+            times, sizes = [], []
+            for fid in chosen:
+                try:
+                    seconds, reach = await timed(kind, layer, fid)
+                except drainage_trace.NotOnNetwork:
+                    continue
+                times.append(seconds)
+                sizes.append(sum(len(v) for v in reach.features.values()))
+            rows.append(_stats(label, times, f"{statistics.median(sizes):.0f}"))
+            log(rows[-1])
+        for label, layer, chosen in (("upstream from a manhole (recursive CTE, reachability only)", "manholes",
+                                      manholes), ("upstream from a pump station (recursive CTE, reachability only)",
+                                                  "pump_stations", pumps)):
+            times, sizes = [], []
+            for fid in chosen:
+                starts = list((await conn.execute(text(
+                    "SELECT id FROM twin.drainage_node WHERE layer = :l AND fid = :f"), {"l": layer, "f": fid})
+                ).scalars())
+                started = time.perf_counter()
+                sizes.append((await conn.execute(text(CTE_UPSTREAM), {"starts": starts})).scalar())
+                times.append(time.perf_counter() - started)
+            rows.append(_stats(label, times, f"{statistics.median(sizes):.0f} nodes"))
+            log(rows[-1])
+        times = []
+        for fid in manholes[:5]:
+            start = (await conn.execute(text("SELECT id FROM twin.drainage_node WHERE layer = 'manholes' AND fid = :f"),
+                                        {"f": fid})).scalar()
+            started = time.perf_counter()
+            await conn.execute(text(WHOLE_UPSTREAM), {"start": start})
+            times.append(time.perf_counter() - started)
+        rows.append(_stats("upstream from a manhole (pgRouting over the whole edge table)", times))
+        log(rows[-1])
+    await engine.dispose()
+    print("\n".join(rows))
+
+
+def main(pipes: int = typer.Option(1_000_000, help="pipes in the generated network"),
+         keep: bool = typer.Option(False, help="keep the cluster and files (re-run with --reuse)"),
+         reuse: bool = typer.Option(False, help="measure on the cluster a --keep run left")):
+    from twin.cluster import Cluster
+
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    if reuse:
+        cluster = Cluster(BENCH_DIR / "db")
+        cluster.up()
+        url = cluster.url()
+    else:
+        url = build(pipes, log)
+    try:
+        asyncio.run(measure(url, log))
+    finally:
+        if not keep:
+            Cluster(BENCH_DIR / "db").destroy()
+            shutil.rmtree(BENCH_DIR, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,66 @@
+"""The events room in a server process: its routes, and for the app's life the rules loaded from the spec
+files, the event hub, the webhook workers, the upstream-context worker, the silence timer and the MQTT
+publisher."""
+
+import asyncio
+import contextlib
+import signal
+
+from fastapi import FastAPI
+
+from events import alerts, context, delivery, feed, mqtt, rules, silence, stream, webhooks
+from events.hub import Hub
+from twin.db import database_url
+from twin.tasks import in_background
+
+
+def install(app: FastAPI) -> None:
+    for router in (stream.router, alerts.router, webhooks.router):
+        app.include_router(router)
+
+
+@contextlib.asynccontextmanager
+async def running(app: FastAPI):
+    settings = app.state.settings
+    async with app.state.engine.begin() as conn:
+        await conn.run_sync(rules.load_specs, settings.alert_replay_hours)
+    url = database_url(settings).replace("postgresql+psycopg://", "postgresql://")
+    hub = app.state.event_hub = Hub(app.state.engine, app.state.access, url, settings.stream_queue)
+    async with app.state.engine.connect() as conn:
+        hub.position = await feed.last_id(conn)
+    async with contextlib.AsyncExitStack() as tasks:
+        await tasks.enter_async_context(in_background(hub.run(), "event-hub"))
+        for number in range(settings.webhook_workers):
+            await tasks.enter_async_context(in_background(delivery.work(app, number), f"webhooks-{number}"))
+        await tasks.enter_async_context(in_background(context.work(app), "alert-context"))
+        await tasks.enter_async_context(in_background(silence.work(app), "alert-silence"))
+        await tasks.enter_async_context(in_background(mqtt.work(app), "events-mqtt"))
+        with closing_streams_on_stop(hub):
+            yield
+
+
+@contextlib.contextmanager
+def closing_streams_on_stop(hub: Hub):
+    """SIGTERM or SIGINT ends the event streams at once, then goes on to the server's own handler: a graceful
+    shutdown waits for open responses, and an event stream never ends by itself."""
+    previous = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    loop = asyncio.get_running_loop()
+
+    def stopping(number, frame):
+        loop.call_soon_threadsafe(hub.close)
+        if callable(previous[number]):
+            previous[number](number, frame)
+        else:  # the default action (or ignore), as if this handler had not been there
+            signal.signal(number, previous[number])
+            signal.raise_signal(number)
+
+    try:
+        for number in previous:
+            signal.signal(number, stopping)
+    except ValueError:  # not the main thread (an app run in a test client's thread): nothing to chain
+        previous = {}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)

@@ -1,0 +1,122 @@
+"""MQTT ingest on the real stack: a device's publication readable over /sta/v1.1, subscribers given the stored
+observations of every path, bad payloads refused and counted, and a flood from one client not keeping
+another's readings out."""
+
+import threading
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import orjson
+import pytest
+
+from sensing.mqtt import STORED
+from tests.broker_support import (broker, counter, device, ingest_process, keys, mqtt_server,  # noqa: F401
+                                  streams, wait_for)
+from tests.sta_support import bearer
+
+START = datetime(2026, 3, 1, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def ingest(broker, data_dir):
+    with ingest_process(data_dir) as (process, metrics):
+        yield metrics
+
+
+@pytest.fixture
+def http(mqtt_server):
+    with httpx.Client(base_url=mqtt_server, timeout=30) as client:
+        yield client
+
+
+def topic(stream: int) -> str:
+    return f"v1.1/Datastreams({stream})/Observations"
+
+
+def stamp(minutes: int) -> str:
+    return (START + timedelta(minutes=minutes)).isoformat().replace("+00:00", "Z")
+
+
+def stored_at(http: httpx.Client, stream: int, when: str) -> list[dict]:
+    answer = http.get(f"/sta/v1.1/Datastreams({stream})/Observations",
+                      params={"$filter": f"phenomenonTime eq {when}"})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["value"]
+
+
+def test_a_published_observation_is_readable_over_sensorthings(broker, keys, streams, ingest, http):
+    with device(broker, keys["ecology"]) as ecology:
+        body = {"phenomenonTime": stamp(1), "result": 7.25, "resultQuality": "N"}
+        assert not ecology.acked(ecology.publish(topic(streams["ecology"]), orjson.dumps(body))).is_failure
+    found = wait_for(lambda: stored_at(http, streams["ecology"], stamp(1)))
+    assert [(o["result"], o["resultQuality"]) for o in found] == [(7.25, "N")]
+
+
+def test_subscribers_get_the_stored_observation_whichever_path_made_it(broker, keys, streams, ingest, http):
+    with device(broker, keys["urban"]) as reader, device(broker, keys["ecology"]) as ecology:
+        assert not reader.subscribe(topic(streams["ecology"]))[0].is_failure
+        ecology.acked(ecology.publish(topic(streams["ecology"]), orjson.dumps({"phenomenonTime": stamp(2),
+                                                                               "result": 3})))
+        made = http.post(f"/sta/v1.1/Datastreams({streams['ecology']})/Observations", headers=bearer(keys["ecology"]),
+                         json={"phenomenonTime": stamp(3), "result": 4.5})
+        assert made.status_code == 201, made.text
+
+        def stored():
+            return [orjson.loads(m.payload) for m in reader.received if "@iot.id" in orjson.loads(m.payload)]
+        assert len(wait_for(lambda: len(stored()) >= 2 and stored())) == 2
+        by_time = {o["phenomenonTime"]: o for o in stored()}
+        assert by_time[stamp(2)]["result"] == 3.0
+        assert by_time[stamp(3)]["@iot.id"] == made.json()["@iot.id"]
+        assert by_time[stamp(3)]["@iot.selfLink"].endswith(f"/sta/v1.1/Observations({made.json()['@iot.id']})")
+        from_server = [m for m in reader.received if "@iot.id" in orjson.loads(m.payload)]
+        assert all(STORED in m.properties.UserProperty for m in from_server)
+        raw = [orjson.loads(m.payload) for m in reader.received if "@iot.id" not in orjson.loads(m.payload)]
+        assert [o["phenomenonTime"] for o in raw] == [stamp(2)]  # the device's own, as the broker passed it on
+    assert wait_for(lambda: counter(ingest, "echo") >= 2)  # the server's publications were not ingested again
+
+
+@pytest.mark.parametrize("stream, payload, where", [
+    ("ecology", b'{"phenomenonTime": "2026-03-01T00:10:00Z", "result": ', "json"),
+    ("ecology", b'{"phenomenonTime": "2026-03-01T00:11:00Z", "result": "high"}', "result"),
+    ("ecology_count", b'{"phenomenonTime": "2026-03-01T00:12:00Z", "result": 1.5}', "result"),
+    ("ecology", b'{"phenomenonTime": "2099-01-01T00:00:00Z", "result": 1}', "phenomenonTime"),
+    ("ecology", b'{"phenomenonTime": "2026-03-01T00:13:00", "result": 1}', "phenomenonTime"),
+    ("ecology", b'[1, 2]', "payload"),
+    (987654321, b'{"phenomenonTime": "2026-03-01T00:14:00Z", "result": 1}', "Datastream"),
+])
+def test_a_bad_payload_is_refused_counted_and_never_stored(broker, keys, streams, ingest, http, stream, payload,
+                                                           where):
+    key = keys["admin"] if isinstance(stream, int) else keys["ecology"]
+    stream = stream if isinstance(stream, int) else streams[stream]
+    before = counter(ingest, f"refused.{where}")
+    with device(broker, key) as sender:
+        assert not sender.acked(sender.publish(topic(stream), payload)).is_failure  # the broker took it
+    assert wait_for(lambda: counter(ingest, f"refused.{where}") == before + 1), f"refused.{where} not counted"
+    if stream in streams.values():
+        answer = http.get(f"/sta/v1.1/Datastreams({stream})/Observations",
+                          params={"$filter": "phenomenonTime ge 2026-03-01T00:10:00Z"})
+        assert answer.json()["value"] == []
+
+
+def test_a_flood_from_one_client_does_not_keep_anothers_readings_out(broker, keys, streams, ingest, http, engine):
+    flood, quiet = 5000, 30
+    with device(broker, keys["ecology"]) as flooder, device(broker, keys["admin"]) as other:
+
+        def flooding():
+            for i in range(flood):
+                flooder.publish(topic(streams["ecology_count"]), orjson.dumps({"phenomenonTime": stamp(1000 + i),
+                                                                                "result": i}), qos=0)
+        thread = threading.Thread(target=flooding)
+        thread.start()
+        mids = [other.publish(topic(streams["ecology"]), orjson.dumps({"phenomenonTime": stamp(100 + i),
+                                                                        "result": i})) for i in range(quiet)]
+        thread.join()
+        assert not any(other.acked(mid).is_failure for mid in mids)
+
+    def count(stream: int, first: int, last: int) -> int:
+        answer = http.get(f"/sta/v1.1/Datastreams({stream})/Observations", params={
+            "$filter": f"phenomenonTime ge {stamp(first)} and phenomenonTime le {stamp(last)}", "$count": "true",
+            "$top": "0"})
+        return answer.json()["@iot.count"]
+    assert wait_for(lambda: count(streams["ecology"], 100, 100 + quiet) == quiet, timeout=30)
+    assert wait_for(lambda: count(streams["ecology_count"], 1000, 1000 + flood) > 0)
