@@ -125,9 +125,10 @@ def probe(port: int, key: str, stream: int, base: str, until: float, latencies: 
             client.publish(f"v1.1/Datastreams({stream})/Observations",
                            orjson.dumps({"phenomenonTime": moment, "result": i}), qos=1)
             while time.monotonic() - sent < 30:
-                found = http.get(f"/sta/v1.1/Datastreams({stream})/Observations",
-                                 params={"$filter": f"phenomenonTime eq {moment}", "$select": "id"}).json()
-                if found["value"]:
+                answer = http.get(f"/sta/v1.1/Datastreams({stream})/Observations",
+                                  params={"$filter": f"phenomenonTime eq {moment}"})
+                answer.raise_for_status()
+                if answer.json()["value"]:
                     latencies.append(time.monotonic() - sent)
                     break
                 time.sleep(0.01)
@@ -167,6 +168,7 @@ def main(rate: int = typer.Option(20_000, help="messages per second, all publish
          batch: int = typer.Option(500, help="TWIN_MQTT_BATCH of the ingest processes")):
     from tests.server_support import free_port, logged_server
     from twin.broker import Broker
+    from twin.cluster import Cluster
     from twin.settings import get_settings
 
     url, ids, probe_stream, key = setup(streams)
@@ -220,6 +222,7 @@ def main(rate: int = typer.Option(20_000, help="messages per second, all publish
              f"{latencies[-1] * 1000:,.0f} ms ({len(latencies)} probes)" if latencies else "no probe readable in 30 s"))
     print(f"raw SQL floor (the store's INSERT, 500 rows a statement, one connection): "
           f"{floor(url, ids, published):,.0f} rows/s")
+    Cluster(BENCH_DIR / "db").down()
 
 
 if __name__ == "__main__":

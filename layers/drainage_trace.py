@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 NODE_LAYERS = ("manholes", "pump_stations", "treatment_plants", "outfalls", "monitoring_stations", "pollution_sources")
-EDGE_LAYERS = {"gravity": "pipes", "pressure": "pipes", "rivers": "rivers"}
+EDGE_LAYERS = {"gravity": "pipes", "pressure": "pipes"}  # the feature layer of a graph edge, where it differs
 STARTS = (*NODE_LAYERS, "pipes")
 FAILING = ("pump_stations", "pipes")
 EXITS = ("rivers", "river_points", "monitoring_stations", "treatment_plants")  # a way out: the river or a plant
@@ -90,6 +90,15 @@ SELECT 'node' AS kind, n.layer, n.fid, w.distance_m, n.id AS node
 FROM walked w JOIN twin.drainage_node n ON n.id = w.node WHERE n.fid IS NOT NULL AND w.distance_m <= :limit
 UNION ALL {edges.format(end=near, two_way="")}
 UNION ALL {edges.format(end=far, two_way="AND e.reverse_cost >= 0")}
+UNION ALL
+SELECT 'gate', 'gates', g.fid, w.distance_m, NULL FROM layers.gates g
+JOIN twin.drainage_node n ON n.code = g.node_code AND n.layer IN ('manholes', 'pump_stations', 'treatment_plants',
+                                                                  'outfalls')
+JOIN walked w ON w.node = n.id WHERE w.distance_m <= :limit
+UNION ALL
+SELECT 'gate', 'gates', g.fid, w.distance_m, NULL FROM layers.gates g JOIN layers.rivers r ON r.code = g.river_code
+JOIN twin.drainage_edge e ON e.layer = 'rivers' AND e.fid = r.fid JOIN walked w ON w.node = e.{near}
+WHERE w.distance_m < :limit
 """
 
 
@@ -113,36 +122,10 @@ async def _trace(conn: AsyncConnection, starts: list[int], upstream: bool, dista
             if not upstream and layer in ("treatment_plants", "outfalls") and node not in starts \
                     and (reach.outlet is None or (metres, node) < (reach.outlet[2], reach.outlet[3])):
                 reach.outlet = (layer, fid, metres, node)
-        elif metres < limit or metres == 0:
-            mine = reach.features.setdefault(EDGE_LAYERS[layer], {})
+        elif kind == "gate" or metres < limit or metres == 0:  # (gates come filtered)
+            mine = reach.features.setdefault(EDGE_LAYERS.get(layer, layer), {})
             mine[fid] = min(metres, mine.get(fid, metres))
-    await _gates(conn, reach)
     return reach
-
-
-async def _gates(conn: AsyncConnection, reach: Reach) -> None:
-    """Gates on a node or a reach the trace reached, at that node's or reach's distance."""
-    codes = {}
-    for layer in ("manholes", "pump_stations", "treatment_plants", "outfalls"):
-        fids = reach.features.get(layer, {})
-        if fids:
-            found = await conn.execute(text(f"SELECT code, fid FROM layers.{layer} WHERE fid = ANY(:fids)"),
-                                       {"fids": list(fids)})
-            codes |= {code: fids[fid] for code, fid in found}
-    rivers = reach.features.get("rivers", {})
-    if rivers:
-        found = await conn.execute(text("SELECT code, fid FROM layers.rivers WHERE fid = ANY(:fids)"),
-                                   {"fids": list(rivers)})
-        reaches = {code: rivers[fid] for code, fid in found}
-    else:
-        reaches = {}
-    gates = {}
-    for fid, node_code, river_code in await conn.execute(text(
-            "SELECT fid, node_code, river_code FROM layers.gates WHERE node_code = ANY(:nodes) "
-            "OR river_code = ANY(:reaches)"), {"nodes": list(codes), "reaches": list(reaches)}):
-        gates[fid] = min(m for m in (codes.get(node_code), reaches.get(river_code)) if m is not None)
-    if gates:
-        reach.features["gates"] = gates
 
 
 async def upstream(conn: AsyncConnection, layer: str, fid: int, distance: float | None = None) -> Reach:

@@ -177,11 +177,12 @@ def merge(conn: Connection, spec: LayerSpec, frames: pd.DataFrame | Iterable[pd.
     return MergeCounts(inserted, updated, staged - inserted - updated, deleted)
 
 
-def changed_in_bulk(conn: Connection, table: str, rows: int) -> bool:
-    """Whether `rows` written to `table` pass autovacuum's default analyze rule (50 + 10% of its rows): then the
-    writer analyzes it itself, inside its transaction, so the statistics commit with the rows and no reader
-    plans from an empty or far smaller table's statistics while autovacuum has yet to come round."""
-    return rows > 50 and rows > 50 + 0.1 * conn.execute(
+def changed_in_bulk(conn: Connection, table: str, rows: int, share: float = 0.1) -> bool:
+    """Whether `rows` written to `table` pass autovacuum's default analyze rule (50 + 10% of its rows; `share`
+    for another fraction): then the writer analyzes it itself, inside its transaction, so the statistics commit
+    with the rows and no reader plans from an empty or far smaller table's statistics while autovacuum has yet to
+    come round."""
+    return rows > 50 and rows > 50 + share * conn.execute(
         text("SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = to_regclass(:t)"), {"t": table}).scalar()
 
 

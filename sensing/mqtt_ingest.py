@@ -1,8 +1,8 @@
 """MQTT into the observation store: a publication to `v1.1/Datastreams(<id>)/Observations` creates an Observation.
 
 One ingest client subscribes at QoS 1 to `$share/<group>/v1.1/+/Observations` (twin.broker.ingest_group) in a
-persistent session (clean start off, kept a week), so every ingest process of the city shares one stream and a restarted one gets
-what was sent to it meanwhile. Messages are taken in batches (TWIN_MQTT_BATCH messages or TWIN_MQTT_BATCH_MS),
+persistent session (clean start off, kept a week), so every ingest process of the city shares one stream and a
+restarted one gets what was sent to it meanwhile. Messages are taken in batches (TWIN_MQTT_BATCH messages or TWIN_MQTT_BATCH_MS),
 checked by the same code as a POST to /sta/v1.1/Datastreams(<id>)/Observations (sensing.sta.create), stored in
 one transaction (sensing.store) and acknowledged (PUBACK) only after it committed: a message the ingest dies
 holding is sent again, and the (Datastream, phenomenonTime) upsert stores it once. A refused message (bad JSON,

@@ -79,9 +79,15 @@ async def running(app: FastAPI):
         yield
         return
     stopped = threading.Event()
+
+    def ingest() -> None:
+        try:
+            ingest_until(stopped, settings)
+        except Exception:
+            log.exception("MQTT ingest stopped")
+
     with publishing(settings):
-        ingesting = asyncio.create_task(asyncio.to_thread(ingest_until, stopped, settings)) \
-            if settings.mqtt_ingest else None
+        ingesting = asyncio.create_task(asyncio.to_thread(ingest)) if settings.mqtt_ingest else None
         follower = _follow_datastreams(settings) if broker.managed(settings) else asyncio.sleep(0)
         try:
             async with in_background(follower, "broker-acl"):
@@ -89,5 +95,4 @@ async def running(app: FastAPI):
         finally:
             stopped.set()
             if ingesting is not None:
-                with contextlib.suppress(Exception):
-                    await ingesting
+                await ingesting

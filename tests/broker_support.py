@@ -2,6 +2,7 @@
 knows it, `twin ingest mqtt` processes, and paho-mqtt clients logging in with department keys."""
 
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -61,7 +62,7 @@ def mqtt_server(broker, database_url, data_dir):
 @pytest.fixture(scope="module")
 def streams(broker, mqtt_server, keys) -> dict[str, int]:
     """Datastreams made over /sta/v1.1: two of 生态环境局 (a measurement and a count), one of 城管局."""
-    made = {}
+    made, run = {}, secrets.token_hex(4)  # names and definitions are unique: each module makes its own
     with httpx.Client(base_url=mqtt_server, timeout=30) as http:
         for name, department, kind in (("ecology", "ecology", MEASUREMENT), ("ecology_count", "ecology", COUNT),
                                        ("urban", "urban", MEASUREMENT)):
@@ -69,10 +70,10 @@ def streams(broker, mqtt_server, keys) -> dict[str, int]:
                     "Datastreams": [{"name": f"{name} stream", "description": name, "observationType": kind,
                                      "unitOfMeasurement": {"name": "mg/L", "symbol": "mg/L",
                                                            "definition": "http://unitsofmeasure.org"},
-                                     "Sensor": {"name": f"sensor {name}", "description": "", "encodingType":
+                                     "Sensor": {"name": f"sensor {name} {run}", "description": "", "encodingType":
                                                 "text/html", "metadata": ""},
                                      "ObservedProperty": {"name": f"mqtt {name}", "description": "",
-                                                          "definition": f"urn:test:mqtt:{name}"}}]}
+                                                          "definition": f"urn:test:mqtt:{name}:{run}"}}]}
             created = http.post("/sta/v1.1/Things", json=body, headers=bearer(keys[department]))
             assert created.status_code == 201, created.text
             found = http.get(f"{created.headers['Location']}/Datastreams").json()["value"]

@@ -24,7 +24,8 @@ def stored(engine, stream: int) -> tuple[int, int, float]:
     with engine.connect() as conn:
         return tuple(conn.execute(text(
             "SELECT count(*), count(DISTINCT phenomenon_time), coalesce(sum(result), 0) FROM sensing.observation "
-            "WHERE datastream_id = :stream AND phenomenon_time >= :start AND phenomenon_time < :start + interval '1 month'"),
+            "WHERE datastream_id = :stream AND phenomenon_time >= :start "
+            "AND phenomenon_time < :start + interval '1 month'"),
             {"stream": stream, "start": START}).one())
 
 

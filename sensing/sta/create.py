@@ -234,12 +234,60 @@ def observation_row(conn, p: Principal, body, where: str, datastream_id: int | N
     if stream["wq_field"] is not None:
         check_water_quality(stream, value, quality, end, where)
         return store.ObservationRow(datastream_id, start, value, quality, result_time)
-    feature = (feature_of_interest(conn, p, body["FeatureOfInterest"], f"{where}.FeatureOfInterest")
-               if body.get("FeatureOfInterest") is not None else stream.get("_feature"))
-    if feature is None:
+    if body.get("FeatureOfInterest") is not None:
+        feature = feature_of_interest(conn, p, body["FeatureOfInterest"], f"{where}.FeatureOfInterest")
+    elif "_feature" in stream:  # found before, perhaps None (a Thing without a Location): not looked for again
+        feature = stream["_feature"]
+    else:
         feature = default_feature(conn, p, stream)
         streams[datastream_id] = dict(stream) | {"_feature": feature}
     return store.ObservationRow(datastream_id, start, value, quality, result_time, end, feature)
+
+
+DATA_ARRAY_COMPONENTS = ("phenomenonTime", "result", "resultTime", "resultQuality", "FeatureOfInterest/id")
+
+
+def data_array_rows(conn, p: Principal, body: list) -> list[store.ObservationRow]:
+    """The rows of a CreateObservations body ([{"Datastream", "components", "dataArray"}]), each checked as
+    observation_row checks one; its Datastreams are read in one query and the default FeatureOfInterest found
+    once per Thing, not per Datastream (a request of 100 Datastreams made 300 queries before)."""
+    items = []
+    for i, item in enumerate(body):
+        where = f"body[{i}]"
+        item = b.obj(item, where)
+        components = item.get("components")
+        if not isinstance(components, list) or "result" not in components or not all(
+                c in DATA_ARRAY_COMPONENTS for c in components):
+            raise b.bad(f"{where}.components", "must list result and any of " + ", ".join(
+                c for c in DATA_ARRAY_COMPONENTS if c != "result"))
+        stream = b.reference(item.get("Datastream") or {}, f"{where}.Datastream")
+        if stream is None:
+            raise b.bad(f"{where}.Datastream", "must reference a Datastream by @iot.id")
+        values = item.get("dataArray")
+        if not isinstance(values, list):
+            raise b.bad(f"{where}.dataArray", "must be an array of arrays")
+        items.append((where, components, stream, values))
+    streams = {row["id"]: row for row in conn.execute(select(t.datastream).where(
+        t.datastream.c.id.in_({stream for _, _, stream, values in items if values}))).mappings()}
+    features: dict[int, int | None] = {}
+    rows = []
+    for where, components, stream, values in items:
+        if values and stream in streams:  # one missing is refused by observation_row at the first row
+            check_department(p, streams[stream]["department"], f"Datastream {stream}")
+            if streams[stream]["wq_field"] is None and "FeatureOfInterest/id" not in components \
+                    and "_feature" not in streams[stream]:
+                owner = streams[stream]["thing_id"]
+                if owner not in features:
+                    features[owner] = default_feature(conn, p, streams[stream])
+                streams[stream] = dict(streams[stream]) | {"_feature": features[owner]}
+        for j, value in enumerate(values):
+            if not isinstance(value, list) or len(value) != len(components):
+                raise b.bad(f"{where}.dataArray[{j}]", f"must be an array of {len(components)} values")
+            entry = dict(zip(components, value))
+            if "FeatureOfInterest/id" in entry:
+                entry["FeatureOfInterest"] = {"@iot.id": entry.pop("FeatureOfInterest/id")}
+            rows.append(observation_row(conn, p, entry, f"{where}.dataArray[{j}]", stream, streams))
+    return rows
 
 
 def check_water_quality(stream, value: float, quality: str | None, end, where: str) -> None:

@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from sensing.sta import options as query_options
 from sensing.sta.paths import Resolved, resolve
-from sensing.sta.query import Reader, run, strip
+from sensing.sta.query import Reader, run
 from sensing.sta.root import PREFIX, sta_base
 from twin.access import hidden_layers
 from twin.errors import ApiError
@@ -17,7 +17,7 @@ router = APIRouter(tags=["sensorthings"])
 
 
 def _json(body, status: int = 200) -> Response:
-    return Response(orjson.dumps(strip(body)), status_code=status, media_type="application/json")
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
 async def _exists(reader: Reader, resolved: Resolved) -> bool:

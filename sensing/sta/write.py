@@ -16,7 +16,7 @@ from sensing.sta import create
 from sensing.sta.entities import ENTITIES, Entity
 from sensing.sta.options import Options
 from sensing.sta.paths import SEGMENT
-from sensing.sta.query import Reader, strip
+from sensing.sta.query import Reader
 from sensing.sta.root import PREFIX, sta_base
 from twin.access import hidden_layers
 from twin.auth import Principal, authenticate
@@ -56,7 +56,7 @@ async def _created(request: Request, entity: Entity, key: int, status: int = 201
     async with request.app.state.engine.connect() as conn:
         reader = Reader(conn, sta_base(request), await hidden_layers(request))
         found, _, _ = await reader.collection(Options(entity, top=1), lambda s: [s.c.id == key], key)
-    body = strip(found[0]) if found else {"@iot.id": key}
+    body = found[0] if found else {"@iot.id": key}
     headers = {"Location": f"{sta_base(request)}/{entity.plural}({key})"}
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
@@ -75,31 +75,7 @@ async def create_observations(request: Request, principal: Principal = Depends(a
                     "too_many_observations")
 
     def build(conn) -> list[int]:
-        rows, streams = [], {}
-        for i, item in enumerate(body):
-            where = f"body[{i}]"
-            item = b.obj(item, where)
-            components = item.get("components")
-            if not isinstance(components, list) or "result" not in components or not all(
-                    c in ("phenomenonTime", "result", "resultTime", "resultQuality", "FeatureOfInterest/id")
-                    for c in components):
-                raise b.bad(f"{where}.components", "must list result and any of phenomenonTime, resultTime, "
-                            "resultQuality, FeatureOfInterest/id")
-            stream = b.reference(item.get("Datastream") or {}, f"{where}.Datastream")
-            if stream is None:
-                raise b.bad(f"{where}.Datastream", "must reference a Datastream by @iot.id")
-            values = item.get("dataArray")
-            if not isinstance(values, list):
-                raise b.bad(f"{where}.dataArray", "must be an array of arrays")
-            for j, value in enumerate(values):
-                if not isinstance(value, list) or len(value) != len(components):
-                    raise b.bad(f"{where}.dataArray[{j}]", f"must be an array of {len(components)} values")
-                entry = dict(zip(components, value))
-                if "FeatureOfInterest/id" in entry:
-                    entry["FeatureOfInterest"] = {"@iot.id": entry.pop("FeatureOfInterest/id")}
-                rows.append(create.observation_row(conn, principal, entry, f"{where}.dataArray[{j}]", stream,
-                                                   streams))
-        return store.insert_rows(conn, rows, principal.actor)
+        return store.insert_rows(conn, create.data_array_rows(conn, principal, body), principal.actor)
 
     async with _transaction(request, principal) as conn:
         ids = await conn.run_sync(build)
