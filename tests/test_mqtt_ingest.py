@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import orjson
 import pytest
+from sqlalchemy import text
 
 from sensing.mqtt import STORED
 from tests.broker_support import (broker, counter, device, ingest_process, keys, mqtt_server,  # noqa: F401
@@ -120,3 +121,16 @@ def test_a_flood_from_one_client_does_not_keep_anothers_readings_out(broker, key
         return answer.json()["@iot.count"]
     assert wait_for(lambda: count(streams["ecology"], 100, 100 + quiet) == quiet, timeout=30)
     assert wait_for(lambda: count(streams["ecology_count"], 1000, 1000 + flood) > 0)
+
+
+def test_a_key_receives_changes_of_public_layers_on_the_managed_broker(broker, keys, http, engine, loaded):
+    with engine.connect() as conn:
+        fid = conn.execute(text("SELECT min(fid) FROM layers.city_components")).scalar()
+    with device(broker, keys["ecology"]) as reader:
+        assert not reader.subscribe("twin/v1/changes/city_components/#")[0].is_failure
+        current = http.get(f"/collections/city_components/items/{fid}")
+        edited = http.patch(f"/collections/city_components/items/{fid}", json={"properties": {"status": "破损"}},
+                            headers=bearer(keys["urban"]) | {"If-Match": current.headers["ETag"]})
+        assert edited.status_code == 200, edited.text
+        message = wait_for(lambda: [m for m in reader.received if m.topic == f"twin/v1/changes/city_components/{fid}"])
+    assert orjson.loads(message[0].payload)["fid"] == fid

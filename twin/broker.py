@@ -145,7 +145,8 @@ class Broker:
             "SELECT k.prefix, c.password_hash FROM twin.api_key k JOIN twin.broker_credential c ON c.key_id = k.id "
             "WHERE k.revoked_at IS NULL ORDER BY k.prefix"))]
         self._write(self.directory / "passwords", "".join(f"{user}:{hashed}\n" for user, hashed in users))
-        acl = [f"user {SERVICE_USER}", "topic readwrite v1.1/#"]
+        # events.mqtt publishes alerts and changes of public layers only under twin/v1/: every key may read them
+        acl = ["pattern read twin/v1/#", "", f"user {SERVICE_USER}", "topic readwrite v1.1/#", "topic write twin/v1/#"]
         current = None
         for user, access, topic in conn.execute(text("SELECT username, access, topic FROM twin.broker_acl()")):
             if user != current:
