@@ -1,17 +1,53 @@
 """Open311 GeoReport v2 (https://wiki.open311.org/GeoReport_v2) for public and third-party apps: services are the
 case classes, service requests the cases, with public fields only (never the reporter's contact). JSON only
-(`.json`); errors are this API's JSON errors. A request is `open` until 结案 or 不予立案, then `closed`."""
+(`.json`). Errors are in GeoReport v2's form (GeoReportRoute). A request is `open` until 结案 or 不予立案, then
+`closed`."""
 
 from datetime import datetime, timedelta, timezone
 from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from sqlalchemy import text
 
 from cases import intake, loop, store
 from cases.classes import case_classes
+from twin import errors
 from twin.errors import ApiError
 
-router = APIRouter(prefix="/open311/v2", tags=["open311"])
+
+def georeport_errors(status: int, descriptions: list[str], headers: dict | None = None) -> JSONResponse:
+    if status == 503 and not any(k.lower() == "retry-after" for k in headers or {}):
+        headers = (headers or {}) | {"Retry-After": str(errors.RETRY_AFTER_S)}
+    return JSONResponse([{"code": status, "description": d} for d in descriptions], status, headers)
+
+
+def _described(detail: str, where) -> str:
+    return detail if where is None else f"{detail} (where: {where})"
+
+
+class GeoReportRoute(APIRoute):
+    """GeoReport v2 clients read errors as a JSON array of {code: the HTTP status, description}: the house's
+    errors (code, description, where) are answered so on these paths, `where` folded into the description."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def answer(request: Request):
+            try:
+                return await handler(request)
+            except ApiError as e:
+                return georeport_errors(e.status, [_described(e.detail, e.where)], e.headers)
+            except RequestValidationError as e:
+                return georeport_errors(400, [_described(x["msg"], ".".join(map(str, x["loc"]))) for x in e.errors()])
+            except errors.UNAVAILABLE as e:
+                error = errors.unavailable(e)
+                return georeport_errors(error.status, [error.detail], error.headers)
+
+        return answer
+
+
+router = APIRouter(prefix="/open311/v2", tags=["open311"], route_class=GeoReportRoute)
 MAX_REQUESTS = 1000  # GeoReport v2: at most 1000 requests a listing
 DEFAULT_DAYS = 90  # without dates, the last 90 days
 
@@ -103,7 +139,10 @@ async def one_request(request: Request, service_request_id: str = Path(pattern=r
 async def _fields(request: Request) -> dict:
     kind = request.headers.get("content-type", "").split(";")[0].strip()
     if kind == "application/json":
-        body = await request.json()
+        try:
+            body = await request.json()
+        except ValueError:
+            raise ApiError(400, "invalid_json", "The body is not JSON.", where="body") from None
         if not isinstance(body, dict):
             raise ApiError(400, "invalid_body", "The body is a JSON object of GeoReport fields.", where="body")
         return body

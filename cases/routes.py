@@ -137,12 +137,17 @@ async def get_case(request: Request, case_no: str = CASE_NO, principal: Principa
             "WHERE case_fid = :f ORDER BY added_at, sha256"), {"f": case.fid})).all()
         duplicates = (await conn.execute(text("SELECT case_no FROM layers.cases WHERE duplicate_of = :no ORDER BY fid"),
                                          {"no": case_no})).scalars().all()
+        alert = (await conn.execute(text("SELECT alert_fid, alert_code FROM cases.alert_case WHERE case_fid = :f"),
+                                    {"f": case.fid})).first()
         contact = (await conn.execute(text("SELECT contact FROM cases.reporter WHERE case_fid = :f"),
                                       {"f": case.fid})).scalar() if access.reads_contact(principal) else None
     body = store.case_json(case, now())
     body["steps"] = [dict(s._mapping) | {"on_time": None if s.due_at is None else s.at <= s.due_at} for s in steps]
     body["photos"] = [dict(p._mapping) | {"href": f"/cases/{case_no}/photos/{p.sha256}"} for p in photos]
     body["possible_duplicates"] = list(duplicates)
+    if alert is not None:  # opened by an alert (cases.from_alerts)
+        body["alert"] = {"fid": alert.alert_fid, "code": alert.alert_code,
+                         "href": f"/collections/alerts/items/{alert.alert_fid}"}
     if contact is not None:
         body["contact"] = contact
     return json_answer(body)
@@ -166,7 +171,7 @@ async def add_photo(request: Request, case_no: str = CASE_NO, principal: Princip
     async with request.app.state.engine.begin() as conn:
         case = await store.case_by_no(conn, case_no)
         access.require_sight(principal, case)
-        await store.add_photo(request, conn, case.fid, case.state, photo, principal.actor)
+        await store.add_photo(request.app.state.settings.data_dir, conn, case.fid, case.state, photo, principal.actor)
     return json_answer({"sha256": photo.sha256, "content_type": photo.content_type, "bytes": len(photo.content),
                   "width": photo.width, "height": photo.height, "state": case.state,
                   "href": f"/cases/{case_no}/photos/{photo.sha256}"}, 201)

@@ -145,49 +145,54 @@ async def replay(conn: AsyncConnection, key: str, request_sha256: str):
 async def report(request: Request, actor: str, item: Report, idempotency: tuple[str, str] | None):
     """Make a case of a report; its row."""
     async with write_transaction(request, actor) as conn:
-        case_class, (lon, lat) = await _case_class(conn, item)
-        await _in_district(conn, lon, lat)
-        moment = await claim(conn)
-        grid, street = await place(conn, shapely.Point(lon, lat))
-        route = await routing.route(conn, case_class.code, grid, street)
-        duplicate = await _duplicate_of(conn, case_class.code, lon, lat, moment)
-        row = (await conn.execute(text(
-            "INSERT INTO layers.cases (case_no, class_code, class_name, kind, component_code, description, source, "
-            "state, grid_code, street_code, department, reported_at, stage_due, duplicate_of, rework, geom) "
-            "VALUES ('XW' || to_char(CAST(:moment AS timestamptz) AT TIME ZONE 'Asia/Shanghai', 'YYYYMMDD') "
-            "|| lpad(nextval('cases.case_no_seq')::text, 7, '0'), :class, :name, :kind, :component, :description, "
-            ":source, :state, :grid, :street, :department, :moment, "
-            "CAST(:moment AS timestamptz) + :hours * interval '1 hour', :duplicate, 0, "
-            "ST_SetSRID(ST_MakePoint(:lon, :lat), 4490)) RETURNING " + CASE_COLUMNS),
-            {"moment": moment, "class": case_class.code, "name": case_class.name, "kind": case_class.kind,
-             "component": item.component_code, "description": item.description, "source": item.source,
-             "state": loop.REPORTED, "grid": grid, "street": street, "department": route.department,
-             "hours": route.hours[loop.REPORT_DEADLINE], "duplicate": duplicate, "lon": lon, "lat": lat})).one()
-        await conn.execute(text(
-            "INSERT INTO cases.step (case_fid, action, to_state, actor, role, at, note) "
-            "VALUES (:fid, 'report', :state, :actor, :role, :moment, :note)"),
-            {"fid": row.fid, "state": loop.REPORTED, "actor": actor, "role": item.source, "moment": moment,
-             "note": f"疑似重复: {duplicate}" if duplicate else None})
-        await conn.execute(text("INSERT INTO cases.tally (case_fid) VALUES (:fid)"), {"fid": row.fid})
-        await conn.execute(text("INSERT INTO cases.reporter (case_fid, contact, client, reported_at) "
-                                "VALUES (:fid, CAST(:contact AS jsonb), :client, :moment)"),
-                           {"fid": row.fid, "contact": json.dumps(item.contact, ensure_ascii=False),
-                            "client": item.client, "moment": moment})
-        for photo in item.photos:
-            await add_photo(request, conn, row.fid, loop.REPORTED, photo, actor)
-        if idempotency is not None:
-            taken = (await conn.execute(text(
-                "INSERT INTO cases.idempotency (key, request_sha256, case_fid) VALUES (:k, :h, :f) "
-                "ON CONFLICT (key) DO NOTHING RETURNING key"),
-                {"k": idempotency[0], "h": idempotency[1], "f": row.fid})).first()
-            if taken is None:
-                raise Replayed()
+        return await insert(conn, request.app.state.settings.data_dir, actor, item, idempotency)
+
+
+async def insert(conn: AsyncConnection, data_dir, actor: str, item: Report, idempotency: tuple[str, str] | None):
+    """Make a case of a report in the write transaction `conn`; its row."""
+    case_class, (lon, lat) = await _case_class(conn, item)
+    await _in_district(conn, lon, lat)
+    moment = await claim(conn)
+    grid, street = await place(conn, shapely.Point(lon, lat))
+    route = await routing.route(conn, case_class.code, grid, street)
+    duplicate = await _duplicate_of(conn, case_class.code, lon, lat, moment)
+    row = (await conn.execute(text(
+        "INSERT INTO layers.cases (case_no, class_code, class_name, kind, component_code, description, source, "
+        "state, grid_code, street_code, department, reported_at, stage_due, duplicate_of, rework, geom) "
+        "VALUES ('XW' || to_char(CAST(:moment AS timestamptz) AT TIME ZONE 'Asia/Shanghai', 'YYYYMMDD') "
+        "|| lpad(nextval('cases.case_no_seq')::text, 7, '0'), :class, :name, :kind, :component, :description, "
+        ":source, :state, :grid, :street, :department, :moment, "
+        "CAST(:moment AS timestamptz) + :hours * interval '1 hour', :duplicate, 0, "
+        "ST_SetSRID(ST_MakePoint(:lon, :lat), 4490)) RETURNING " + CASE_COLUMNS),
+        {"moment": moment, "class": case_class.code, "name": case_class.name, "kind": case_class.kind,
+         "component": item.component_code, "description": item.description, "source": item.source,
+         "state": loop.REPORTED, "grid": grid, "street": street, "department": route.department,
+         "hours": route.hours[loop.REPORT_DEADLINE], "duplicate": duplicate, "lon": lon, "lat": lat})).one()
+    await conn.execute(text(
+        "INSERT INTO cases.step (case_fid, action, to_state, actor, role, at, note) "
+        "VALUES (:fid, 'report', :state, :actor, :role, :moment, :note)"),
+        {"fid": row.fid, "state": loop.REPORTED, "actor": actor, "role": item.source, "moment": moment,
+         "note": f"疑似重复: {duplicate}" if duplicate else None})
+    await conn.execute(text("INSERT INTO cases.tally (case_fid) VALUES (:fid)"), {"fid": row.fid})
+    await conn.execute(text("INSERT INTO cases.reporter (case_fid, contact, client, reported_at) "
+                            "VALUES (:fid, CAST(:contact AS jsonb), :client, :moment)"),
+                       {"fid": row.fid, "contact": json.dumps(item.contact, ensure_ascii=False),
+                        "client": item.client, "moment": moment})
+    for photo in item.photos:
+        await add_photo(data_dir, conn, row.fid, loop.REPORTED, photo, actor)
+    if idempotency is not None:
+        taken = (await conn.execute(text(
+            "INSERT INTO cases.idempotency (key, request_sha256, case_fid) VALUES (:k, :h, :f) "
+            "ON CONFLICT (key) DO NOTHING RETURNING key"),
+            {"k": idempotency[0], "h": idempotency[1], "f": row.fid})).first()
+        if taken is None:
+            raise Replayed()
     return row
 
 
-async def add_photo(request: Request, conn: AsyncConnection, fid: int, state: str, photo: Photo, actor: str) -> None:
+async def add_photo(data_dir, conn: AsyncConnection, fid: int, state: str, photo: Photo, actor: str) -> None:
     """Store the file, then its row (a file without a row, left by a failed transaction, is never served)."""
-    store_photo(request.app.state.settings.data_dir, photo)
+    store_photo(data_dir, photo)
     await conn.execute(text(
         "INSERT INTO cases.photo (case_fid, sha256, state, content_type, bytes, width, height, added_by) "
         "VALUES (:fid, :sha, :state, :ct, :bytes, :w, :h, :by) ON CONFLICT DO NOTHING"),

@@ -34,7 +34,7 @@ from etl.crs import convert, misplaced, source_of
 from etl.jobs import JOBS, get_job, imagery
 from etl.readers import BATCH, Batches, Dataset, Whole, opened
 from etl.records import Run, open_run
-from layers.catalog import LayerSpec, get_layer
+from layers.catalog import SRID, LayerSpec, get_layer
 from layers.store import merge, set_write_context
 from layers.validate import keys, validate
 
@@ -205,6 +205,14 @@ def _usable(run: Run, job, spec: LayerSpec, source: Batches | Whole, crs: str | 
         yield part.frame
 
 
+def _located(run: Run, job, spec: LayerSpec, dataset: Dataset) -> Dataset:
+    """A table without geometry given one by the job's `locate` from what the layers hold (storage CRS)."""
+    with run.conn.begin():
+        geometry, problems = job.locate(run.conn, _mapped(job, spec, dataset.attributes))
+    return Dataset(dataset.attributes, geometry, f"EPSG:{SRID}", dataset.file_name, problems=problems,
+                   offset=dataset.offset)
+
+
 def execute(run: Run, job_name: str, dataset: Dataset | Batches | Whole, *, layer: str | None = None,
             crs: str | None = None, mode: str = "upsert", actor: str = "cli",
             progress: Progress = lambda stage: None) -> RunResult:
@@ -217,8 +225,10 @@ def execute(run: Run, job_name: str, dataset: Dataset | Batches | Whole, *, laye
         job, spec = resolve(job_name, layer)
         source = Whole(dataset) if isinstance(dataset, Dataset) else dataset
         if spec.geometry and not source.has_geometry:
-            raise JobError(f"{source.file_name} has no geometry or recognisable coordinate columns "
-                           "(e.g. 经度/纬度, lon/lat, x/y, or WKT in a geometry column)")
+            if not hasattr(job, "locate"):
+                raise JobError(f"{source.file_name} has no geometry or recognisable coordinate columns "
+                               "(e.g. 经度/纬度, lon/lat, x/y, or WKT in a geometry column)")
+            source, crs = Whole(_located(run, job, spec, source.whole())), None  # a --crs has nothing to apply to
         enriched = hasattr(job, "enrich")
         if enriched:
             source, size, repeated = Whole(source.whole()), None, None

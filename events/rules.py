@@ -11,6 +11,8 @@ Every kind raises after `readings` consecutive offending readings spanning at le
 within `hysteresis` of the limit neither offends nor clears; an alert closes once the readings have stayed
 clear for `clear_s`. A rule that is new or changed is judged over the readings of the last
 `alert_replay_hours` (its open alerts closed first), so a restart or an edit never loses an offence.
+With `open_case = true` and a `case_class` (a case class code of the cases room, E0105 or C0118), each alert of
+the rule opens one case (the cases room follows the alerts: cases.from_alerts); stored as `case_class`.
 """
 
 import tomllib
@@ -41,9 +43,14 @@ class Rule(BaseModel):
     clear_s: float = Field(0, ge=0, le=366 * 86400)
     expected_s: float | None = Field(None, gt=0, le=366 * 86400, description="silence: the reporting interval")
     enabled: bool = True
+    open_case: bool = False
+    case_class: str | None = Field(None, pattern=r"^[EC][0-9]{4}$", description="open_case: the class of the "
+                                   "cases the rule's alerts open (GET /open311/v2/services.json lists them)")
 
     @model_validator(mode="after")
     def _fits_kind(self):
+        if self.open_case != (self.case_class is not None):
+            raise ValueError("open_case = true needs a case_class, and a case_class is only for open_case = true")
         if self.kind in ("threshold", "rate", "permit", "silence") and self.parameter is None:
             raise ValueError(f"a {self.kind} rule needs a parameter")
         if self.kind in ("threshold", "rate") and self.limit is None:
@@ -74,23 +81,25 @@ def _values(rule: Rule, department: str, source: str) -> dict:
             "parameter": rule.parameter, "things": rule.things, "op": rule.op, "limit": rule.limit,
             "hysteresis": rule.hysteresis, "readings": rule.readings, "duration": f"{rule.duration_s} seconds",
             "clear": f"{rule.clear_s} seconds", "enabled": rule.enabled, "source": source,
-            "expected": None if rule.expected_s is None else f"{rule.expected_s} seconds"}
+            "expected": None if rule.expected_s is None else f"{rule.expected_s} seconds",
+            "case_class": rule.case_class}
 
 
 UPSERT = text(
     'INSERT INTO events.rule AS r (name, department, kind, severity, parameter, things, op, "limit", hysteresis, '
-    "readings, duration, clear, expected, enabled, source) VALUES (:name, :department, :kind, :severity, "
+    "readings, duration, clear, expected, enabled, source, case_class) VALUES (:name, :department, :kind, :severity, "
     ":parameter, CAST(:things AS text[]), :op, :limit, :hysteresis, :readings, CAST(:duration AS interval), "
-    "CAST(:clear AS interval), CAST(:expected AS interval), :enabled, :source) "
+    "CAST(:clear AS interval), CAST(:expected AS interval), :enabled, :source, :case_class) "
     'ON CONFLICT (name) DO UPDATE SET department = excluded.department, kind = excluded.kind, '
     'severity = excluded.severity, parameter = excluded.parameter, things = excluded.things, op = excluded.op, '
     '"limit" = excluded."limit", hysteresis = excluded.hysteresis, readings = excluded.readings, '
     "duration = excluded.duration, clear = excluded.clear, expected = excluded.expected, enabled = excluded.enabled, "
-    "source = excluded.source, updated_at = now() "
+    "source = excluded.source, case_class = excluded.case_class, updated_at = now() "
     'WHERE (r.department, r.kind, r.severity, r.parameter, r.things, r.op, r."limit", r.hysteresis, r.readings, '
-    "r.duration, r.clear, r.expected, r.enabled) IS DISTINCT FROM (excluded.department, excluded.kind, "
+    "r.duration, r.clear, r.expected, r.enabled, r.case_class) IS DISTINCT FROM (excluded.department, excluded.kind, "
     'excluded.severity, excluded.parameter, excluded.things, excluded.op, excluded."limit", excluded.hysteresis, '
-    "excluded.readings, excluded.duration, excluded.clear, excluded.expected, excluded.enabled) "
+    "excluded.readings, excluded.duration, excluded.clear, excluded.expected, excluded.enabled, "
+    "excluded.case_class) "
     "RETURNING id, (xmax = 0) AS created")
 
 
@@ -132,4 +141,5 @@ def rule_json(row) -> dict:
             "hysteresis": row.hysteresis, "readings": row.readings,
             "duration_s": row.duration.total_seconds(), "clear_s": row.clear.total_seconds(),
             "expected_s": None if row.expected is None else row.expected.total_seconds(),
-            "enabled": row.enabled, "source": row.source, "updated_at": row.updated_at}
+            "enabled": row.enabled, "open_case": row.case_class is not None, "case_class": row.case_class,
+            "source": row.source, "updated_at": row.updated_at}

@@ -1,12 +1,12 @@
 """What the server does for the observation store when it starts: the coming months' partitions, the station
-Things and Datastreams made again from the layers, and the online pollution sources' (all idempotent)."""
+Things and Datastreams made again from the layers, the online pollution sources' and the gates' (all idempotent)."""
 
 import logging
 
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from sensing import sources, store
+from sensing import gates, sources, store
 from sensing import water_quality as wq
 
 log = logging.getLogger("sensing.startup")
@@ -18,6 +18,7 @@ def prepare_sync(conn) -> None:
     store.prepare_months(conn)
     wq.refresh(conn)
     sources.refresh(conn)
+    gates.refresh(conn)
 
 
 async def prepare(app: FastAPI) -> None:

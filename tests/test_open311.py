@@ -57,19 +57,38 @@ def test_a_closed_case_is_closed_in_open311(http, engine, place):
     assert item["status"] == "closed" and item["status_notes"] == "不属于城市管理范围"
 
 
-@pytest.mark.parametrize("body, code", [
-    ({"service_code": "E0102"}, "missing_location"),
-    ({"service_code": "E0102", "lat": "north", "long": 120.4}, "invalid_number"),
-    ({"service_code": "X1", "lat": 31.5, "long": 120.4}, "unknown_class"),
-    ({"service_code": "E0102", "lat": 39.9, "long": 116.4}, "outside_district"),
+def georeport_error(response, status: int) -> str:
+    """GeoReport v2's error form: a JSON array of {code: the HTTP status, description}; the description."""
+    assert response.status_code == status, response.text
+    [error] = response.json()
+    assert set(error) == {"code", "description"} and error["code"] == status
+    return error["description"]
+
+
+@pytest.mark.parametrize("body, status, says", [
+    ({"service_code": "E0102"}, 400, "A request needs lat and long"),
+    ({"service_code": "E0102", "lat": "north", "long": 120.4}, 400,
+     "lat is a number (WGS84 degrees). (where: body.lat)"),
+    ({"service_code": "X1", "lat": 31.5, "long": 120.4}, 422, "Unknown case class 'X1'"),
+    ({"service_code": "E0102", "lat": 39.9, "long": 116.4}, 422, "(where: body.lon)"),
 ])
-def test_bad_requests_are_refused_with_reasons(http, body, code):
+def test_bad_requests_are_refused_with_reasons_in_the_georeport_form(http, body, status, says):
     response = http.post("/open311/v2/requests.json", data=body, headers={"X-Forwarded-For": "198.51.100.10"})
-    assert 400 <= response.status_code < 500 and response.json()["code"] == code
+    assert says in georeport_error(response, status)
 
 
-def test_bad_filters_are_400(http):
-    assert http.get("/open311/v2/requests.json", params={"status": "pending"}).json()["code"] == "invalid_status"
-    assert http.get("/open311/v2/requests.json", params={"start_date": "yesterday"}).status_code == 400
-    assert http.get("/open311/v2/requests.json", params={"service_code": "NOPE"}).status_code == 400
-    assert http.get("/open311/v2/requests/XW0.json").status_code == 404
+def test_bad_filters_ids_and_bodies_are_georeport_errors_and_the_house_form_stays_elsewhere(http):
+    assert georeport_error(http.get("/open311/v2/requests.json", params={"status": "pending"}), 400) == \
+        "status is open, closed or open,closed. (where: query.status)"
+    assert "(where: query.start_date)" in georeport_error(
+        http.get("/open311/v2/requests.json", params={"start_date": "yesterday"}), 400)
+    assert "(where: query.service_code)" in georeport_error(
+        http.get("/open311/v2/requests.json", params={"service_code": "NOPE"}), 400)
+    assert "(where: path.case_no)" in georeport_error(http.get("/open311/v2/requests/XW0.json"), 404)
+    assert "(where: path.service_request_id)" in georeport_error(http.get("/open311/v2/requests/bad-id.json"), 400)
+    assert "(where: body)" in georeport_error(http.post(
+        "/open311/v2/requests.json", content=b"{not json", headers={"Content-Type": "application/json"}), 400)
+    assert georeport_error(http.post("/open311/v2/requests.json", content=b"x",
+                                     headers={"Content-Type": "text/plain"}), 415)
+    house = http.post("/cases", json={"class_code": "X1", "lon": 120.4, "lat": 31.5})
+    assert house.status_code == 422 and house.json()["code"] == "unknown_class" and house.json()["where"]

@@ -22,6 +22,7 @@ from etl import routes as etl_routes
 from events import service as event_service
 from cases import open311 as open311_routes, routes as case_routes, routing as case_routing
 from cases import statistics as case_statistics
+from cases import from_alerts as case_alerts
 from twin import access, admin, cors, errors, health, limits, metrics
 from twin import styles as style_routes
 from twin import viewer
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
         async with tile_server.running(app) as state, access.following(app), hj212_ingest.listening(app), \
                 mqtt_service.running(app), \
                 event_service.running(app), \
+                in_background(case_alerts.follow(app), "cases-from-alerts"), \
                 in_background(extents.warm(app, feature_layers()), "extents"):
             yield state
             for update in list(app.state.extent_updates.values()):  # layers.extents

@@ -3,6 +3,8 @@ aliases it knows beyond the spec's own names and Chinese labels, and optional ho
 
 - `prepare(frame) -> frame`: reshape raw attributes before validation (e.g. long → wide);
 - `enrich(conn, frame) -> (frame, rejects)`: derive values that need the database after validation.
+- `locate(conn, frame) -> (geometry, problems)`: draw the geometry of a file that has none from the
+  database (each row's shape in the storage CRS, or None and the reason in `problems`).
 """
 
 import importlib

@@ -9,9 +9,9 @@ Suspicious pipes are loaded with `flags` (semicolon-separated), which the ETL se
 - `gravity_cycle` (重力环): it lies on a cycle of gravity pipes, which water cannot follow.
 
 The network checks see the whole layer as it will be after the load (the pipes already loaded and
-not replaced, and the file's). The two-file form (a nodes file and a links file by node codes) is
-loaded as the nodes (etl.jobs.drainage_nodes) and then `linked(links, nodes)`: the links given
-straight geometries between their nodes.
+not replaced, and the file's). The two-file form (a nodes file and a links file by node codes) is loaded
+as the nodes (etl.jobs.drainage_nodes) and then the links file, which has no geometry: `locate` draws each
+pipe straight between its nodes as loaded.
 """
 
 import networkx as nx
@@ -20,8 +20,6 @@ import pandas as pd
 import shapely
 from sqlalchemy import text
 
-from etl.readers import Dataset
-
 LAYERS = ("pipes",)
 ALIASES = {"管段编号": "code", "管线编号": "code", "管道类型": "kind", "管类": "kind", "起点": "from_code",
            "起点编号": "from_code", "起点号": "from_code", "终点": "to_code", "终点编号": "to_code",
@@ -29,6 +27,8 @@ ALIASES = {"管段编号": "code", "管线编号": "code", "管道类型": "kind
            "终点管底高程": "to_invert_m", "起点埋深": "from_depth_m", "流向": "direction", "压力类型": "flow_type"}
 SNAP_M = 0.5  # a pipe end must lie this near the node it names
 NODE_LAYERS = ("manholes", "pump_stations", "treatment_plants", "outfalls")
+NODES_SAID = "manhole, pump station, treatment plant or outfall"
+ENDS = (("from_code", "起点编号 (from_code)"), ("to_code", "终点编号 (to_code)"))
 M_PER_DEG = 111_320.0  # metres a degree of latitude (and of longitude at the equator), enough for SNAP_M checks
 
 
@@ -47,11 +47,11 @@ def _gap_m(points: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def enrich(conn, frame: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     nodes = _nodes(conn)
     rejects = {}
-    for end, label in (("from_code", "起点编号 (from_code)"), ("to_code", "终点编号 (to_code)")):
+    for end, label in ENDS:
         unknown = ~frame[end].isin(nodes.index)
         for i in frame.index[unknown]:
-            rejects.setdefault(i, f"pipe {frame.at[i, 'code']}: {label} {frame.at[i, end]!r} is not a known manhole, "
-                                  "pump station, treatment plant or outfall; load the nodes first")
+            rejects.setdefault(i, f"pipe {frame.at[i, 'code']}: {label} {frame.at[i, end]!r} is not a known "
+                                  f"{NODES_SAID}; load the nodes first")
     for i in frame.index[frame.from_code == frame.to_code]:
         rejects.setdefault(i, f"pipe {frame.at[i, 'code']} starts and ends at node {frame.at[i, 'from_code']!r}")
     known = frame.drop(index=list(rejects))
@@ -116,23 +116,27 @@ def _flags(conn, frame: pd.DataFrame, nodes: pd.DataFrame) -> pd.Series:
     return pd.Series(["; ".join(v) or None for v in found.values()], index=frame.index, dtype=object)
 
 
-def linked(links: Dataset, nodes: Dataset, code: str = "code", from_code: str = "from_code",
-           to_code: str = "to_code") -> Dataset:
-    """The links file of a two-file network, each link given the straight line from its start node to its
-    end node (columns named by the arguments, as in the files); a link naming a node the nodes file
-    lacks gets no geometry and the reason, so the load quarantines it."""
-    where = pd.Series(nodes.geometry.to_numpy(), index=nodes.attributes[code].astype(str))
-    where = where[~where.index.duplicated()]
-    lines, problems = [], {}
-    for label, a, b in zip(links.attributes.index, links.attributes[from_code].astype(str),
-                           links.attributes[to_code].astype(str)):
-        missing = [c for c in (a, b) if c not in where.index]
-        if missing or a == b:
-            problems[label] = (f"link {a} → {b}: node {missing[0]!r} is not in the nodes file {nodes.file_name}"
-                               if missing else f"link {a} → {b} starts and ends at node {a!r}")
-            lines.append(None)
-        else:
-            lines.append(shapely.MultiLineString([[shapely.get_coordinates(where[a])[0],
-                                                   shapely.get_coordinates(where[b])[0]]]))
-    return Dataset(links.attributes, pd.Series(lines, index=links.attributes.index, dtype=object), nodes.crs,
-                   links.file_name, problems=problems)
+def _code(value) -> str:
+    return "" if value is None or pd.isna(value) else str(value).strip()
+
+
+def locate(conn, frame: pd.DataFrame) -> tuple[pd.Series, dict]:
+    """A links file (pipes by node codes, without geometry): each pipe the straight line from its start node to
+    its end node as loaded; a pipe whose node is not known gets no line and the reason."""
+    missing = [label for end, label in ENDS if end not in frame]
+    if missing:
+        raise ValueError(f"a pipes file without geometry joins its pipes by node codes, but it has no "
+                         f"{' or '.join(missing)} column")
+    nodes = _nodes(conn)
+    a, b = frame.from_code.map(_code), frame.to_code.map(_code)
+    drawn = (a.isin(nodes.index) & b.isin(nodes.index) & (a != b)).to_numpy()
+    ends = np.stack([nodes.loc[a[drawn], ["x", "y"]].to_numpy(), nodes.loc[b[drawn], ["x", "y"]].to_numpy()], axis=1)
+    lines = np.full(len(frame), None, dtype=object)
+    lines[drawn] = shapely.multilinestrings(shapely.linestrings(ends), indices=np.arange(drawn.sum()))
+    problems = {}
+    for i in frame.index[~drawn]:
+        name = _code(frame.at[i, "code"]) if "code" in frame else ""
+        unknown = [(label, c) for (_, label), c in zip(ENDS, (a[i], b[i])) if c not in nodes.index]
+        problems[i] = (f"pipe {name}: {unknown[0][0]} {unknown[0][1]!r} is not a known {NODES_SAID}; load the nodes "
+                       "first" if unknown else f"pipe {name} starts and ends at node {a[i]!r}")
+    return pd.Series(lines, index=frame.index, dtype=object), problems

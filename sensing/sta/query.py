@@ -45,9 +45,19 @@ class Reader:
     def source(self, entity: Entity, key: int | None = None):
         return entity.source(self.hidden, key)
 
-    def _columns(self, entity: Entity, source) -> list:
-        extra = [func.ST_AsGeoJSON(source.c[g], 9, 0).label(f"_{g}") for g in entity.geometries]
-        return [*source.c, *extra]
+    def _columns(self, options: Options, source) -> list:
+        """What rendering and expanding `options` reads: every column, or under a $select only the id, the
+        selected properties' columns and the keys its to-one $expand follows."""
+        entity, wanted = options.entity, None
+        if options.select is not None:
+            wanted = {"id"} | {entity.properties[n] for n in options.select if n in entity.properties} | {
+                nav.fk for name, nav in entity.navs.items() if name in options.expand and not nav.many}
+            if "phenomenon_time" in wanted:  # an Observation's phenomenonTime may be an interval
+                wanted.add("phenomenon_time_end")
+        columns = [c for c in source.c if wanted is None or c.key in wanted]
+        extra = [func.ST_AsGeoJSON(source.c[g], 9, 0).label(f"_{g}") for g in entity.geometries
+                 if wanted is None or g in wanted]
+        return [*columns, *extra]
 
     def _conditions(self, options: Options, source, where) -> list:
         conditions = list(where)
@@ -68,7 +78,7 @@ class Reader:
         page = source
         if options.entity.name == "Observation" and key is None and not conditions and not options.orderby:
             page = first_observations(self.hidden, options.skip + options.top + 1)
-        statement = (select(*self._columns(options.entity, page)).where(*conditions)
+        statement = (select(*self._columns(options, page)).where(*conditions)
                      .order_by(*self._order(options, page)).offset(options.skip).limit(options.top + 1))
         rows = await run(self.conn, statement)
         count = None
@@ -105,7 +115,7 @@ class Reader:
         else:
             joined, parent = source, source.c[nav.back]
         conditions = self._conditions(inner, source, [parent.in_(parents)])
-        ranked = (select(*self._columns(target, source), parent.label("_parent"),
+        ranked = (select(*self._columns(inner, source), parent.label("_parent"),
                          func.row_number().over(partition_by=parent, order_by=self._order(inner, source))
                          .label("_rank")).select_from(joined).where(*conditions).subquery())
         window = (select(ranked).where(ranked.c._rank > inner.skip, ranked.c._rank <= inner.skip + inner.top + 1)

@@ -10,7 +10,9 @@ row of the change feed. Beside it, in schema `cases`:
 - `photo`: photos by content hash (the files live under $TWIN_DATA_DIR/case-photos);
 - `idempotency`: the Idempotency-Key of each report, so a report sent twice makes one case;
 - `responsibility` (权责清单): case class prefix × area → department and the hours allowed per stage, loaded
-  from cases/data/responsibility.csv at start-up when that file changed (`routing_source` keeps its hash).
+  from cases/data/responsibility.csv at start-up when that file changed (`routing_source` keeps its hash);
+- `alert_case`: the case each alert asking for one (its rule's open_case) opened, at most one per alert, or why
+  none could be; `alert_follower` the change id up to which the alerts have been read (cases.from_alerts).
 
 API keys gain a role and a scope (grids, streets, case/component class prefixes); empty means unrestricted.
 
@@ -117,6 +119,17 @@ CREATE TABLE cases.responsibility (
     UNIQUE (class_prefix, area)
 );
 CREATE SEQUENCE cases.case_no_seq;
+CREATE TABLE cases.alert_case (
+    alert_fid bigint PRIMARY KEY,
+    alert_code text NOT NULL,
+    case_fid bigint UNIQUE,    -- NULL: no case could be opened, for `problem`
+    problem text,
+    CHECK ((case_fid IS NULL) <> (problem IS NULL))
+);
+CREATE TABLE cases.alert_follower (
+    cursor bigint NOT NULL
+);
+INSERT INTO cases.alert_follower VALUES (0);
 CREATE TABLE cases.routing_source (
     sha256 text NOT NULL,
     loaded_at timestamptz NOT NULL DEFAULT now()

@@ -77,7 +77,8 @@ CREATE TABLE events.rule (
     expected interval,         -- silence: the reporting interval; silent after `readings` of them without one
     enabled boolean NOT NULL DEFAULT true,
     source text NOT NULL,      -- spec:<file> or api:<actor>
-    updated_at timestamptz NOT NULL DEFAULT now()
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    case_class text            -- open_case: each alert of the rule opens a case of this class (cases.from_alerts)
 );
 CREATE TABLE events.rule_state (
     rule_id bigint NOT NULL REFERENCES events.rule ON DELETE CASCADE,
