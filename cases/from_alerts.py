@@ -20,6 +20,7 @@ from events.case_requests import CaseRequest, opened_after
 from layers.store import set_write_context
 from layers.writing import LOCK_WAIT
 from twin.errors import ApiError
+from twin.tasks import failed_round
 
 log = logging.getLogger("twin.cases")
 SOURCE = "告警"
@@ -84,7 +85,7 @@ async def follow(app: FastAPI) -> None:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # the database away: the cursor stays, try again
-            log.warning("opening cases from alerts failed (%s); retrying", e)
+            failed_round(log, "opening cases from alerts failed", e)
             position = None
             await asyncio.sleep(2)
         if position is None or position >= hub.position:

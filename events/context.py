@@ -28,6 +28,7 @@ from layers import network
 from layers.crs import parse as parse_crs
 from layers.query_bodies import Trace
 from layers.query_geometry import bound
+from twin.tasks import failed_round
 
 log = logging.getLogger("events.context")
 IDLE_S = 30
@@ -111,8 +112,8 @@ async def work(app: FastAPI) -> None:
             busy = await fill_one(app)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("the upstream context of an alert failed; retrying")
+        except Exception as e:
+            failed_round(log, "the upstream context of an alert failed", e)
             busy = False
             await asyncio.sleep(5)
         if not busy:

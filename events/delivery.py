@@ -24,6 +24,7 @@ from events import feed
 from events.feed import Interest
 from twin import metrics
 from twin.auth import Principal
+from twin.tasks import failed_round
 
 log = logging.getLogger("events.delivery")
 IDLE_S = 1  # a worker with nothing due looks again this often (and whenever the hub has new events)
@@ -103,8 +104,8 @@ async def work(app: FastAPI, number: int) -> None:
                 busy = await deliver_one(app, client)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the database gone for a moment: try again shortly, the cursor is safe
-                log.exception("webhook worker %d failed; retrying", number)
+            except Exception as e:  # the database gone for a moment: try again shortly, the cursor is safe
+                failed_round(log, f"webhook worker {number} failed", e)
                 busy = False
             if not busy:
                 await app.state.event_hub.wait(IDLE_S)

@@ -12,6 +12,7 @@ import logging
 
 from fastapi import FastAPI
 from sqlalchemy import text
+from twin.tasks import failed_round
 
 log = logging.getLogger("events.silence")
 IDLE_S = 5
@@ -30,7 +31,7 @@ async def work(app: FastAPI) -> None:
                 due = (await conn.execute(NEXT)).scalar()
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("opening silence alerts failed; retrying")
+        except Exception as e:
+            failed_round(log, "opening silence alerts failed", e)
             due = IDLE_S
         await app.state.event_hub.wait(min(max(due if due is not None else IDLE_S, 0.05), IDLE_S))

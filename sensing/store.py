@@ -142,7 +142,8 @@ def _committing(conn: Connection) -> None:
 
 @event.listens_for(Engine, "rollback")
 def _rolled_back(conn: Connection) -> None:
-    conn.info.pop(_PENDING, None)
+    if not conn.invalidated:  # an invalidated connection has no info to read (the pool's invalidate event clears it)
+        conn.info.pop(_PENDING, None)
 
 
 @event.listens_for(Pool, "invalidate")

@@ -30,6 +30,14 @@ def base(database_url, data_dir, loaded):
         yield url
 
 
+@pytest.fixture(scope="module", autouse=True)
+def tidy(engine):
+    """The components this module adds go afterwards: later modules count the bundle's."""
+    yield
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM layers.city_components WHERE code LIKE 'EVT%'"))
+
+
 def touch(engine, n: int, filler: int = 0) -> None:
     """n new city components, by SQL (every path writes the change log)."""
     with engine.begin() as conn:
