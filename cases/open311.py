@@ -47,7 +47,14 @@ class GeoReportRoute(APIRoute):
         return answer
 
 
-router = APIRouter(prefix="/open311/v2", tags=["open311"], route_class=GeoReportRoute)
+# What a middleware refuses before any route runs (a NUL in the URL, an oversized body) has the house's form.
+GEOREPORT_ERRORS = {"description": "GeoReport v2 errors (or the house's error, for a refusal before routing)",
+                    "content": {"application/json": {"schema": {"anyOf": [
+                        {"type": "array", "items": {"type": "object", "required": ["code", "description"], "properties": {
+                            "code": {"type": "integer"}, "description": {"type": "string"}}}},
+                        {"$ref": "#/components/schemas/Error"}]}}}}
+router = APIRouter(prefix="/open311/v2", tags=["open311"], route_class=GeoReportRoute,
+                   responses={status: GEOREPORT_ERRORS for status in (400, 403, 404, 409, 415, 422, 429, 503)})
 MAX_REQUESTS = 1000  # GeoReport v2: at most 1000 requests a listing
 DEFAULT_DAYS = 90  # without dates, the last 90 days
 
