@@ -95,6 +95,7 @@ def test_phone_opens_on_the_map_with_the_panel_closed(phone, tmp_path):
     assert page.locator("#toggle-sidebar").get_attribute("aria-expanded") == "true"
     assert sidebar["x"] == 0 and sidebar["width"] <= 0.9 * WIDTH and sidebar["height"] > 0.8 * map_box["height"]
     roads = page.locator("#layer-tree input[type=checkbox][data-layer=roads]")
+    roads.scroll_into_view_if_needed()  # the drawer scrolls: open alerts and cases list above the layer tree
     assert inside(roads.bounding_box(), SCREEN)
     assert phone.rendered().get("roads", 0) > 0
     roads.tap()
