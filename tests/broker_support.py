@@ -16,7 +16,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.server_support import REPO, free_port, logged_server
+from tests.server_support import REPO, free_port, logged_server, stop
 from tests.sta_support import ECOLOGY, URBAN, bearer
 from twin.auth import create_key
 from twin.broker import Broker
@@ -109,12 +109,7 @@ def ingest_process(data_dir: Path, log_name: str = "mqtt-ingest.log", **settings
         yield process, metrics
     finally:
         if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)
 
 
 def _answers(url: str) -> bool:

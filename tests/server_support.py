@@ -39,6 +39,16 @@ def start_redis(port: int, directory: Path) -> subprocess.Popen:
     return process
 
 
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def hypercorn_argv(host: str, port: int, access_log: bool = False) -> list[str]:
     """The same app under hypercorn: nothing in it is uvicorn's."""
     return [sys.executable, "-m", "hypercorn", "twin.app:create_app()", "--bind", f"{host}:{port}",
@@ -80,9 +90,4 @@ def logged_server(database_url: str, data_dir: Path, log: Path, access_log: bool
             time.sleep(0.2)
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
