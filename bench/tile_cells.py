@@ -27,7 +27,7 @@ import typer
 from sqlalchemy import Column, Table
 
 import tiles.sources
-from layers.catalog import get_layer
+from layers.catalog import catalog, get_layer, install
 from tiles.plans import compile_plan
 from tiles.settings import tile_settings
 from tiles.sources import CELL_LEVEL, TILE_CELL, LayerRequest
@@ -43,7 +43,8 @@ DISTRICT = (120.33, 31.46, 120.57, 31.61)
 
 def use(cells: Table | None, level: int = CELL_LEVEL) -> None:
     """Tiles from these cells at this level, or (None) from the points."""
-    tiles.sources.CELL_LAYERS = frozenset({"city_components"} if cells is not None else ())
+    spec = get_layer("city_components")
+    install(catalog() | {spec.id: spec.model_copy(update={"cluster_counts": cells is not None})})
     tiles.sources.TILE_CELL, tiles.sources.CELL_LEVEL = (cells if cells is not None else TILE_CELL), level
 
 

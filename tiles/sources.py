@@ -7,7 +7,7 @@ tile envelope transformed to EPSG:4490 once, `geom && envelope`); geometries are
 transformed to the grid's CRS, simplified to the tile's resolution and clipped by
 `ST_AsMVTGeom`. Dense point layers become clusters: one feature per grid cell with its
 `point_count` and the cell's most common category. A layer whose points are counted per fine cell in
-`twin.tile_cell` (migrations 0008, 0010) clusters its current Web Mercator tiles from those counts, up
+`twin.tile_cell` (migrations 0008, 0010; `cluster_counts` in its spec) clusters its current Web Mercator tiles from those counts, up
 to zoom 15, instead of from its points; `as_of` and `filter` tiles, and the other grids, cluster the points.
 """
 
@@ -30,7 +30,6 @@ POINT_COUNT = "point_count"
 SIMPLIFY_UNITS = 4  # simplification tolerance in MVT units: half a pixel of a tile drawn 512 px wide
 SCREEN_PIXELS = 512  # polygons smaller than one such pixel of the tile are dropped
 CELL_LEVEL = 19  # twin.tile_cell cuts the Web Mercator world into 2^19 x 2^19 cells (migration 0010)
-CELL_LAYERS = frozenset({"city_components"})  # the layers migration 0008 counts, by their `category`
 FIELD_KINDS = {"text": "String", "integer": "Number", "real": "Number", "boolean": "Boolean", "date": "String",
                "timestamptz": "String"}
 
@@ -56,7 +55,7 @@ def category(spec: LayerSpec) -> str | None:
 
 
 def clusters(spec: LayerSpec) -> bool:
-    return spec.geometry == "Point"
+    return spec.cluster and spec.geometry == "Point"
 
 
 def clustered_at(spec: LayerSpec, z: int, settings: TileSettings) -> bool:
@@ -75,7 +74,7 @@ def cell_block(tile: TileAddress, settings: TileSettings) -> int | None:
 
 def from_cells(request: LayerRequest, tile: TileAddress, settings: TileSettings) -> bool:
     """Whether the layer's clusters in this tile are summed from twin.tile_cell, which holds the current points."""
-    return (request.spec.id in CELL_LAYERS and request.as_of is None and request.filter is None
+    return (request.spec.cluster_counts and request.as_of is None and request.filter is None
             and cell_block(tile, settings) is not None)
 
 
