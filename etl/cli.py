@@ -44,7 +44,10 @@ def etl_run(job: str, file: Path, crs: str = typer.Option(None, help="source CRS
             department: str = typer.Option(None, help="the department the data comes from")):
     """Load FILE into a layer with JOB."""
     from etl.run import JobError, run_file
+    from layers.registry import refresh
 
+    with sync_engine().connect() as conn:
+        refresh(conn)  # the layers registered at run time too
     with console.status("starting") as status:
         try:
             result = run_file(sync_engine(), job, file, layer=layer, crs=crs, mode=mode, department=department,
@@ -98,10 +101,12 @@ def etl_quarantine(run_id: int, as_json: bool = JSON_OPTION):
 @app.command("revert")
 def etl_revert(run_id: int):
     """Undo everything run RUN_ID did, unless later changes touched the same features (then nothing changes)."""
+    from layers.registry import refresh
     from layers.revert import RevertError, revert_run
 
     try:
         with sync_engine().begin() as conn:
+            refresh(conn)  # the layers registered at run time too
             result = revert_run(conn, run_id)
     except RevertError as e:
         if e.conflicts:

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException
 
 from etl import records, uploads
 from etl.crs import CrsError, parse_crs
-from etl.jobs import JOBS
+from etl.jobs import JOBS, get_job
 from etl.records import Run, open_run
 from etl.run import MODES, JobError, check_request, load_file, load_raster
 from twin.auth import Principal, authenticate, require_layer_write
@@ -76,8 +76,9 @@ async def _form(request: Request) -> tuple[UploadFile, dict[str, str | None]]:
 
 
 def _request(job: str, fields: dict, principal: Principal):
-    if job not in JOBS:
-        raise ApiError(404, "unknown_job", f"No ETL job '{job}'; jobs: {', '.join(JOBS)}.", where="path.job")
+    if get_job(job) is None:
+        raise ApiError(404, "unknown_job", f"No ETL job '{job[:80]}'; jobs: {', '.join(JOBS)}, or a layer's name.",
+                       where="path.job")
     mode = fields["mode"] or "upsert"
     if mode not in MODES:
         raise ApiError(400, "invalid_parameter", f"mode must be upsert or replace, not {mode!r}", where="mode")

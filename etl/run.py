@@ -61,7 +61,7 @@ class RunResult:
 def resolve(job_name: str, layer: str | None) -> tuple[object, LayerSpec]:
     job = get_job(job_name)
     if job is None:
-        raise JobError(f"unknown job {job_name!r}; jobs: {', '.join(JOBS)}")
+        raise JobError(f"unknown job {job_name!r}; jobs: {', '.join(JOBS)}, or a layer's name")
     layer = layer or job.LAYERS[0]
     if layer not in job.LAYERS:
         raise JobError(f"job {job_name!r} loads {', '.join(job.LAYERS)}, not {layer!r}")
@@ -86,6 +86,7 @@ def _truncated_match(column: str, aliases: dict[str, str]) -> str | None:
 
 def _map_fields(job, spec: LayerSpec, frame: pd.DataFrame) -> pd.DataFrame:
     aliases = {f.name: f.name for f in spec.fields} | {f.zh.lower(): f.name for f in spec.fields}
+    aliases |= {alias.lower(): f.name for f in spec.fields for alias in f.aliases}
     aliases |= {k.lower(): v for k, v in job.ALIASES.items()}
     renamed, taken = {}, set()
     for column in frame.columns:

@@ -84,6 +84,12 @@ class LayerSpec(BaseModel):
     def field(self, name: str) -> FieldSpec | None:
         return next((f for f in self.fields if f.name == name), None)
 
+    @property
+    def category(self) -> str | None:
+        """The attribute a cluster reports (its most common value): the first enumerated field, else class_name."""
+        enumerated = next((f.name for f in self.fields if f.values), None)
+        return enumerated or (self.field("class_name") and "class_name")
+
 
 def read_spec(path: Path) -> LayerSpec:
     return LayerSpec(**tomllib.loads(path.read_text("utf-8")))

@@ -32,17 +32,28 @@ feature_count = Table("feature_count", metadata, Column("layer", Text, primary_k
                       Column("features", BigInteger), schema="twin")
 
 
+_made: dict[str, LayerSpec] = {}  # table key → the spec it was made from (a spec changes at run time)
+
+
+def _table(spec: LayerSpec, schema: str, *extra: Column) -> Table:
+    key = f"{schema}.{spec.id}"
+    known = metadata.tables.get(key)
+    if known is not None and _made[key] is spec:
+        return known
+    if known is not None:
+        metadata.remove(known)
+    _made[key] = spec
+    return Table(spec.id, metadata, *_columns(spec), *extra, schema=schema)
+
+
 def current(spec: LayerSpec) -> Table:
     """The layer's current state: `layers.<id>`."""
-    known = metadata.tables.get(f"layers.{spec.id}")
-    return known if known is not None else Table(spec.id, metadata, *_columns(spec), schema="layers")
+    return _table(spec, "layers")
 
 
 def history(spec: LayerSpec) -> Table:
     """Superseded versions with their validity range: `history.<id>`."""
-    known = metadata.tables.get(f"history.{spec.id}")
-    return known if known is not None else Table(spec.id, metadata, *_columns(spec), Column("valid", TSTZRANGE),
-                                                 schema="history")
+    return _table(spec, "history", Column("valid", TSTZRANGE))
 
 
 def layer_at(spec: LayerSpec, as_of: datetime | None = None) -> Selectable:

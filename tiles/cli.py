@@ -33,8 +33,11 @@ def export_command(out: Path = typer.Argument(..., help="the .pmtiles file to wr
                    max_tiles: int = typer.Option(50_000, help="refuse to render more tiles than this")):
     """Write the vector layers of an area as a PMTiles archive, for maps without the server."""
     from layers.catalog import get_layer, vector_layers
+    from layers.registry import refresh
     from tiles.export import ExportError, export
 
+    with sync_engine().connect() as conn:
+        refresh(conn)  # the layers registered at run time too
     names = [n.strip() for n in layers.split(",") if n.strip()]
     specs = [get_layer(n) for n in names] if names else vector_layers()
     unknown = [n for n, s in zip(names, specs) if s is None or s.kind != "vector"]

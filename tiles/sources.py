@@ -48,12 +48,6 @@ class LayerRequest:
     filter: Filter | None = None
 
 
-def category(spec: LayerSpec) -> str | None:
-    """The attribute a cluster reports (its most common value): the first enumerated field, else class_name."""
-    enumerated = next((f.name for f in spec.fields if f.values), None)
-    return enumerated or (spec.field("class_name") and "class_name")
-
-
 def clusters(spec: LayerSpec) -> bool:
     return spec.cluster and spec.geometry == "Point"
 
@@ -144,7 +138,7 @@ def _clustered(points: Selectable, request: LayerRequest, tile: TileAddress, val
     itself are counted (`_inside`), so each point is in exactly one cluster of one tile. The cell is plain
     arithmetic on the projected coordinates (no geometry made per point): a million points cluster in about
     a second."""
-    shown = category(request.spec)
+    shown = request.spec.category
     x, y, cell = func.ST_X(points.c.g), func.ST_Y(points.c.g), _value(values, "tile_cell")
     return select(
         cast(null(), BigInteger).label("fid"),
@@ -177,7 +171,7 @@ def _clustered_cells(request: LayerRequest, tile: TileAddress, values: dict) -> 
                          func.sum(cells.c.points).label("n"), func.sum(cells.c.sum_x).label("sx"),
                          func.sum(cells.c.sum_y).label("sy")).where(*inside).group_by(
         "gx", "gy", cells.c.category).subquery(f"{request.spec.id}_cells")
-    shown, total = category(request.spec), func.sum(by_category.c.n)
+    shown, total = request.spec.category, func.sum(by_category.c.n)
     src = current(request.spec).c
     most = func.nullif(func.array_agg(aggregate_order_by(by_category.c.category, by_category.c.n.desc(),
                                                          by_category.c.category))[1], "")  # '' stands for null

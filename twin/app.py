@@ -12,6 +12,7 @@ from layers import items as item_routes
 from layers import openapi as ogc_openapi
 from layers import export as export_routes
 from layers import queries as query_routes
+from layers import registration
 from layers.catalog import catalog
 from tiles import server as tile_server
 from sensing import hj212_ingest, mqtt_service
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     async def lifespan(app: FastAPI):
         app.state.engine = async_engine(settings)
         app.state.read_engine = read_engine(settings, app.state.engine)  # reads that may lag: twin.replicas
+        await access.load_catalog(app)  # the registered layers (layers.registry), before the first request
         await sensing_startup.prepare(app)  # partitions ahead, station Things (sensing.startup)
         await case_routing.load(app.state.engine)  # the responsibility table, when its file changed
         async with tile_server.running(app) as state, access.following(app), hj212_ingest.listening(app), \
@@ -84,6 +86,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     app.include_router(query_routes.router)
     app.include_router(style_routes.router)
     app.include_router(admin.router)
+    app.include_router(registration.router)
     app.include_router(etl_routes.router)
     event_service.install(app)  # /stream, /alerts, /webhooks
     for case_router in (case_statistics.router, case_routes.router, open311_routes.router):  # /cases/statistics first

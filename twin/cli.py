@@ -8,10 +8,11 @@ import typer
 from rich.table import Table
 
 from etl import cli as etl_cli
+from layers import cli as layers_cli
 from sensing import mqtt_cli, simulate_cli
 from tiles import cli as tiles_cli
 from twin import broker_cli, db_cli
-from twin.console import JSON_OPTION, cli_actor, console, err, fail, listing
+from twin.console import JSON_OPTION, console, err, fail, listing
 from twin.db import DatabaseError, migrate, sync_engine
 from twin.logs import configure
 from twin.settings import get_settings
@@ -19,10 +20,9 @@ from twin.settings import get_settings
 app = typer.Typer(help="OneMap Twin — the one-map (一张图) server of Wuxi Xinwu.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 keys_app = typer.Typer(help="Department API keys.", no_args_is_help=True)
-layers_app = typer.Typer(help="The layer catalog.", no_args_is_help=True)
 app.add_typer(db_cli.app, name="db")
 app.add_typer(keys_app, name="keys")
-app.add_typer(layers_app, name="layers")
+app.add_typer(layers_cli.app, name="layers")
 app.add_typer(etl_cli.app, name="etl")
 app.add_typer(tiles_cli.app, name="tiles")
 app.add_typer(broker_cli.app, name="broker")
@@ -87,32 +87,6 @@ def keys_revoke(prefix: str = typer.Argument(..., help="the key's prefix (the pa
         if not revoke_key(conn, prefix.removeprefix("twin_").split("_")[0]):
             fail(f"no active key with prefix {prefix}")
     console.print(f"revoked {prefix}")
-
-
-# -- layers -------------------------------------------------------------------
-@layers_app.command("list")
-def layers_list(as_json: bool = JSON_OPTION):
-    """Print the layer catalog."""
-    from layers.catalog import catalog
-
-    listing([{"id": s.id, "名称": s.title.zh, "title": s.title.en, "kind": s.kind, "geometry": s.geometry,
-              "department": s.department, "group": s.group, "zoom": f"{s.minzoom}–{s.maxzoom}",
-              "fields": len(s.fields)} for s in catalog().values()], as_json)
-
-
-@layers_app.command("private")
-def layers_private(name: str = typer.Argument(..., help="the layer"),
-                   private: bool = typer.Option(..., "--on/--off", help="private (reads need a key) or public")):
-    """Make a layer private (read only with an admin key or a key of its department or listing it) or public
-    again; running servers follow at once."""
-    from layers.catalog import catalog
-    from twin.access import switch_statement
-
-    if name not in catalog():
-        fail(f"unknown layer {name} (see: twin layers list)")
-    with sync_engine().begin() as conn:
-        conn.execute(switch_statement(name, private, cli_actor(None)))
-    console.print(f"{name} is now {'private' if private else 'public'}")
 
 
 # -- ETL ----------------------------------------------------------------------

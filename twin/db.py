@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psycopg
 from sqlalchemy import create_engine
+from sqlalchemy.pool import NullPool
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -103,11 +104,21 @@ def _alembic_config(url: str):
 
 
 def migrate(revision: str = "head", url: str | None = None) -> None:
+    """Upgrade the schema; at its head, register the layers that ship with the project (layers.registry.ship)."""
     from alembic import command
 
     url = url or database_url()
     check_database(url)
     command.upgrade(_alembic_config(url), revision)
+    if revision == "head":
+        from layers.registry import ship
+
+        engine = create_engine(_sqlalchemy_url(url), poolclass=NullPool)
+        try:
+            with engine.begin() as conn:
+                ship(conn)
+        finally:
+            engine.dispose()
 
 
 def downgrade(revision: str, url: str | None = None) -> None:
