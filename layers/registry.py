@@ -1,7 +1,7 @@
 """Layers at run time: register a layer by its spec, change it by versions, archive and restore it.
 
 Every step is one transaction: the catalog row (`twin.layer`), the version with the DDL it ran
-(`twin.layer_version`, `layers.ddl`) and the DDL itself, so a failure leaves nothing half made, and the
+(`twin.layer_version`, `layers.ddl`), the DDL itself and the layer's default style (twin.layer_styles), so a failure leaves nothing half made, and the
 database alone says what every layer is (a backup carries it). A committed step is announced on
 `twin_access`; every server process reloads its catalog from it (twin.access).
 
@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection
 
 from layers import ddl
 from layers.catalog import LayerSpec, install, shipped
+from twin.layer_styles import default_style, drawn
 
 MAX_FIELDS = 100
 MAX_ID = 40  # index names add a suffix to the id and must stay within PostgreSQL's 63 bytes
@@ -169,6 +170,10 @@ def register(conn: Connection, spec: LayerSpec, actor: str, department: str | No
         raise SpecError(f"A table layers.{spec.id} exists already.", "id", 409)
     statements = ddl.create(spec)
     _run(conn, statements)
+    if drawn(spec) and not shipped_:  # a shipped layer's style is a file of styles/layers
+        conn.execute(text("INSERT INTO twin.layer_style (name, style, changed_by) "
+                          "VALUES (:id, CAST(:style AS jsonb), :actor) ON CONFLICT (name) DO NOTHING"),
+                     {"id": spec.id, "style": json.dumps(default_style(spec), ensure_ascii=False), "actor": actor})
     return _record(conn, spec, Step(spec.id, 1, "register", statements), actor, shipped_=shipped_)
 
 

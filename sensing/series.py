@@ -3,11 +3,12 @@
 Periods are hours or days of China Standard Time (Asia/Shanghai), the clock the readings are
 published on.
 
-- `/collections/water_quality/series?station=`: the station's readings are the water_quality layer's rows (one
-  copy, sensing.water_quality; they are never in sensing.observation, so there is no aggregate of them to read:
-  a station-year of hourly readings is 8,760 rows found by the layer's (station_code, observed_at) key). Only
-  normal readings (status 正常) enter the aggregates, as only they get a class. The class of a period is the
-  GB 3838 class of its mean values (layers.water_class).
+- `/collections/{layer}/series?station=`, for a series layer (`kind = "series"` with its `stations`, e.g.
+  water_quality): the station's readings are the layer's rows (for water quality one copy, sensing.water_quality;
+  they are never in sensing.observation, so there is no aggregate of them to read: a station-year of hourly
+  readings is 8,760 rows found by the layer's (station, time) key). Where the layer has a status with 正常 only
+  normal readings enter the aggregates, as only they get a class. With `classify = "gb3838"` the class of a
+  period is the GB 3838 class of its mean values (layers.water_class).
 - `/datastreams/{id}/series`: a stored Datastream's (an online source's factor, any Datastream made over the
   API) periods are read from the hourly and daily aggregates the store keeps (migration 0013), never from
   the raw rows, so a year's daily series reads 365 rows whatever the sampling rate. A period is in the series
@@ -23,7 +24,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy import func, literal, select
 
 from layers import params
-from layers.catalog import get_layer
+from layers.catalog import LayerSpec, get_layer
 from layers.statements import fetch_one
 from layers.tables import layer_at
 from layers.water_class import classify_frame
@@ -34,64 +35,73 @@ from twin.errors import ApiError
 from twin.urls import base_url
 
 router = APIRouter(tags=["features"])
-LAYER = "water_quality"
-STATIONS = "monitoring_stations"
 TIME_ZONE = params.LOCAL_TIME.key
 NORMAL = "正常"
 MAX_PERIODS = 20_000
 UNITS = {"hourly": "hour", "daily": "day"}
 
 
-def _parameters() -> list:
-    return [f for f in get_layer(LAYER).fields if f.type == "real"]
+def series_layer(layer: str) -> LayerSpec:
+    """A series layer (`kind = "series"`) whose readings belong to a layer of `stations`."""
+    spec = get_layer(layer)
+    if spec is None or spec.kind != "series" or spec.stations is None or get_layer(spec.stations) is None:
+        raise ApiError(404, "not_a_series", f"'{layer[:80]}' is not a series layer of stations. See /collections.",
+                       where="path.layer")
+    return spec
 
 
-async def _station(conn, code: str, as_of: datetime | None):
-    stations = layer_at(get_layer(STATIONS), as_of).c
-    row = await fetch_one(conn, select(stations.code, stations.name, stations.evaluation_type)
+async def _station(conn, spec: LayerSpec, code: str, as_of: datetime | None):
+    stations_spec = get_layer(spec.stations)
+    stations = layer_at(stations_spec, as_of).c
+    evaluation = stations.evaluation_type if "evaluation_type" in stations else literal(None)
+    row = await fetch_one(conn, select(stations.code, stations.name, evaluation.label("evaluation_type"))
                           .where(stations.code == code))
     if row is None:
-        raise ApiError(404, "unknown_station", f"No monitoring station '{code[:40]}'"
+        raise ApiError(404, "unknown_station", f"No station '{code[:40]}' in {spec.stations}"
                        + (f" as of {as_of.isoformat()}" if as_of else "")
-                       + ". See /collections/monitoring_stations/items",
+                       + f". See /collections/{spec.stations}/items",
                        where="query.station")
     return row
 
 
-def _classes(means: pd.DataFrame, evaluation_type: str | None) -> pd.DataFrame | None:
-    if evaluation_type is None or means.empty:
+def _classes(spec: LayerSpec, means: pd.DataFrame, evaluation_type: str | None) -> pd.DataFrame | None:
+    if spec.classify != "gb3838" or evaluation_type is None or means.empty:
         return None
     return classify_frame(means, evaluation_type)
 
 
-@router.get(f"/collections/{LAYER}/series")
+@router.get("/collections/{layer}/series")
 async def series(
     request: Request,
-    station: str = Query(..., max_length=64, description="Station code (monitoring_stations.code)"),
+    layer: str,
+    station: str = Query(..., max_length=64, description="Station code (the `code` of the series' stations layer)"),
     aggregate: Literal["hourly", "daily"] = Query("daily", description="Period length (China Standard Time)"),
     moment: params.Period | None = Depends(params.period),
     as_of: datetime | None = Depends(params.as_of),
 ):
-    await require_read(request, [LAYER, STATIONS], "path")  # the readings and the station they describe
-    spec = get_layer(LAYER)
+    spec = series_layer(layer)
+    await require_read(request, [spec.id, spec.stations], "path")  # the readings and the station they describe
     readings = layer_at(spec, as_of).c
-    fields = _parameters()
-    start = func.date_trunc(UNITS[aggregate], readings.observed_at, TIME_ZONE).label("start")
+    at, station_of = readings[spec.time_field], readings[spec.key[0]]
+    fields = [f for f in spec.fields if f.type == "real"]
+    start = func.date_trunc(UNITS[aggregate], at, TIME_ZONE).label("start")
     measures = [agg(readings[f.name]).label(f"{f.name}_{name}") for f in fields
                 for name, agg in (("mean", func.avg), ("min", func.min), ("max", func.max))]
-    where = [readings.station_code == station, readings.status == literal(NORMAL)]
+    where = [station_of == station]
+    if NORMAL in (getattr(spec.field("status"), "values", None) or ()):
+        where.append(readings.status == literal(NORMAL))
     if moment is not None:
-        where.append(moment.clause(readings.observed_at))
+        where.append(moment.clause(at))
     grouped = (select(start, func.count().label("count"), *measures).where(*where)
                .group_by(start).order_by(start).limit(MAX_PERIODS + 1))
     async with request.app.state.read_engine.connect() as conn:
-        found = await _station(conn, station, as_of)
+        found = await _station(conn, spec, station, as_of)
         rows = (await conn.execute(grouped)).mappings().all()
     if len(rows) > MAX_PERIODS:
         raise ApiError(400, "too_many_periods", f"More than {MAX_PERIODS} periods: narrow datetime or aggregate "
                        "daily", where="query.datetime")
     means = pd.DataFrame([{f.name: row[f"{f.name}_mean"] for f in fields} for row in rows], dtype=float)
-    classes = _classes(means, found.evaluation_type)
+    classes = _classes(spec, means, found.evaluation_type)
     step = pd.Timedelta(hours=1) if aggregate == "hourly" else pd.Timedelta(days=1)
     periods = []
     for i, row in enumerate(rows):
@@ -112,7 +122,7 @@ async def series(
         "links": [{"rel": "self", "type": "application/json",
                    "href": f"{base_url(request)}{request.url.path}?{request.url.query}"},
                   {"rel": "collection", "type": "application/json",
-                   "href": f"{base_url(request)}/collections/{LAYER}"}],
+                   "href": f"{base_url(request)}/collections/{spec.id}"}],
     }
     return Response(orjson.dumps(body), media_type="application/json")
 

@@ -15,14 +15,17 @@ from sqlalchemy import Float, and_, case, cast, null, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Connection
 
-from layers.catalog import get_layer
+from layers.catalog import get_layer, shipped
 from layers.factors import factors
 from layers.store import set_write_context
 from layers.tables import current
 from layers.water_class import classify
 from sensing import tables as t
 
-LAYER, STATIONS = "water_quality", "monitoring_stations"
+# The readings classed by GB 3838 and their stations, as the shipped specs declare them: the observation store
+# (migration 0013) keeps its Datastreams in step with these two tables.
+LAYER = next(s.id for s in shipped().values() if s.classify == "gb3838")
+STATIONS = shipped()[LAYER].stations
 STRIDE = 16  # parameters per row the ids leave room for
 NORMAL = "正常"
 SENSOR = "水质自动监测站 (water-quality automatic monitoring station)"

@@ -14,6 +14,8 @@ import psycopg
 import pytest
 
 from etl.run import run_file
+from layers.catalog import shipped
+from layers.registry import register
 from tests.etl_support import GEOD, REPO, component_codes, district_points, drop_database, engine_for, private_database
 from tests.server_support import logged_server
 from tests.test_etl_runs import components_csv
@@ -23,6 +25,7 @@ from twin.backup import pg_tool
 TWIN = [str(Path(sys.executable).with_name("twin"))]
 SOURCE = "twin_backup_source"
 SCRATCH = "twin_restored"
+REGISTERED = shipped()["city_components"].model_copy(update={"id": "registered_trees"})
 SCHEMAS = ["layers", "history", "twin"]
 
 
@@ -75,6 +78,7 @@ def source(database_url, tmp_path_factory):
     assert (runs[0].counts["quarantined"], runs[1].counts["updated"], runs[2].counts["deleted"]) == (5, 55, 10)
     with engine.begin() as conn:
         create_key(conn, "城管局", ["city_components"])
+        register(conn, REGISTERED, "test")  # a layer registered at run time: the catalog and its tables
     engine.dispose()
     yield url
     drop_database(database_url, SOURCE)
@@ -130,6 +134,7 @@ def test_the_restored_database_serves_the_same_change_feed(round_trip, source, s
                 break
             after = page["cursor"]
         history = client.get(f"/collections/city_components/items/{deleted}/history").json()
+        assert client.get(f"/collections/{REGISTERED.id}").status_code == 200
     fields = ("id", "layer", "fid", "operation", "version", "actor", "run")
     assert [tuple(c.get(f) for f in fields) for c in served] == expected and len(expected) == 55 + 55 + 10
     # a deleted feature's whole life is served from the restored history
