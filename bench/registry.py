@@ -61,6 +61,7 @@ def _twin(engine, key: str, base: str) -> None:
                              "(SELECT count(*) FROM layers.city_components)")).scalar():
             return
         print("  copying the components into the registered twin", flush=True)
+        conn.execute(text("SET LOCAL statement_timeout = 0"))
         conn.execute(text(f"DELETE FROM layers.{TWIN}"))
         conn.execute(text(f"INSERT INTO layers.{TWIN} ({columns}) SELECT {columns} FROM layers.city_components"))
     with engine.connect() as conn:

@@ -7,7 +7,8 @@ database alone says what every layer is (a backup carries it). A committed step 
 
 The layers that ship with the project are registered the same way by `ship`, run by `twin db upgrade`
 after the migrations: a shipped spec whose table a migration made is adopted as it is; a new one is created;
-a changed one is changed, by the same rules as a department's change.
+one whose file changed since it was last shipped is changed, by the same rules as a department's change (so
+a change made at run time to a shipped layer stands until a release changes its file).
 
 Rules of a change: titles, labels, units, aliases, zooms, style, group, privacy and clustering change freely;
 a field may be added, and its type widened (integer → real, anything → text). What could refuse or lose
@@ -317,12 +318,22 @@ def ship(conn: Connection) -> list[Step]:
     conn.execute(text(LOCK))
     steps = []
     for spec in shipped().values():
-        row = _row(conn, spec.id)
-        if row is None:
-            if spec.kind == "raster" or conn.execute(text("SELECT to_regclass(:t)"), {"t": f"layers.{spec.id}"}).scalar() is not None:
-                steps.append(_record(conn, spec, Step(spec.id, 1, "adopt", []), SHIPPED_ACTOR, shipped_=True))
-            else:
-                steps.append(register(conn, spec, SHIPPED_ACTOR, shipped_=True))
-        elif row.state == "active" and LayerSpec.model_validate(row.spec) != spec:
-            steps.append(change(conn, spec, SHIPPED_ACTOR))
-    return steps
+        try:
+            steps.append(_ship(conn, spec))
+        except SpecError as e:
+            raise SpecError(f"layers/specs/{spec.id}.toml: {e.detail}", e.where) from e
+    return [step for step in steps if step is not None]
+
+
+def _ship(conn: Connection, spec: LayerSpec) -> Step | None:
+    row = _row(conn, spec.id)
+    if row is None:
+        made = conn.execute(text("SELECT to_regclass(:t)"), {"t": f"layers.{spec.id}"}).scalar() is not None
+        if spec.kind == "raster" or made:  # a migration made its table
+            return _record(conn, spec, Step(spec.id, 1, "adopt", []), SHIPPED_ACTOR, shipped_=True)
+        return register(conn, spec, SHIPPED_ACTOR, shipped_=True)
+    last_shipped = conn.execute(text("SELECT spec FROM twin.layer_version WHERE layer = :id AND changed_by = :by "
+                                     "ORDER BY version DESC LIMIT 1"), {"id": spec.id, "by": SHIPPED_ACTOR}).scalar()
+    if row.state == "active" and (last_shipped is None or LayerSpec.model_validate(last_shipped) != spec):
+        return change(conn, spec, SHIPPED_ACTOR)  # a new release's spec (changes made at run time stand till then)
+    return None

@@ -8,6 +8,8 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from layers.catalog import Title, shipped
+from layers.registry import change, ship
 from tests.history_support import bearer
 from tests.server_support import logged_server
 from tests.tile_support import decode, mercator_tile
@@ -207,3 +209,21 @@ def test_every_worker_sees_a_new_layer_without_a_restart(database_url, data_dir,
                 with httpx.Client(base_url=base, timeout=10) as fresh:  # a new connection: either worker
                     found = found + 1 if fresh.get("/collections/stone_bridges").status_code == 200 else 0
             assert found == 20
+
+
+def test_shipping_again_keeps_what_was_changed_at_run_time(engine):
+    """`twin db upgrade` registers the shipped specs once; a run-time change to a shipped layer stands until a
+    release changes its file."""
+    shipped_spec = shipped()["metro_lines"]
+    retitled = shipped_spec.model_copy(update={"title": Title(zh="地铁线路（新）", en="Metro lines (new)")})
+    with engine.begin() as conn:
+        assert ship(conn) == []
+        assert change(conn, retitled, "test").change == "change"
+    try:
+        with engine.begin() as conn:
+            assert ship(conn) == []
+            assert conn.execute(text("SELECT spec->'title'->>'zh' FROM twin.layer WHERE id = 'metro_lines'")).scalar() \
+                == "地铁线路（新）"
+    finally:
+        with engine.begin() as conn:
+            change(conn, shipped_spec, "test")

@@ -111,12 +111,14 @@ def migrate(revision: str = "head", url: str | None = None) -> None:
     check_database(url)
     command.upgrade(_alembic_config(url), revision)
     if revision == "head":
-        from layers.registry import ship
+        from layers.registry import SpecError, ship
 
         engine = create_engine(_sqlalchemy_url(url), poolclass=NullPool)
         try:
             with engine.begin() as conn:
                 ship(conn)
+        except SpecError as e:
+            raise DatabaseError(f"a shipped layer spec cannot be registered ({e.where}): {e.detail}") from e
         finally:
             engine.dispose()
 
