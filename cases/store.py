@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cases import access, loop, routing
 from cases.classes import COMPONENT, CaseClass, case_classes, component_class_code
 from cases.photos import Photo, store as store_photo
+from layers.catalog import with_area
 from layers.codes import component_code as component_code_problem
 from layers.scope import place
 from layers.writing import write_transaction
@@ -105,12 +106,13 @@ async def _case_class(conn: AsyncConnection, report: Report) -> tuple[CaseClass,
 
 async def _in_district(conn: AsyncConnection, lon: float, lat: float) -> None:
     """The server's district is the one its streets belong to (of the `districts` layer's features)."""
+    streets, districts = with_area("street").table, with_area("district").table  # validated identifiers
     found = (await conn.execute(text(
-        "SELECT bool_or(d.code IN (SELECT district_code FROM layers.streets)), "
-        "string_agg(d.name, ', ') FILTER (WHERE d.code NOT IN (SELECT district_code FROM layers.streets)), "
-        "(SELECT string_agg(DISTINCT name, ', ') FROM layers.districts WHERE code IN "
-        " (SELECT district_code FROM layers.streets)) "
-        "FROM layers.districts d WHERE ST_Intersects(d.geom, ST_SetSRID(ST_MakePoint(:lon, :lat), 4490))"),
+        f"SELECT bool_or(d.code IN (SELECT district_code FROM {streets})), "
+        f"string_agg(d.name, ', ') FILTER (WHERE d.code NOT IN (SELECT district_code FROM {streets})), "
+        f"(SELECT string_agg(DISTINCT name, ', ') FROM {districts} WHERE code IN "
+        f" (SELECT district_code FROM {streets})) "
+        f"FROM {districts} d WHERE ST_Intersects(d.geom, ST_SetSRID(ST_MakePoint(:lon, :lat), 4490))"),
         {"lon": lon, "lat": lat})).one()
     inside, elsewhere, ours = found
     if not inside:

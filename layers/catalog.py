@@ -7,7 +7,8 @@ keeps the catalog in memory: the shipped specs until `install` gives it the data
 whatever the registry's listener installs as the catalog changes (twin.access follows it).
 
 What a layer does beyond storing features is declared, never keyed on its name: `cluster`, `kind =
-"series"` with its `stations`, `classify = "gb3838"`, its `network` role in the drainage graph.
+"series"` with its `stations`, `classify = "gb3838"`, its `network` role in the drainage graph, the `area`
+(district, street, grid) it divides the map into.
 """
 
 import tomllib
@@ -75,6 +76,7 @@ class LayerSpec(BaseModel):
     classify: Literal["gb3838"] | None = None  # readings classed by GB 3838-2002 (layers.water_class)
     stations: str | None = None  # of a series: the point layer its readings belong to, by key[0] = its `code`
     network: NetworkRole | None = None
+    area: Literal["district", "street", "grid"] | None = None  # the areas cases and scoped keys are placed in
     fields: list[FieldSpec] = []
 
     @property
@@ -132,6 +134,11 @@ def vector_layers() -> list[LayerSpec]:
 def with_role(role: str) -> LayerSpec | None:
     """The layer that plays `role` in the drainage network."""
     return next((s for s in catalog().values() if s.network == role), None)
+
+
+def with_area(area: str) -> LayerSpec | None:
+    """The layer of districts, streets or management grids."""
+    return next((s for s in catalog().values() if s.area == area), None)
 
 
 def series_layers() -> list[LayerSpec]:

@@ -1,6 +1,6 @@
 """A scoped key's writes: a key limited to grids, streets or classes (twin.auth.Principal.covers) may write only
 features inside its scope, and may not move one out of it. The grid and street of a feature come from the
-`grids` and `streets` layers; its class, for a layer keyed by component codes, from the code (`C` + 大类 + 小类,
+layers of those areas (`area = "grid"`, `"street"` in their specs); its class, for a layer keyed by component codes, from the code (`C` + 大类 + 小类,
 the case loop's class of a component problem)."""
 
 from sqlalchemy import text
@@ -8,13 +8,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 import shapely
 
-from layers.catalog import SRID, LayerSpec
+from layers.catalog import SRID, LayerSpec, with_area
 from twin.auth import Principal
 from twin.errors import ApiError
 
-PLACE = text("SELECT (SELECT code FROM layers.grids WHERE ST_Intersects(geom, g) ORDER BY code LIMIT 1), "
-             "(SELECT code FROM layers.streets WHERE ST_Intersects(geom, g) ORDER BY code LIMIT 1) "
-             f"FROM ST_GeomFromWKB(:wkb, {SRID}) AS g")
+
+def _place():
+    grids, streets = with_area("grid").table, with_area("street").table  # validated identifiers (catalog.NAME)
+    return text(f"SELECT (SELECT code FROM {grids} WHERE ST_Intersects(geom, g) ORDER BY code LIMIT 1), "
+                f"(SELECT code FROM {streets} WHERE ST_Intersects(geom, g) ORDER BY code LIMIT 1) "
+                f"FROM ST_GeomFromWKB(:wkb, {SRID}) AS g")
 
 
 def _class_of(spec: LayerSpec, row) -> str | None:
@@ -25,7 +28,7 @@ def _class_of(spec: LayerSpec, row) -> str | None:
 
 async def place(conn: AsyncConnection, geometry: shapely.Geometry) -> tuple[str | None, str | None]:
     """(grid code, street code) where a geometry (in the storage CRS) lies."""
-    return tuple((await conn.execute(PLACE, {"wkb": shapely.to_wkb(geometry)})).one())
+    return tuple((await conn.execute(_place(), {"wkb": shapely.to_wkb(geometry)})).one())
 
 
 async def require_scope(conn: AsyncConnection, principal: Principal, spec: LayerSpec, before, after) -> None:

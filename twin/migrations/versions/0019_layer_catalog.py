@@ -162,7 +162,25 @@ def upgrade() -> None:
     op.execute(BY_NAME)
 
 
+# Layers registered at run time have no migration to take them away: going below this revision drops them, their
+# history and change log, as every downgrade drops what its upgrade made (back up first: twin db backup).
+DROP_REGISTERED = r"""
+DO $$
+DECLARE
+    made text;
+BEGIN
+    FOR made IN SELECT DISTINCT layer FROM twin.layer_version WHERE change = 'register' LOOP
+        EXECUTE format('DROP TABLE IF EXISTS layers.%I, history.%I', made, made);
+        DELETE FROM twin.feature_count WHERE layer = made;
+        DELETE FROM twin.tile_cell WHERE layer = made;
+        DELETE FROM twin.change WHERE layer = made;
+    END LOOP;
+END $$;
+"""
+
+
 def downgrade() -> None:
+    op.execute(DROP_REGISTERED)
     op.execute(BY_POSITION)
     op.execute("DROP FUNCTION twin.layer_columns(regclass, text)")
     op.execute("DROP TABLE twin.layer_style, twin.layer_version, twin.layer")
