@@ -43,8 +43,7 @@ def _step(run):
     try:
         return run()
     except registry.SpecError as e:
-        code = {404: "unknown_layer", 409: "layer_exists"}.get(e.status, "invalid_spec")
-        raise ApiError(e.status, code, e.detail, where=e.where) from e
+        raise ApiError(e.status, e.code, e.detail, where=e.where) from e
 
 
 async def _run(request: Request, step, principal: Principal) -> registry.Step | None:

@@ -48,9 +48,9 @@ LOCK = "SELECT pg_advisory_xact_lock(hashtext('twin.layer'))"
 class SpecError(Exception):
     """A spec, or a change, that cannot be taken; `where` points at the offending key."""
 
-    def __init__(self, detail: str, where: str, status: int = 422):
+    def __init__(self, detail: str, where: str, status: int = 422, code: str = "invalid_spec"):
         super().__init__(detail)
-        self.detail, self.where, self.status = detail, where, status
+        self.detail, self.where, self.status, self.code = detail, where, status, code
 
 
 @dataclass(frozen=True)
@@ -165,10 +165,10 @@ def register(conn: Connection, spec: LayerSpec, actor: str, department: str | No
     _check_owner(spec, department)
     known = _row(conn, spec.id)
     if known is not None:
-        raise SpecError(f"Layer '{spec.id}' exists already{' (archived: restore it)' if known.state == 'archived' else ''}.",
-                        "id", 409)
+        archived = " (archived: restore it)" if known.state == "archived" else ""
+        raise SpecError(f"Layer '{spec.id}' exists already{archived}.", "id", code="layer_exists")
     if conn.execute(text("SELECT to_regclass(:t)"), {"t": f"layers.{spec.id}"}).scalar() is not None:
-        raise SpecError(f"A table layers.{spec.id} exists already.", "id", 409)
+        raise SpecError(f"A table layers.{spec.id} exists already.", "id", code="layer_exists")
     statements = ddl.create(spec)
     _run(conn, statements)
     if drawn(spec) and not shipped_:  # a shipped layer's style is a file of styles/layers
@@ -247,7 +247,7 @@ def change(conn: Connection, spec: LayerSpec, actor: str, allow_loss: bool = Fal
     conn.execute(text(LOCK))
     row = _row(conn, spec.id)
     if row is None or row.state != "active":
-        raise SpecError(f"No active layer '{spec.id}'.", "id", 404)
+        raise SpecError(f"No active layer '{spec.id}'.", "id", 404, "unknown_layer")
     old = LayerSpec.model_validate(row.spec)
     _check_owner(old, department)
     if spec.department != old.department and department is not None:
@@ -265,7 +265,7 @@ def _set_state(conn: Connection, layer: str, state: str, actor: str, department:
     row = _row(conn, layer)
     want = "active" if state == "archived" else "archived"
     if row is None or row.state != want:
-        raise SpecError(f"No {'active' if want == 'active' else 'archived'} layer '{layer}'.", "layer", 404)
+        raise SpecError(f"No {want} layer '{layer}'.", "layer", 404, "unknown_layer")
     spec = LayerSpec.model_validate(row.spec)
     _check_owner(spec, department)
     step = Step(layer, row.version + 1, "archive" if state == "archived" else "restore", [])
@@ -287,7 +287,7 @@ def revert(conn: Connection, layer: str, version: int, actor: str, allow_loss: b
     spec = conn.execute(text("SELECT spec FROM twin.layer_version WHERE layer = :id AND version = :v"),
                         {"id": layer, "v": version}).scalar()
     if spec is None:
-        raise SpecError(f"Layer '{layer}' has no version {version}.", "version", 404)
+        raise SpecError(f"Layer '{layer}' has no version {version}.", "version", 404, "unknown_version")
     return change(conn, LayerSpec.model_validate(spec), actor, allow_loss, department)
 
 

@@ -141,7 +141,7 @@ def test_archive_keeps_the_data_and_restore_brings_it_back(http_module, keys, en
     assert http.delete("/admin/layers/old_wells", headers=bearer(key)).json()["change"] == "archive"
     assert http.get("/collections/old_wells").status_code == 404
     again = _register(http, key, spec)
-    assert again.status_code == 409 and "archived" in again.json()["description"]
+    assert again.status_code == 422 and "archived" in again.json()["description"]
     assert http.post("/admin/layers/old_wells/restore", headers=bearer(key)).status_code == 200
     assert http.get("/collections/old_wells/items").json()["features"][0]["properties"]["code"] == "J-1"
 
@@ -175,7 +175,7 @@ def test_who_may_register(http_module, keys):
     http = http_module
     assert http.post("/admin/layers", content=SPEC.encode()).status_code == 401
     taken = _register(http, keys["admin"], SPEC.replace("ancient_trees", "city_components"))
-    assert taken.status_code == 409 and taken.json()["where"] == "id"
+    assert taken.status_code == 422 and taken.json()["code"] == "layer_exists" and taken.json()["where"] == "id"
     big = http.post("/admin/layers", content=b"#" * (300 << 10), headers=bearer(keys["admin"]))
     assert big.status_code == 413
     assert _register(http, keys["admin"], "[1, 2]", "application/json").json()["where"] == "body"
