@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError
 
 from layers import registry
 from layers.catalog import LayerSpec
-from twin.access import reload
+from layers.following import reload
 from twin.auth import Principal, authenticate
 from twin.errors import ApiError
 

@@ -1,9 +1,9 @@
 """Layers at run time: register a layer by its spec, change it by versions, archive and restore it.
 
 Every step is one transaction: the catalog row (`twin.layer`), the version with the DDL it ran
-(`twin.layer_version`, `layers.ddl`), the DDL itself and the layer's default style (twin.layer_styles), so a failure leaves nothing half made, and the
+(`twin.layer_version`, `layers.ddl`), the DDL itself and the layer's default style (layers.default_style), so a failure leaves nothing half made, and the
 database alone says what every layer is (a backup carries it). A committed step is announced on
-`twin_access`; every server process reloads its catalog from it (twin.access).
+`twin_layers`; every server process reloads its catalog from it (layers.following).
 
 The layers that ship with the project are registered the same way by `ship`, run by `twin db upgrade`
 after the migrations: a shipped spec whose table a migration made is adopted as it is; a new one is created;
@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection
 
 from layers import ddl
 from layers.catalog import LayerSpec, install, shipped
-from twin.layer_styles import default_style, drawn
+from layers.default_style import default_style, drawn
 
 MAX_FIELDS = 100
 MAX_ID = 40  # index names add a suffix to the id and must stay within PostgreSQL's 63 bytes
@@ -256,8 +256,18 @@ def change(conn: Connection, spec: LayerSpec, actor: str, allow_loss: bool = Fal
         return None
     statements, notes = plan_change(conn, old, spec, allow_loss)
     _run(conn, statements)
+    _restyle(conn, old, spec, actor)
     return _record(conn, spec, Step(spec.id, row.version + 1, "change", statements, "; ".join(notes)), actor,
                    shipped_=row.shipped)
+
+
+def _restyle(conn: Connection, old: LayerSpec, new: LayerSpec, actor: str) -> None:
+    """A stored default style follows the spec (zooms, title, fields); one its owner replaced is left alone."""
+    stored = conn.execute(text("SELECT style FROM twin.layer_style WHERE name = :id"), {"id": new.id}).scalar()
+    if stored is not None and drawn(old) and stored == default_style(old):
+        conn.execute(text("UPDATE twin.layer_style SET style = CAST(:style AS jsonb), changed_by = :actor, "
+                          "changed_at = now() WHERE name = :id"),
+                     {"id": new.id, "style": json.dumps(default_style(new), ensure_ascii=False), "actor": actor})
 
 
 def _set_state(conn: Connection, layer: str, state: str, actor: str, department: str | None) -> Step:

@@ -144,6 +144,10 @@ def test_archive_keeps_the_data_and_restore_brings_it_back(http_module, keys, en
     assert again.status_code == 422 and "archived" in again.json()["description"]
     assert http.post("/admin/layers/old_wells/restore", headers=bearer(key)).status_code == 200
     assert http.get("/collections/old_wells/items").json()["features"][0]["properties"]["code"] == "J-1"
+    rezoomed = http.put("/admin/layers/old_wells", content=spec.replace("minzoom = 8", "minzoom = 12").encode(),
+                        headers=bearer(key) | {"content-type": "application/toml"})
+    assert rezoomed.status_code == 200  # its default style follows the spec
+    assert min(layer.get("minzoom", 0) for layer in http.get("/styles/old_wells").json()["layers"]) == 12
 
 
 BAD = [

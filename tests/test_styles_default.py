@@ -1,6 +1,6 @@
-"""A layer's default style (twin.layer_styles.default_style), made from its spec alone: valid MapLibre, drawn by
+"""A layer's default style (layers.default_style.default_style), made from its spec alone: valid MapLibre, drawn by
 geometry (clusters where the tiles cluster), in a colour that depends on the layer id only, within the spec's
-zooms, and one that its owner could have sent (twin.style_check takes it)."""
+zooms, and one that its owner could have sent (layers.style_check takes it)."""
 
 import copy
 import json
@@ -10,8 +10,8 @@ import pytest
 
 from layers.catalog import LayerSpec
 from tests.conftest import REPO
-from twin.layer_styles import PALETTE, default_style
-from twin.style_check import check
+from layers.default_style import PALETTE, default_style
+from layers.style_check import check
 
 VALIDATOR = REPO / "node_modules" / ".bin" / "gl-style-validate"
 FIELDS = [{"name": "code", "type": "text", "zh": "编码"}, {"name": "name", "type": "text", "zh": "名称"},

@@ -166,7 +166,7 @@ BAD = [  # (what the test does to a valid style of rivers, where the answer poin
     ("another layer's metadata", lambda s: s["metadata"].update({"twin:layer": "roads"}), "body.metadata.twin:layer"),
     ("NUL in text", lambda s: s.update(name="河\x00道"), "body.name"),
     ("deep nesting", lambda s: _layer(s).update(filter=json.loads("[" * 60 + "]" * 60)), "body.layers.0.filter"),
-    # judged by MapLibre's own validator (twin.style_spec)
+    # judged by MapLibre's own validator (layers.style_spec)
     ("not a colour", lambda s: _layer(s)["paint"].update({"line-color": "bleu"}), "body.layers.0.paint.line-color"),
     ("unknown operator", lambda s: _layer(s)["paint"].update({"line-width": ["frobnicate", 1]}),
      "body.layers.0.paint.line-width"),

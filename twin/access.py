@@ -9,9 +9,8 @@ read it a 403, each with a JSON reason, and each refusal is logged with the clie
 
 Each server process keeps the switches in memory and follows them on channel `twin_access` on a
 connection of its own; while that connection is down it reads them from the database on every
-request instead, so a switch is never missed. The layer catalog (layers.registry) is announced on the
-same channel: on each notice the process installs the catalog again, and the owners and privacy defaults
-with it, and drops its cached tiles of the layers whose spec changed.
+request instead, so a switch is never missed. Owners and privacy defaults follow the layer catalog as
+layers.following installs it (`LayerAccess.follow`).
 
 The decisions are all made here; the routes ask in one of three ways:
 - `layer_in_path`, an app-wide dependency: every route whose path has a `{layer}` (a collection, its
@@ -25,21 +24,18 @@ The decisions are all made here; the routes ask in one of three ways:
 import asyncio
 import contextlib
 import logging
-from datetime import datetime, timezone
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import psycopg
 from fastapi import FastAPI, Request
-from sqlalchemy import Boolean, Column, DateTime, MetaData, Table, Text, func, select, text
+from sqlalchemy import Boolean, Column, DateTime, MetaData, Table, Text, func, select
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import DBAPIError
 
-from layers import registry
-from layers.catalog import catalog
 from twin.auth import Principal, authenticate
 from twin.db import database_url
 from twin.errors import ApiError
+from twin.notices import follow
 from twin.tasks import in_background
 
 log = logging.getLogger("twin.access")
@@ -81,19 +77,6 @@ def install(app: FastAPI, specs: Iterable) -> None:
     """`specs`: the catalog's layer specs (each with `.id`, `.private` and `.department`)."""
     app.state.access = LayerAccess({}, {})
     app.state.access.follow(specs)
-
-
-async def _catalog_changed(app: FastAPI, changed: dict) -> None:
-    """Follow a new catalog: who owns what, what is private by its spec, and no tile drawn by an old spec."""
-    app.state.access.follow(catalog().values())
-    provider = getattr(app.state, "tile_provider", None)
-    if provider is None or not changed:
-        return
-    world, now = (-180.0, -90.0, 180.0, 90.0), datetime.now(timezone.utc)
-    for layer in changed:
-        provider.memory.evict_area(layer, world, now)
-    if provider.shared is not None:
-        await provider.shared.evict([(layer, world, now) for layer in changed])
 
 
 def switch_statement(layer: str, private: bool, actor: str):
@@ -163,62 +146,34 @@ async def layer_in_path(request: Request) -> None:
         await require_read(request, [layer], "path.layer")
 
 
-async def _load(conn: psycopg.AsyncConnection, app: FastAPI) -> None:
-    access: LayerAccess = app.state.access
+async def _load(conn: psycopg.AsyncConnection, access: LayerAccess) -> None:
     async with access.loading:
-        changed = registry.install_rows(await (await conn.execute(registry.CATALOG)).fetchall())
         rows = await (await conn.execute("SELECT layer, private FROM twin.layer_access")).fetchall()
         access.switched = dict(rows)
-        await _catalog_changed(app, changed)
 
 
 async def reload(app: FastAPI) -> None:
-    """Read the catalog and the switches now (after a change made by this process: it holds at once here)."""
+    """Read the switches now (after a switch made by this process: it holds at once here)."""
     access: LayerAccess = app.state.access
     async with access.loading:
         async with app.state.engine.connect() as conn:
-            changed = registry.install_rows((await conn.execute(text(registry.CATALOG))).all())
             rows = (await conn.execute(select(layer_access.c.layer, layer_access.c.private))).all()
         access.switched = dict(rows)
-        await _catalog_changed(app, changed)
-
-
-async def load_catalog(app: FastAPI) -> None:
-    """As the server starts: the database's catalog, or the shipped one while the database cannot be read (the
-    listener installs it once it can)."""
-    try:
-        await reload(app)
-    except (OSError, DBAPIError) as e:
-        log.warning("layer catalog not read at start (%s); serving the shipped layers until it is", e)
-
-
-async def _follow(app: FastAPI, url: str) -> None:
-    access: LayerAccess = app.state.access
-    while True:
-        try:
-            async with await psycopg.AsyncConnection.connect(url, autocommit=True,
-                                                             application_name="twin-access-listener") as conn:
-                await conn.execute(f"LISTEN {CHANNEL}")
-                await _load(conn, app)
-                access.live = True
-                while True:
-                    async for _ in conn.notifies(timeout=POLL_S, stop_after=1):
-                        pass
-                    await _load(conn, app)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # a dropped connection: read the switches per request until reconnected
-            log.warning("layer access listener lost its connection (%s); reconnecting", e)
-        access.live = False
-        await asyncio.sleep(1)
 
 
 @contextlib.asynccontextmanager
 async def following(app: FastAPI):
-    """For the app's life: keep `app.state.access` in step with `twin.layer_access`."""
+    """For the app's life: keep `app.state.access` in step with `twin.layer_access`; while the listener is down,
+    the switches are read per request (`live` False), so a switch is never missed."""
+    access: LayerAccess = app.state.access
     url = database_url(app.state.settings).replace("postgresql+psycopg://", "postgresql://")
+
+    def live(connected: bool) -> None:
+        access.live = connected
+
     try:
-        async with in_background(_follow(app, url), "layer-access-listener"):
+        async with in_background(follow(url, CHANNEL, "twin-access-listener", lambda conn: _load(conn, access), live,
+                                        POLL_S), "layer-access-listener"):
             yield
     finally:
-        app.state.access.live = False
+        access.live = False

@@ -12,7 +12,7 @@ from layers import items as item_routes
 from layers import openapi as ogc_openapi
 from layers import export as export_routes
 from layers import queries as query_routes
-from layers import registration
+from layers import following as layer_catalog, registration
 from layers.catalog import catalog
 from tiles import server as tile_server
 from sensing import hj212_ingest, mqtt_service
@@ -25,7 +25,7 @@ from cases import open311 as open311_routes, routes as case_routes, routing as c
 from cases import statistics as case_statistics
 from cases import from_alerts as case_alerts
 from twin import access, admin, cors, errors, health, limits, metrics
-from twin import styles as style_routes
+from layers import styles as style_routes
 from twin import viewer
 from twin.db import async_engine
 from twin.replicas import read_engine
@@ -46,10 +46,11 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     async def lifespan(app: FastAPI):
         app.state.engine = async_engine(settings)
         app.state.read_engine = read_engine(settings, app.state.engine)  # reads that may lag: twin.replicas
-        await access.load_catalog(app)  # the registered layers (layers.registry), before the first request
+        await layer_catalog.load(app)  # the registered layers (layers.registry), before the first request
         await sensing_startup.prepare(app)  # partitions ahead, station Things (sensing.startup)
         await case_routing.load(app.state.engine)  # the responsibility table, when its file changed
-        async with tile_server.running(app) as state, access.following(app), hj212_ingest.listening(app), \
+        async with tile_server.running(app) as state, access.following(app), layer_catalog.following(app), \
+                hj212_ingest.listening(app), \
                 mqtt_service.running(app), \
                 event_service.running(app), \
                 in_background(case_alerts.follow(app), "cases-from-alerts"), \

@@ -7,9 +7,9 @@
 - `twin.layer_version`: every version of every spec, with the DDL that made it so (`layers.ddl`), who and
   when: the database alone says how each layer table came to be, so a backup restores registered layers too.
 - `twin.layer_style`: a registered layer's MapLibre style (a default one made from its spec; its owner may
-  replace it), served by twin.styles like the files in `styles/`.
-- A change to `twin.layer` is announced on `twin_access`, the channel every server process already follows
-  for layer privacy (twin.access): each reloads the catalog at once.
+  replace it), served by layers.styles like the files in `styles/`.
+- A change to `twin.layer` is announced on `twin_layers`: every server process follows it (layers.following)
+  and reloads the catalog at once.
 
 Revision ID: 0019
 Revises: 0018
@@ -53,7 +53,7 @@ CREATE TABLE twin.layer_style (
 
 CREATE FUNCTION twin.announce_catalog() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('twin_access', 'catalog');
+    PERFORM pg_notify('twin_layers', '');
     RETURN NULL;
 END $$;
 

@@ -1,7 +1,7 @@
 """Map styles: MapLibre style documents, served with URLs on this server.
 
 A catalog layer's style is the one stored in `twin.layer_style` (name = layer id) if there is one, else the file
-`styles/layers/<layer>.json`. A layer registered at run time gets its default style (twin.layer_styles) stored as
+`styles/layers/<layer>.json`. A layer registered at run time gets its default style (layers.default_style) stored as
 it is registered (layers.registry); its owner may replace it (`PUT /styles/{layer}`), and `DELETE` goes back to
 the file, or to the default for a layer that has no file. A layer with neither (a series, a private companion
 layer shipped without a file) is not drawn. `styles/<name>.json` is another style (a composite when its
@@ -39,9 +39,9 @@ from layers.catalog import LayerSpec, catalog, shipped
 from twin.access import hidden_layers, require_read
 from twin.auth import Principal, authenticate
 from twin.errors import ApiError
-from twin.layer_styles import default_style, drawn
-from twin import style_spec
-from twin.style_check import MAX_STYLE_BYTES, check, parse
+from layers.default_style import default_style, drawn
+from layers import style_spec
+from layers.style_check import MAX_STYLE_BYTES, check, parse
 from twin.urls import base_url
 
 log = logging.getLogger("twin.styles")

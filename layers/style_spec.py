@@ -1,10 +1,10 @@
 """MapLibre's own check of a layer's style before it is stored: `gl-style-validate`, from MapLibre's style
-specification package, judges what twin.style_check leaves to it (property values, expressions, filters). MapLibre
+specification package, judges what layers.style_check leaves to it (property values, expressions, filters). MapLibre
 refuses a whole style that fails this check, so a bad value in one layer's style would keep the one map from
 loading for everyone.
 
 It is a Node program, installed by `make setup` with the viewer's packages (package.json). Where it is not
-installed (an image without Node), styles are checked by twin.style_check alone and each PUT says so in the log.
+installed (an image without Node), styles are checked by layers.style_check alone and each PUT says so in the log.
 """
 
 import asyncio

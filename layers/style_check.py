@@ -1,13 +1,13 @@
 """Checking a layer's style sent by its owner (`PUT /styles/{name}`) before it is stored and drawn for everyone.
 
 One bad style must not break the one map: MapLibre refuses a whole style that fails its validation, and the
-composite (twin.styles) pulls every layer's style layers into one document. So besides the basics (version 8,
+composite (layers.styles) pulls every layer's style layers into one document. So besides the basics (version 8,
 sources, layers; unique ids of known types on sources that exist; a source-layer for vector sources), a layer's
 style keeps to what the composite needs: its style layer and source ids start with the layer id (no clash with
 another layer's), its vector style layers draw the layer itself (the composite's tiles carry only what it
 draws), no background of its own, and its URLs are paths on this server (no outside host learns who looks at
 the map). Paint and layout properties must belong to the style layer's type; their values are MapLibre's to
-judge (twin.style_spec).
+judge (layers.style_spec).
 
 A problem is a 422 whose `where` points at the offending member: `body.layers.2.source`.
 """
