@@ -16,6 +16,9 @@ from etl.run import RunResult, run_dataset, run_file, run_raster, sha256_of
 from twin.settings import REPO_ROOT, Settings
 
 SEED = 42
+DEPARTMENTS = ("radiation_points", "water_source_zones", "green_spaces", "river_chiefs", "river_chief_contacts",
+               "cameras", "camera_streams")
+GCJ02_EXPORTS = ("cameras", "camera_streams")  # a city-management platform exports on the Amap (GCJ-02) base map
 SHAZHU = "CNEMC-SHAZHU"
 DATA_DIR = REPO_ROOT / "data"
 
@@ -131,6 +134,8 @@ def load_bundle(engine: Engine, settings: Settings, components: int = 20_000,
         ("drainage_pipes", "pipes", None, sample["pipes"], None),
     ]
     plan.append(("water_quality", "water_quality", None, sample["water_quality"], None))
+    # the departments' layers load by the generic job of their layer (etl.jobs): the spec alone maps the columns
+    plan += [(layer, layer, "GCJ02" if layer in GCJ02_EXPORTS else None, sample[layer], None) for layer in DEPARTMENTS]
     results = []
     for job, layer, crs, path, build in plan:
         sha = sha256_of(path)

@@ -147,6 +147,27 @@ def station_code(value: str) -> str | None:
     return None
 
 
+# GB/T 28181-2016 统一编码规则: type codes 131 (camera) and 132 (IP camera) are the front-end devices that give video;
+# network identifiers 0–8 are assigned (9 is reserved).
+CAMERA_TYPES = ("131", "132")
+
+
+def camera_id(value: str) -> str | None:
+    """GB/T 28181-2016 camera id: 中心编码 (division code 6 + 基层单位 2) + 行业 (2) + 类型 (3) + 网络 (1) + serial (6)."""
+    if not isinstance(value, str):
+        return _wrong_type(value)
+    if len(value) != 20 or not (value.isascii() and value.isdigit()):
+        return f"设备编码应为20位数字 (GB/T 28181 device id: expected 20 digits, got {value!r})"
+    if value[0] not in "12345678":
+        return f"中心编码 {value[:8]} 不以行政区划代码开头 (the centre code must start with a division code)"
+    if value[10:13] not in CAMERA_TYPES:
+        return (f"类型编码 {value[10:13]} 不是摄像机 (type code must be {' or '.join(CAMERA_TYPES)}: "
+                "a camera or an IP camera)")
+    if value[13] == "9":
+        return "网络标识 9 为预留值 (network identifier 9 is reserved)"
+    return None
+
+
 def _valid_component_codes(values: pd.Series) -> np.ndarray:
     text = values.astype("string")
     shaped = text.str.fullmatch(r"[0-9]{16}").fillna(False).to_numpy(dtype=bool)
@@ -165,6 +186,7 @@ SURELY_VALID: dict[str, Callable[[pd.Series], np.ndarray]] = {
 }
 
 CHECKS: dict[str, Callable[[str], str | None]] = {
+    "camera_id": camera_id,
     "component_code": component_code,
     "credit_code": credit_code,
     "industry_code": industry_code,

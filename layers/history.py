@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Path, Query, Request
 from sqlalchemy import and_, func, or_, select
 
-from layers.catalog import SRID
+from layers.catalog import SRID, catalog
 from layers.changelog import change, change_columns, change_json, json_response, parse_moment, with_content
 from layers.collections import layer_or_404
 from twin.access import hidden_layers, require_read
@@ -71,8 +71,10 @@ async def change_feed(request: Request,
                       after: int = Query(0, ge=0, le=MAX_ID, description="the last change id already applied"),
                       limit: int = Query(1000, ge=1, le=MAX_LIMIT),
                       layer: str | None = Query(None, description="only this layer's changes")):
-    """Every change to every layer, oldest first, from a cursor; follow `next` until it is absent."""
-    stmt = select(*change_columns()).where(change.c.change_id > after).order_by(change.c.change_id)
+    """Every change to every layer, oldest first, from a cursor; follow `next` until it is absent. An archived
+    layer's changes are left out (layers.registry: they come back with it)."""
+    stmt = (select(*change_columns()).where(change.c.change_id > after, change.c.layer.in_(sorted(catalog())))
+            .order_by(change.c.change_id))
     if layer is not None:
         stmt = stmt.where(change.c.layer == layer_or_404(layer).id)
         await require_read(request, [layer], "query.layer")

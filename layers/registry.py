@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection
 
 from layers import ddl
 from layers.catalog import LayerSpec, install, shipped
+from layers.codes import CHECKS
 from layers.default_style import default_style, drawn
 
 MAX_FIELDS = 100
@@ -62,6 +63,14 @@ class Step:
     note: str = ""
 
 
+def _holds_nul(value) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    return isinstance(value, list) and any(_holds_nul(v) for v in value)
+
+
 def parse(body: bytes | str, media: str = "json") -> LayerSpec:
     """A spec from TOML or JSON text."""
     try:
@@ -71,6 +80,8 @@ def parse(body: bytes | str, media: str = "json") -> LayerSpec:
         raise SpecError(f"The spec is not valid {media.upper()}: {e}", "body") from e
     if not isinstance(raw, dict):
         raise SpecError("A spec is an object (a table in TOML).", "body")
+    if _holds_nul(raw):
+        raise SpecError("A spec holds no NUL character (PostgreSQL text cannot).", "body")
     try:
         return LayerSpec.model_validate(raw)
     except ValidationError as e:
@@ -96,6 +107,9 @@ def _check_fields(spec: LayerSpec) -> None:
             raise SpecError(f"Field '{field.name}' is a column every layer has already.", f"fields/{i}/name")
         if field.min is not None and field.max is not None and field.min > field.max:
             raise SpecError(f"Field '{field.name}': min is above max.", f"fields/{i}/min")
+        if field.check is not None and field.check not in CHECKS:
+            raise SpecError(f"Field '{field.name}': no code check '{field.check}' (checks: {', '.join(CHECKS)}).",
+                            f"fields/{i}/check")
     for i, key in enumerate(spec.key):
         if spec.field(key) is None:
             raise SpecError(f"Key field '{key}' is not among the fields.", f"key/{i}")
@@ -112,6 +126,15 @@ def _check_kind(spec: LayerSpec) -> None:
         raise SpecError("minzoom is above maxzoom.", "minzoom")
     if spec.cluster_counts and (spec.geometry != "Point" or not spec.category):
         raise SpecError("cluster_counts needs points and a field with a value list to count by.", "cluster_counts")
+
+
+def _check_stations(conn: Connection, spec: LayerSpec) -> None:
+    if spec.stations is None:
+        return
+    found = conn.execute(text("SELECT spec->>'geometry' FROM twin.layer WHERE id = :id AND state = 'active'"),
+                         {"id": spec.stations}).scalar()
+    if found != "Point":
+        raise SpecError(f"stations names a layer of points; '{spec.stations}' is not one.", "stations")
 
 
 def _check_owner(spec: LayerSpec, department: str | None) -> None:
@@ -163,6 +186,7 @@ def register(conn: Connection, spec: LayerSpec, actor: str, department: str | No
     _check_fields(spec)
     _check_kind(spec)
     _check_owner(spec, department)
+    _check_stations(conn, spec)
     known = _row(conn, spec.id)
     if known is not None:
         archived = " (archived: restore it)" if known.state == "archived" else ""
@@ -208,6 +232,7 @@ def plan_change(conn: Connection, old: LayerSpec, new: LayerSpec, allow_loss: bo
             raise SpecError(f"A layer's {name} does not change after registration.", name)
     _check_fields(new)
     _check_kind(new)
+    _check_stations(conn, new)
     statements, notes, lossy = [], [], []
     for i, field in enumerate(new.fields):
         before = old.field(field.name)

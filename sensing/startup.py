@@ -1,12 +1,13 @@
 """What the server does for the observation store when it starts: the coming months' partitions, the station
-Things and Datastreams made again from the layers, the online pollution sources' and the gates' (all idempotent)."""
+Things and Datastreams made again from the layers, the online pollution sources', the gates' and the radiation
+points' (all idempotent)."""
 
 import logging
 
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from sensing import gates, sources, store
+from sensing import gates, radiation, sources, store
 from sensing import water_quality as wq
 
 log = logging.getLogger("sensing.startup")
@@ -19,6 +20,7 @@ def prepare_sync(conn) -> None:
     wq.refresh(conn)
     sources.refresh(conn)
     gates.refresh(conn)
+    radiation.refresh(conn)
 
 
 async def prepare(app: FastAPI) -> None:

@@ -221,7 +221,8 @@ def test_invalid_station_codes(code):
 
 
 def test_checks_registry():
-    assert set(CHECKS) == {"component_code", "credit_code", "industry_code", "station_code"}
+    assert set(CHECKS) == {"camera_id", "component_code", "credit_code", "industry_code", "station_code"}
+    assert CHECKS["camera_id"]("32021400001320000001") is None
     assert CHECKS["component_code"]("3202140101000001") is None
     assert CHECKS["credit_code"]("914403001922038216") is None
     assert CHECKS["industry_code"]("C3982") is None

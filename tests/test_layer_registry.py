@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from layers.catalog import Title, shipped
-from layers.registry import change, ship
+from layers.registry import archive, change, ship
 from tests.history_support import bearer
 from tests.server_support import logged_server
 from tests.tile_support import decode, mercator_tile
@@ -35,6 +35,16 @@ fields = [
 """
 TREES = [("WX-0001", "银杏", "一级", 520, 120.40, 31.52), ("WX-0002", "香樟", "二级", 310, 120.41, 31.53),
          ("WX-0003", "圆柏", "三级", 130, 120.42, 31.54)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def archived_after(engine):
+    """The layers this module registers leave the shared database's map when it is done (other modules draw every
+    layer of the catalog)."""
+    yield
+    with engine.begin() as conn:
+        for (layer,) in conn.execute(text("SELECT id FROM twin.layer WHERE state = 'active' AND NOT shipped")).all():
+            archive(conn, layer, "test")
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +173,10 @@ BAD = [
     ("key/0", SPEC.replace('key = ["code"]', 'key = ["tree_id"]')),
     ("body", "id = "),
     ("kind", SPEC.replace('kind = "vector"', 'kind = "raster"')),
+    ("fields/0/check", SPEC.replace('required = true, aliases', 'required = true, check = "eval", aliases')),
+    ("stations", SPEC.replace('geometry = "Point"\ncluster = true', 'stations = "rivers"')
+     .replace('kind = "vector"', 'kind = "series"')),
+    ("body", SPEC.replace('zh = "古树名木"', 'zh = "古树\\u0000名木"')),
 ]
 
 

@@ -14,6 +14,7 @@ import pyogrio
 import shapely
 
 from etl.sample import components as components_
+from etl.sample import departments
 from etl.sample import district as district_
 from etl.sample import network as network_
 from etl.sample import pollution, raster, readings, real, rivers, roads, stations
@@ -29,6 +30,7 @@ FILES = {
     "water_quality": "water_quality.csv", "city_components": "city_components.gpkg", "imagery": "elevation.tif",
     "pipes": "pipes.gpkg", "manholes": "manholes.gpkg", "pump_stations": "pump_stations.gpkg",
     "treatment_plants": "treatment_plants.gpkg", "outfalls": "outfalls.gpkg", "gates": "gates.gpkg",
+    **departments.FILES,
 }
 NETWORK = ("manholes", "pump_stations", "treatment_plants", "outfalls", "gates", "pipes")
 PIPES_PER_COMPONENT = 2.5  # 20,000 components (the default scale) come with about 50,000 pipes
@@ -74,6 +76,9 @@ def generate(out_dir: Path, components: int = 20_000, seed: int = 42, days: int 
         load = readings.pollution_load(station_table, network, sources)
         readings.write(paths["water_quality"], station_table, load, real.water_stats(inputs), days, rng(seed, "readings"))
         report("water_quality", 1, 1)
+        departments.write(paths, _write_layer, district, real.taihu(inputs), streets, road_table, network, reaches,
+                          sources, seed)
+        report("departments", 1, 1)
 
         done = 0
         for chunk in components_.chunks(components, road_table, grids, seed):

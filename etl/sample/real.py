@@ -1,4 +1,5 @@
-"""The bundled real inputs: the district boundary, the Grand Canal line and the 沙渚 water-quality series."""
+"""The bundled real inputs: the district boundary, the Grand Canal line, Taihu's outline and the 沙渚 water-quality
+series."""
 
 import json
 import os
@@ -44,6 +45,13 @@ def canal(directory: Path) -> shapely.LineString:
     line = to_metres(shapely.geometry.shape(feature["geometry"]))
     coords = shapely.get_coordinates(line)
     return shapely.LineString(coords if coords[0, 1] > coords[-1, 1] else coords[::-1])
+
+
+def taihu(directory: Path) -> shapely.Polygon:
+    """太湖's outer ring (the source's island ring is corrupt, see etl.bundle) in the metric frame."""
+    path = directory / "gmt-china-hydro-rail" / "wuxi_taihu_canal_railway.geojson"
+    lake = next(f for f in json.loads(path.read_text("utf-8"))["features"] if f["properties"]["kind"] == "lake")
+    return shapely.make_valid(to_metres(shapely.Polygon(lake["geometry"]["coordinates"][0])))
 
 
 @dataclass(frozen=True)
