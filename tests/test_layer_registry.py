@@ -12,6 +12,7 @@ from layers.catalog import Title, shipped
 from layers.registry import archive, change, ship
 from tests.history_support import bearer
 from tests.server_support import logged_server
+from tests.test_cli import twin
 from tests.tile_support import decode, mercator_tile
 from twin.auth import create_key
 
@@ -245,3 +246,19 @@ def test_shipping_again_keeps_what_was_changed_at_run_time(engine):
     finally:
         with engine.begin() as conn:
             change(conn, shipped_spec, "test")
+
+
+def test_the_cli_registers_versions_and_archives(engine, tmp_path):
+    spec = tmp_path / "benches.toml"
+    spec.write_text(SPEC.replace("ancient_trees", "park_benches").replace("古树名木", "公园座椅"), "utf-8")
+    added = twin("layers", "add", str(spec))
+    assert added.returncode == 0 and "register, version 1" in added.stdout, added.stderr
+    again = twin("layers", "add", str(spec))
+    assert again.returncode == 1 and "exists already" in again.stderr
+    key = twin("keys", "create", "--department", GARDENS, "--layers", "park_benches")
+    assert key.returncode == 0 and key.stdout.startswith("twin_"), key.stderr
+    versions = json.loads(twin("layers", "versions", "park_benches", "--json").stdout)
+    assert [v["change"] for v in versions] == ["register"]
+    assert twin("layers", "archive", "park_benches").returncode == 0
+    listed = json.loads(twin("layers", "list", "--json").stdout)
+    assert "park_benches" not in {layer["id"] for layer in listed} and "city_components" in {row["id"] for row in listed}

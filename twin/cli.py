@@ -49,8 +49,11 @@ def keys_create(department: str = typer.Option(..., help="the department, e.g. ç
                                                      "e.g. C0118,E01")):
     """Create a key; it is printed once, on a line of its own, and stored only hashed."""
     from layers.catalog import catalog
+    from layers.registry import refresh
     from twin.auth import ROLES, create_key
 
+    with sync_engine().connect() as conn:
+        refresh(conn)  # the layers registered at run time too
     names = [n.strip() for n in layers.split(",") if n.strip()]
     unknown = [n for n in names if n not in catalog()]
     if unknown:
