@@ -5,10 +5,12 @@ A throwaway cluster in $TMPDIR/twin-bench-network (deleted afterwards unless --k
 district generated with --pipes pipes (default 1,000,000), loaded through the ETL jobs, the graph
 built (layers.drainage_graph). Then, from random starts: upstream traces (the whole network upstream,
 with distances) from manholes, pump stations and river stations; the recursive CTE's upstream
-reachability (no distances) from the same manholes and pump stations; pgRouting on the whole edge
-table from a few of them; service areas of pump stations and pipes; downstream from manholes.
+reachability (no distances) from the same starts; pgRouting on the whole edge table from a few manholes;
+service areas of pump stations and pipes; downstream from manholes.
 
     nice .venv/bin/python -m bench.network_trace [--pipes 1000000] [--keep]
+    nice .venv/bin/python -m bench.network_trace --reuse --keep   # again on a kept cluster (graph refreshed)
+    nice .venv/bin/python -m bench.network_trace --pipes 50000 --as-of   # also `as_of` (a graph of the past)
 """
 
 import asyncio
@@ -83,54 +85,58 @@ def _stats(name: str, times: list[float], extra: str = "") -> str:
 
 
 async def measure(url: str, log) -> None:
-    from layers import drainage_trace
+    from layers import drainage_graph, drainage_layers, drainage_trace
 
     engine = create_async_engine(url.replace("postgresql://", "postgresql+psycopg://"))
     pick = random.Random(22)
+    started = time.perf_counter()
+    async with engine.begin() as conn:  # a kept cluster's graph may be of an older form
+        if await drainage_graph.refresh(conn):
+            log(f"rebuilt the graph: {time.perf_counter() - started:.0f} s")
     async with engine.connect() as conn:
         await conn.execute(text("SET jit = off"))  # as the server's query snapshots do
-        counts = (await conn.execute(text("SELECT (SELECT count(*) FROM layers.pipes), (SELECT count(*) FROM "
+        tables, layer = drainage_layers.now().layers, drainage_layers.layer_id
+        counts = (await conn.execute(text(f"SELECT (SELECT count(*) FROM {tables['pipes']}), (SELECT count(*) FROM "
                                           "twin.drainage_edge), (SELECT count(*) FROM twin.drainage_node), "
                                           "(SELECT count(DISTINCT component) FROM twin.drainage_node)"))).one()
         log(f"pipes {counts[0]:,}, graph edges {counts[1]:,}, nodes {counts[2]:,}, parts {counts[3]:,}")
 
-        async def fids(layer: str, n: int) -> list[int]:
-            every = (await conn.execute(text(f"SELECT fid FROM layers.{layer} ORDER BY fid"))).scalars().all()
+        async def fids(role: str, n: int) -> list[int]:
+            every = (await conn.execute(text(f"SELECT fid FROM {tables[role]} ORDER BY fid"))).scalars().all()
             return pick.sample(list(every), min(n, len(every)))
 
-        async def timed(kind: str, layer: str, fid: int):
+        async def timed(kind: str, role: str, fid: int):
             started = time.perf_counter()
-            reach = await getattr(drainage_trace, kind)(conn, layer, fid)
+            reach = await getattr(drainage_trace, kind)(conn, layer(role), fid)
             return time.perf_counter() - started, reach
 
         rows = ["| trace | runs | p50 ms | p90 ms | max ms | features reached (median) |", "|---|---|---|---|---|---|"]
         manholes, pumps = await fids("manholes", 100), await fids("pump_stations", 60)
-        stations, pipes = await fids("monitoring_stations", 40), await fids("pipes", 60)
-        for label, kind, layer, chosen in (
+        stations, pipes = await fids("stations", 40), await fids("pipes", 60)
+        for label, kind, role, chosen in (
                 ("upstream from a manhole (pgRouting)", "upstream", "manholes", manholes),
                 ("upstream from a pump station (pgRouting)", "upstream", "pump_stations", pumps),
-                ("upstream from a river station (pgRouting)", "upstream", "monitoring_stations", stations),
+                ("upstream from a river station (pgRouting)", "upstream", "stations", stations),
                 ("downstream from a manhole (pgRouting, with the path)", "downstream", "manholes", manholes[:50]),
                 ("service area of a pump station (pgRouting)", "service_area", "pump_stations", pumps[:30]),
                 ("service area of a pipe (pgRouting)", "service_area", "pipes", pipes)):
             times, sizes = [], []
             for fid in chosen:
                 try:
-                    seconds, reach = await timed(kind, layer, fid)
+                    seconds, reach = await timed(kind, role, fid)
                 except drainage_trace.NotOnNetwork:
                     continue
                 times.append(seconds)
                 sizes.append(sum(len(v) for v in reach.features.values()))
             rows.append(_stats(label, times, f"{statistics.median(sizes):.0f}"))
             log(rows[-1])
-        for label, layer, chosen in (("upstream from a manhole (recursive CTE, reachability only)", "manholes",
-                                      manholes), ("upstream from a pump station (recursive CTE, reachability only)",
-                                                  "pump_stations", pumps)):
+        for label, role, chosen in (("upstream from a manhole (recursive CTE, reachability only)", "manholes",
+                                     manholes), ("upstream from a pump station (recursive CTE, reachability only)",
+                                                 "pump_stations", pumps), (
+                "upstream from a river station (recursive CTE, reachability only)", "stations", stations)):
             times, sizes = [], []
             for fid in chosen:
-                starts = list((await conn.execute(text(
-                    "SELECT id FROM twin.drainage_node WHERE layer = :l AND fid = :f"), {"l": layer, "f": fid})
-                ).scalars())
+                starts = [drainage_layers.node_id(role, fid)]
                 started = time.perf_counter()
                 sizes.append((await conn.execute(text(CTE_UPSTREAM), {"starts": starts})).scalar())
                 times.append(time.perf_counter() - started)
@@ -138,10 +144,8 @@ async def measure(url: str, log) -> None:
             log(rows[-1])
         times = []
         for fid in manholes[:5]:
-            start = (await conn.execute(text("SELECT id FROM twin.drainage_node WHERE layer = 'manholes' AND fid = :f"),
-                                        {"f": fid})).scalar()
             started = time.perf_counter()
-            await conn.execute(text(WHOLE_UPSTREAM), {"start": start})
+            await conn.execute(text(WHOLE_UPSTREAM), {"start": drainage_layers.node_id("manholes", fid)})
             times.append(time.perf_counter() - started)
         rows.append(_stats("upstream from a manhole (pgRouting over the whole edge table)", times))
         log(rows[-1])
@@ -149,9 +153,39 @@ async def measure(url: str, log) -> None:
     print("\n".join(rows))
 
 
+async def measure_as_of(url: str, log) -> None:
+    """A trace `as_of` a moment before a change: one pipe deleted, in a transaction rolled back afterwards, so
+    the graph of the past is built in temporary tables (layers.drainage_graph.build_at); then upstream traces
+    from the first river stations on it."""
+    from layers import drainage_graph, drainage_layers, drainage_trace
+
+    engine = create_async_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    pipes = drainage_layers.now().layers["pipes"]
+    async with engine.connect() as conn:
+        await conn.execute(text("SET jit = off"))
+        moment = (await conn.execute(text("SELECT now() - interval '1 second'"))).scalar()
+        await conn.execute(text(f"DELETE FROM {pipes} WHERE fid = (SELECT min(fid) FROM {pipes})"))
+        started = time.perf_counter()
+        past = await drainage_graph.build_at(conn, moment)
+        log(f"as_of: the graph of the past built in {time.perf_counter() - started:.1f} s")
+        stations = (await conn.execute(text(f"SELECT fid FROM {drainage_layers.now().layers['stations']} "
+                                            "ORDER BY fid LIMIT 5"))).scalars().all()
+        for fid in stations:
+            started = time.perf_counter()
+            try:
+                reach = await drainage_trace.upstream(conn, drainage_layers.layer_id("stations"), fid, network=past)
+            except drainage_trace.NotOnNetwork:
+                continue
+            log(f"as_of: upstream from river station {fid} in {(time.perf_counter() - started) * 1000:.0f} ms, "
+                f"{sum(len(v) for v in reach.features.values())} features")
+        await conn.rollback()
+    await engine.dispose()
+
+
 def main(pipes: int = typer.Option(1_000_000, help="pipes in the generated network"),
          keep: bool = typer.Option(False, help="keep the cluster and files (re-run with --reuse)"),
-         reuse: bool = typer.Option(False, help="measure on the cluster a --keep run left")):
+         reuse: bool = typer.Option(False, help="measure on the cluster a --keep run left"),
+         as_of: bool = typer.Option(False, help="also a trace as of a moment before a change (a graph build)")):
     from twin.cluster import Cluster
 
     log = lambda line: print(line, flush=True)  # noqa: E731
@@ -163,6 +197,8 @@ def main(pipes: int = typer.Option(1_000_000, help="pipes in the generated netwo
         url = build(pipes, log)
     try:
         asyncio.run(measure(url, log))
+        if as_of:
+            asyncio.run(measure_as_of(url, log))
     finally:
         if not keep:
             Cluster(BENCH_DIR / "db").destroy()

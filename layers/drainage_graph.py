@@ -1,5 +1,7 @@
 """The drainage graph pgRouting traces: rivers, outfalls, pipes and the nodes between them, derived
-from the layers into `twin.drainage_node` / `twin.drainage_edge` (migration 0017).
+from the layers into `twin.drainage_node` / `twin.drainage_edge` (migration 0017); or, for a moment
+in the past, into temporary tables of the same form (`build_at`). The layers are those with each drainage
+role (layers.drainage_layers), which is what the graph's `layer` columns hold.
 
 Nodes are the features the water passes: manholes, pump stations, treatment plants, outfalls,
 monitoring stations (where a river passes within STATION_M), pollution sources, and the river's own
@@ -21,49 +23,48 @@ The graph is rebuilt as a whole when the layers it is made of have changed (`ref
 feature counts and latest change times are its fingerprint.
 """
 
+from datetime import datetime
+
 from sqlalchemy import Executable, column, insert, select, table, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from layers.catalog import get_layer
+from layers import drainage_layers
+from layers.drainage_layers import ID_BITS, JUNCTION, NAMED, NODE_ROLES, POINT, Network
 from layers.network import river_graph
-from layers.tables import current
+from layers.tables import layer_at
 
-SOURCE_LAYERS = ("pipes", "manholes", "pump_stations", "treatment_plants", "outfalls", "rivers",
-                 "monitoring_stations", "pollution_sources")
+BUILT_FROM = tuple(role for role in drainage_layers.ROLES if role != "gates")  # gates are read as traces run
 STATION_M = 50.0
 OUTFALL_M = 200.0
 SOURCE_MANHOLE_M = 300.0
 SOURCE_RIVER_M = 500.0
 LOCK = 1953982831  # serialises rebuilds (one more than the change log's 'twin')
 
-FINGERPRINT = text(
-    "SELECT string_agg(format('%s:%s:%s', l.layer, c.features, l.latest), ',' ORDER BY l.layer) FROM ("
-    + " UNION ALL ".join(f"SELECT '{layer}' AS layer, (SELECT max(updated_at) FROM layers.{layer}) AS latest"
-                         for layer in SOURCE_LAYERS)
-    + ") l LEFT JOIN twin.feature_count c ON c.layer = l.layer")
 
-_NODES = """
-INSERT INTO twin.drainage_node (id, layer, fid, code, component)
-SELECT row_number() OVER (ORDER BY rank, fid), layer, fid, code, 0 FROM (
-    SELECT 1 AS rank, 'manholes' AS layer, fid, code FROM layers.manholes
-    UNION ALL SELECT 2, 'pump_stations', fid, code FROM layers.pump_stations
-    UNION ALL SELECT 3, 'treatment_plants', fid, code FROM layers.treatment_plants
-    UNION ALL SELECT 4, 'outfalls', fid, code FROM layers.outfalls
-    UNION ALL SELECT 5, 'monitoring_stations', fid, code FROM layers.monitoring_stations
-    UNION ALL SELECT 6, 'pollution_sources', fid, credit_code FROM layers.pollution_sources) features
-"""
+def _fingerprint():
+    now = drainage_layers.now()
+    latest = " UNION ALL ".join(f"SELECT :role_{i} AS role, :layer_{i} AS layer, (SELECT max(updated_at) FROM "
+                                f"{now.layers[role]}) AS latest" for i, role in enumerate(BUILT_FROM))
+    names = {f"role_{i}": role for i, role in enumerate(BUILT_FROM)}
+    names |= {f"layer_{i}": drainage_layers.layer_id(role) for i, role in enumerate(BUILT_FROM)}
+    return text("SELECT string_agg(format('%s=%s:%s:%s', l.role, l.layer, c.features, l.latest), ',' "
+                f"ORDER BY l.role) FROM ({latest}) l LEFT JOIN twin.feature_count c ON c.layer = l.layer"
+                ).bindparams(**names)
 
-# A code given to nodes of two layers names the first (manholes, pump stations, plants, outfalls).
+
+# node ids by role and fid (drainage_layers.node_id); a code given to nodes of two roles names the first
+_NODE = "SELECT ({rank}::bigint << {bits}) | fid, '{role}', fid, {code}, 0 FROM {table}"
+_NODES = "INSERT INTO {node} (id, layer, fid, code, component) {features}"
+
 _PIPES = """
 WITH named AS (
-    SELECT DISTINCT ON (code) code, id FROM twin.drainage_node
-    WHERE layer IN ('manholes', 'pump_stations', 'treatment_plants', 'outfalls') ORDER BY code, id)
-INSERT INTO twin.drainage_edge (id, source, target, cost, reverse_cost, layer, fid, component)
+    SELECT DISTINCT ON (code) code, id FROM {node} WHERE layer IN ({named}) ORDER BY code, id)
+INSERT INTO {edge} (id, source, target, cost, reverse_cost, layer, fid, component)
 SELECT row_number() OVER (ORDER BY p.fid),
        CASE WHEN p.direction = '反向' THEN b.id ELSE a.id END, CASE WHEN p.direction = '反向' THEN a.id ELSE b.id END,
        ST_Length(p.geom::geography), CASE WHEN p.direction = '双向' THEN ST_Length(p.geom::geography) ELSE -1 END,
        CASE WHEN p.flow_type = '压力' THEN 'pressure' ELSE 'gravity' END, p.fid, 0
-FROM layers.pipes p JOIN named a ON a.code = p.from_code JOIN named b ON b.code = p.to_code
+FROM {pipes} p JOIN named a ON a.code = p.from_code JOIN named b ON b.code = p.to_code
 WHERE a.id <> b.id
 """
 
@@ -74,120 +75,123 @@ CREATE TEMP TABLE drainage_river_edge (eid bigint, fid bigint, line geometry, le
 
 # Where stations, outfalls and sources reach a river edge (eid, frac along it) or a source its manhole:
 # a station is its own river point; an outfall or a source gets a point and a link to it (link_m long).
-_ATTACHMENTS = f"""
+_ATTACHMENTS = """
 CREATE TEMP TABLE drainage_attachment ON COMMIT DROP AS
 WITH stations AS (
     SELECT n.id AS node, e.eid, ST_LineLocatePoint(e.line, s.geom) AS frac, NULL::float8 AS link_m,
            NULL::text AS link_layer
-    FROM layers.monitoring_stations s JOIN twin.drainage_node n ON n.layer = 'monitoring_stations' AND n.fid = s.fid
+    FROM {stations} s JOIN {node} n ON n.layer = 'stations' AND n.fid = s.fid
     CROSS JOIN LATERAL (SELECT eid, line FROM drainage_river_edge ORDER BY line <-> s.geom LIMIT 1) e
     WHERE ST_DWithin(e.line::geography, s.geom::geography, {STATION_M})),
 outfalls AS (
     SELECT n.id AS node, e.eid, ST_LineLocatePoint(e.line, o.geom) AS frac,
            ST_Distance(e.line::geography, o.geom::geography) AS link_m, 'outfall_links' AS link_layer
-    FROM layers.outfalls o JOIN twin.drainage_node n ON n.layer = 'outfalls' AND n.fid = o.fid
+    FROM {outfalls} o JOIN {node} n ON n.layer = 'outfalls' AND n.fid = o.fid
     CROSS JOIN LATERAL (
-        SELECT e.eid, e.line, r.code AS river_code FROM drainage_river_edge e JOIN layers.rivers r ON r.fid = e.fid
-        ORDER BY r.code IS DISTINCT FROM o.river_code, e.line <-> o.geom LIMIT 1) e
+        SELECT e.eid, e.line, r.{river_key} AS river_code FROM drainage_river_edge e JOIN {rivers} r ON r.fid = e.fid
+        ORDER BY r.{river_key} IS DISTINCT FROM o.river_code, e.line <-> o.geom LIMIT 1) e
     WHERE e.river_code = o.river_code OR ST_DWithin(e.line::geography, o.geom::geography, {OUTFALL_M})),
 sewered AS (
     SELECT n.id AS node, mn.id AS manhole, ST_Distance(h.geom::geography, s.geom::geography) AS link_m
-    FROM layers.pollution_sources s JOIN twin.drainage_node n ON n.layer = 'pollution_sources' AND n.fid = s.fid
-    CROSS JOIN LATERAL (SELECT fid, geom FROM layers.manholes WHERE kind IN ('污水', '合流')
+    FROM {sources} s JOIN {node} n ON n.layer = 'sources' AND n.fid = s.fid
+    CROSS JOIN LATERAL (SELECT fid, geom FROM {manholes} WHERE kind IN ('污水', '合流')
                         ORDER BY geom <-> s.geom LIMIT 1) h
-    JOIN twin.drainage_node mn ON mn.layer = 'manholes' AND mn.fid = h.fid
+    JOIN {node} mn ON mn.layer = 'manholes' AND mn.fid = h.fid
     WHERE ST_DWithin(h.geom::geography, s.geom::geography, {SOURCE_MANHOLE_M})),
 direct AS (
     SELECT n.id AS node, e.eid, ST_LineLocatePoint(e.line, s.geom) AS frac,
            ST_Distance(e.line::geography, s.geom::geography) AS link_m, 'source_links' AS link_layer
-    FROM layers.pollution_sources s JOIN twin.drainage_node n ON n.layer = 'pollution_sources' AND n.fid = s.fid
+    FROM {sources} s JOIN {node} n ON n.layer = 'sources' AND n.fid = s.fid
     CROSS JOIN LATERAL (SELECT eid, line FROM drainage_river_edge ORDER BY line <-> s.geom LIMIT 1) e
     WHERE ST_DWithin(e.line::geography, s.geom::geography, {SOURCE_RIVER_M})
       AND n.id NOT IN (SELECT node FROM sewered)),
-linked AS (SELECT * FROM outfalls UNION ALL SELECT * FROM direct),
-base AS (SELECT (SELECT coalesce(max(id), 0) FROM twin.drainage_node) + 1
-                + (SELECT coalesce(greatest(max(source), max(target)), 0) + 1 FROM drainage_river_edge) AS top)
+linked AS (SELECT * FROM outfalls UNION ALL SELECT * FROM direct)
 SELECT node AS point, node AS feature, eid, frac, link_m, link_layer, NULL::bigint AS manhole FROM stations
 UNION ALL
-SELECT (SELECT top FROM base) + row_number() OVER (ORDER BY node), node, eid, frac, link_m, link_layer, NULL
+SELECT ({POINT}::bigint << {bits}) + row_number() OVER (ORDER BY node), node, eid, frac, link_m, link_layer, NULL
 FROM linked
 UNION ALL
 SELECT NULL, node, NULL, NULL, link_m, 'source_links', manhole FROM sewered
 """
 
 _RIVER_NODES = """
-INSERT INTO twin.drainage_node (id, layer, fid, code, component)
-SELECT DISTINCT (SELECT coalesce(max(id), 0) FROM twin.drainage_node) + 1 + node, 'rivers', NULL::bigint, NULL, 0
+INSERT INTO {node} (id, layer, fid, code, component)
+SELECT DISTINCT ({JUNCTION}::bigint << {bits}) + node, 'rivers', NULL::bigint, NULL, 0
 FROM (SELECT source AS node FROM drainage_river_edge UNION SELECT target FROM drainage_river_edge) ends
 """
 
 _RIVER_POINTS = """
-INSERT INTO twin.drainage_node (id, layer, fid, code, component)
+INSERT INTO {node} (id, layer, fid, code, component)
 SELECT point, 'river_points', NULL, NULL, 0 FROM drainage_attachment WHERE point <> feature
 """
 
 # Each river edge cut at its attachment points, in order along it; then the links to the river and
 # to the manholes.
 _RIVER_PIECES = """
-WITH base AS (SELECT (SELECT coalesce(max(id), 0) FROM twin.drainage_edge) AS top,
-                     (SELECT coalesce(max(id), 0) + 1 FROM twin.drainage_node
-                      WHERE layer NOT IN ('rivers', 'river_points')) AS river0),
+WITH base AS (SELECT (SELECT coalesce(max(id), 0) FROM {edge}) AS top, {JUNCTION}::bigint << {bits} AS river0),
 stops AS (
     SELECT eid, 0.0::float8 AS frac, (SELECT river0 FROM base) + source AS node FROM drainage_river_edge
     UNION ALL SELECT eid, 1.0, (SELECT river0 FROM base) + target FROM drainage_river_edge
     UNION ALL SELECT eid, frac, point FROM drainage_attachment WHERE eid IS NOT NULL AND frac IS NOT NULL),
 cut AS (SELECT eid, node, frac, lead(node) OVER w AS next_node, lead(frac) OVER w AS next_frac
         FROM stops WINDOW w AS (PARTITION BY eid ORDER BY frac, node))
-INSERT INTO twin.drainage_edge (id, source, target, cost, reverse_cost, layer, fid, component)
+INSERT INTO {edge} (id, source, target, cost, reverse_cost, layer, fid, component)
 SELECT (SELECT top FROM base) + row_number() OVER (ORDER BY c.eid, c.frac, c.node), c.node, c.next_node,
        (c.next_frac - c.frac) * e.length_m, -1, 'rivers', e.fid, 0
 FROM cut c JOIN drainage_river_edge e ON e.eid = c.eid WHERE c.next_node IS NOT NULL
 """
 
 _LINKS = """
-INSERT INTO twin.drainage_edge (id, source, target, cost, reverse_cost, layer, fid, component)
-SELECT (SELECT coalesce(max(id), 0) FROM twin.drainage_edge) + row_number() OVER (ORDER BY a.feature, a.point),
+INSERT INTO {edge} (id, source, target, cost, reverse_cost, layer, fid, component)
+SELECT (SELECT coalesce(max(id), 0) FROM {edge}) + row_number() OVER (ORDER BY a.feature, a.point),
        a.feature, coalesce(a.manhole, a.point), a.link_m, -1, a.link_layer, n.fid, 0
-FROM drainage_attachment a JOIN twin.drainage_node n ON n.id = a.feature
+FROM drainage_attachment a JOIN {node} n ON n.id = a.feature
 WHERE a.point IS DISTINCT FROM a.feature
 """
 
 _COMPONENTS = """
-UPDATE twin.drainage_node n SET component = coalesce(c.component, n.id)
-FROM twin.drainage_node m LEFT JOIN pgr_connectedComponents(
-    'SELECT id, source, target, cost, cost AS reverse_cost FROM twin.drainage_edge WHERE layer = ''gravity''') c
+UPDATE {node} n SET component = coalesce(c.component, n.id)
+FROM {node} m LEFT JOIN pgr_connectedComponents(
+    'SELECT id, source, target, cost, cost AS reverse_cost FROM {edge} WHERE layer = ''gravity''') c
     ON c.node = m.id
 WHERE n.id = m.id
 """
 
 _EDGE_COMPONENTS = """
-UPDATE twin.drainage_edge e SET component = n.component FROM twin.drainage_node n WHERE n.id = e.source
+UPDATE {edge} e SET component = n.component FROM {node} n WHERE n.id = e.source
 """
 
 _COMPONENT_EDGES = """
-INSERT INTO twin.drainage_component_edge (id, source, target, cost, reverse_cost)
+INSERT INTO {part_edge} (id, source, target, cost, reverse_cost)
 SELECT row_number() OVER (ORDER BY a, b), a, b, 1, CASE WHEN two_way THEN 1 ELSE -1 END FROM (
     SELECT s.component AS a, t.component AS b, bool_or(e.reverse_cost >= 0) AS two_way
-    FROM twin.drainage_edge e JOIN twin.drainage_node s ON s.id = e.source JOIN twin.drainage_node t ON t.id = e.target
+    FROM {edge} e JOIN {node} s ON s.id = e.source JOIN {node} t ON t.id = e.target
     WHERE s.component <> t.component GROUP BY 1, 2) crossing
 """
 
 
-def _steps() -> list[Executable]:
-    rivers = current(get_layer("rivers"))
-    graph = river_graph(rivers)
+def _steps(net: Network) -> list[Executable]:
+    graph = river_graph(layer_at(drainage_layers.spec("rivers"), net.moment))
     river_edge = table("drainage_river_edge", *(column(c) for c in ("eid", "fid", "line", "length_m", "source",
                                                                      "target")))
     fill = insert(river_edge).from_select(
         ["eid", "fid", "line", "length_m", "source", "target"],
         select(graph.c.eid, graph.c.fid, graph.c.line, graph.c.length_m, graph.c.source, graph.c.target))
-    return [text("DELETE FROM twin.drainage_component_edge"), text("DELETE FROM twin.drainage_edge"),
-            text("DELETE FROM twin.drainage_node"), text(_NODES), text(_PIPES), text(_RIVER_EDGES), fill,
-            text("CREATE INDEX ON drainage_river_edge USING gist (line)"), text("ANALYZE drainage_river_edge"),
-            text(_ATTACHMENTS), text(_RIVER_NODES), text(_RIVER_POINTS), text(_RIVER_PIECES), text(_LINKS),
-            text(_COMPONENTS), text(_EDGE_COMPONENTS), text(_COMPONENT_EDGES),
-            text("ANALYZE twin.drainage_node"), text("ANALYZE twin.drainage_edge"),
-            text("ANALYZE twin.drainage_component_edge")]
+    features = " UNION ALL ".join(_NODE.format(rank=rank, bits=ID_BITS, role=role, code=net.key(role),
+                                               table=net.layers[role]) for rank, role in enumerate(NODE_ROLES, 1))
+    names = net.layers | {"node": net.node, "edge": net.edge, "part_edge": net.part_edge, "features": features,
+                          "named": ", ".join(f"'{role}'" for role in NAMED), "river_key": net.key("rivers"),
+                          "STATION_M": STATION_M, "OUTFALL_M": OUTFALL_M, "SOURCE_MANHOLE_M": SOURCE_MANHOLE_M,
+                          "SOURCE_RIVER_M": SOURCE_RIVER_M, "bits": ID_BITS, "JUNCTION": JUNCTION, "POINT": POINT}
+
+    def sql(template: str):
+        return text(template.format(**names))
+
+    return [sql("DELETE FROM {part_edge}"), sql("DELETE FROM {edge}"), sql("DELETE FROM {node}"), sql(_NODES),
+            sql(_PIPES), sql(_RIVER_EDGES), fill, sql("CREATE INDEX ON drainage_river_edge USING gist (line)"),
+            sql("ANALYZE drainage_river_edge"), sql(_ATTACHMENTS), sql(_RIVER_NODES), sql(_RIVER_POINTS),
+            sql(_RIVER_PIECES), sql(_LINKS), sql(_COMPONENTS), sql(_EDGE_COMPONENTS), sql(_COMPONENT_EDGES),
+            sql("ANALYZE {node}"), sql("ANALYZE {edge}"), sql("ANALYZE {part_edge}")]
 
 
 def _record(fingerprint: str):
@@ -198,14 +202,14 @@ def _record(fingerprint: str):
 def rebuild(conn) -> None:
     """Rebuild the graph from the layers, inside the caller's transaction (a sync connection)."""
     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK})
-    for step in _steps():
+    for step in _steps(drainage_layers.now()):
         conn.execute(step)
-    conn.execute(_record(conn.execute(FINGERPRINT).scalar()))
+    conn.execute(_record(conn.execute(_fingerprint()).scalar()))
 
 
 async def refresh(conn: AsyncConnection) -> bool:
     """Rebuild the graph if the layers changed since it was built; True when it did. In a transaction."""
-    fingerprint = (await conn.execute(FINGERPRINT)).scalar()
+    fingerprint = (await conn.execute(_fingerprint())).scalar()
     built = (await conn.execute(text("SELECT fingerprint FROM twin.drainage_graph"))).scalar()
     if built == fingerprint:
         return False
@@ -213,7 +217,19 @@ async def refresh(conn: AsyncConnection) -> bool:
     if (await conn.execute(text("SELECT fingerprint FROM twin.drainage_graph"))).scalar() == fingerprint:
         return False  # another server rebuilt it while this one waited
     await conn.execute(text("SET LOCAL statement_timeout = 0"))  # a rebuild reads the whole network
-    for step in _steps():
+    for step in _steps(drainage_layers.now()):
         await conn.execute(step)
     await conn.execute(_record(fingerprint))
     return True
+
+
+async def build_at(conn: AsyncConnection, moment: datetime) -> Network:
+    """The graph of the network as it was at `moment`: the current graph (`refresh` it first) when no
+    network layer has changed since, else one built in temporary tables (layers.drainage_layers.at) from
+    the layers as they were then. In a writable transaction on the primary."""
+    if await drainage_layers.unchanged_since(conn, moment):
+        return drainage_layers.now()
+    net = await drainage_layers.at(conn, moment)
+    for step in _steps(net):
+        await conn.execute(step)
+    return net

@@ -2,8 +2,9 @@
 
 Rivers are MultiLineStrings drawn in flow direction, and reaches meet where a line ends on
 another line: at its start or end (reaches cut at confluences) or in its interior (a tributary
-drawn into the middle of the river receiving it). pgRouting is not installed, so the network is
-built in SQL on each request from the rivers as of the query's moment: every line is split
+drawn into the middle of the river receiving it). This trace from a point cuts its last reach at
+exactly the distance asked, which the drainage graph's pgRouting walks (layers.drainage_trace) do not,
+so the network is built in SQL on each request from the rivers as of the query's moment: every line is split
 (ST_Snap + ST_Split) at the line ends that touch it, the pieces are the edges, and their end
 points clustered within NODE_TOLERANCE (ST_ClusterDBSCAN) are the nodes. A recursive CTE then
 walks from the point: downstream along edges whose start node is the current end node,
@@ -14,7 +15,8 @@ Building per request keeps `as_of` exact and takes milliseconds for the district
 reaches; caching the noded edges keyed by the rivers layer's last change is the step to take if
 the network grows to thousands. Edge lengths and distances from the rivers are geodesic; where
 an edge is cut, the share of its length is measured in EPSG:4549 (CGCS2000 3-degree Gauss-Krüger,
-CM 120E), whose scale barely varies along one edge.
+CM 120E), whose scale barely varies along one edge. The layers are found by their drainage roles
+(rivers, sources, stations; layers.drainage_layers), never by name.
 """
 
 import orjson
@@ -23,7 +25,8 @@ from sqlalchemy import all_ as all_of
 from sqlalchemy.dialects.postgresql import array
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from layers.catalog import SRID, get_layer
+from layers import drainage_layers
+from layers.catalog import SRID, LayerSpec
 from layers.crs import Crs
 from layers.query_geometry import collection, feature, feature_select, geodesic, geojson, metres_between, near
 from layers.tables import layer_at
@@ -31,7 +34,12 @@ from layers.tables import layer_at
 NODE_TOLERANCE = 1e-6  # degrees, about 0.1 m: a line end this close to another line joins it
 METRIC = 4549
 AT_NODE_M = 0.5  # a start this close to a confluence starts from the confluence itself
-RIVERS = "rivers"
+ALONGSIDE = ("sources", "stations")  # the point layers a river trace lists, by their drainage roles
+
+
+def river_layer() -> LayerSpec:
+    """The layer of the rivers: the one whose spec declares network = "rivers"."""
+    return drainage_layers.spec("rivers")
 
 
 def _graph(rivers):
@@ -107,10 +115,9 @@ def _pieces(rivers, point, query):
     return pieces, start, graph
 
 
-def _alongside(layer_id: str, query, pieces, within_m: float, crs: Crs):
+def _alongside(spec: LayerSpec, query, pieces, within_m: float, crs: Crs):
     """A point layer's features within `within_m` of the traced pieces, each with its distance
     from the river and its position along the trace (from the start point)."""
-    spec = get_layer(layer_id)
     src = layer_at(spec, query.as_of)
     distance = metres_between(src.c.geom, pieces.c.piece)
     located = func.ST_LineLocatePoint(pieces.c.piece_m, func.ST_Transform(src.c.geom, METRIC))
@@ -119,15 +126,15 @@ def _alongside(layer_id: str, query, pieces, within_m: float, crs: Crs):
     nearest = (select(src.c.fid, distance.label("distance_m"), along.label("along_m"), pieces.c.fid.label("river_fid"))
                .select_from(src.join(pieces, near(src.c.geom, pieces.c.piece, within_m)))
                .distinct(src.c.fid).order_by(src.c.fid, distance).subquery("nearest"))
-    return spec, (feature_select(spec, src, crs, query.geometries, nearest.c.distance_m, nearest.c.along_m,
-                                 nearest.c.river_fid)
-                  .join_from(src, nearest, nearest.c.fid == src.c.fid)
-                  .order_by(nearest.c.along_m, nearest.c.distance_m, src.c.fid))
+    return (feature_select(spec, src, crs, query.geometries, nearest.c.distance_m, nearest.c.along_m,
+                           nearest.c.river_fid)
+            .join_from(src, nearest, nearest.c.fid == src.c.fid)
+            .order_by(nearest.c.along_m, nearest.c.distance_m, src.c.fid))
 
 
 async def trace(conn: AsyncConnection, point, query, crs: Crs, hidden: frozenset[str] = frozenset()) -> dict | None:
     """The traced reaches, sources and stations, or None when no river passes within `snap` of the point."""
-    rivers_spec = get_layer(RIVERS)
+    rivers_spec = river_layer()
     rivers = layer_at(rivers_spec, query.as_of)
     pieces, start, graph = _pieces(rivers, point, query)
     began = (await conn.execute(
@@ -154,10 +161,11 @@ async def trace(conn: AsyncConnection, point, query, crs: Crs, hidden: frozenset
         "length_m": sum(r.length_m for r in reaches),
         "reaches": collection([feature(rivers_spec, r, extra) for r in reaches]),
     }
-    for layer_id, within_m in (("pollution_sources", query.buffer), ("monitoring_stations", query.station_distance)):
-        if layer_id in hidden:  # a private layer the caller may not read
+    for role, within_m in zip(ALONGSIDE, (query.buffer, query.station_distance)):
+        spec = drainage_layers.spec(role)
+        if spec.id in hidden:  # a private layer the caller may not read
             continue
-        spec, statement = _alongside(layer_id, query, pieces, within_m, crs)
+        statement = _alongside(spec, query, pieces, within_m, crs)
         rows = (await conn.execute(statement)).all()
-        body[layer_id] = collection([feature(spec, r, ("distance_m", "along_m", "river_fid")) for r in rows])
+        body[spec.id] = collection([feature(spec, r, ("distance_m", "along_m", "river_fid")) for r in rows])
     return body

@@ -44,11 +44,13 @@ POLYGONS = {"MultiPolygon"}
 
 
 @asynccontextmanager
-async def snapshot(request: Request) -> AsyncIterator[AsyncConnection]:
-    """A read-only, repeatable-read transaction, so every statement of one query sees the same data."""
+async def snapshot(request: Request, writable: bool = False) -> AsyncIterator[AsyncConnection]:
+    """A read-only, repeatable-read transaction, so every statement of one query sees the same data;
+    `writable`: on the primary, for queries that make temporary tables (rolled back at the end all the same)."""
     try:
-        async with request.app.state.read_engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        engine = request.app.state.engine if writable else request.app.state.read_engine
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=not writable)
             # PostGIS set-returning functions get wild row estimates (ST_Dump: 1000 a row), and the
             # JIT compile they trigger costs ~0.4 s for queries that run in milliseconds.
             await conn.execute(text("SET LOCAL jit = off"))
@@ -316,13 +318,15 @@ async def trace(query: Trace, request: Request) -> Response:
     crs = parse_crs(query.crs, "body.crs")
     if query.feature is not None:  # the drainage network, from a feature (layers.drainage_answer)
         await require_read(request, [vector_layer(query.feature.layer, "body.feature.layer").id], "body")
+        hidden = await hidden_layers(request)
         async with request.app.state.engine.begin() as conn:
             await drainage_graph.refresh(conn)
-        async with snapshot(request) as conn:
-            body = await drainage_answer.body(conn, query, crs, await hidden_layers(request))
+        async with snapshot(request, writable=query.as_of is not None) as conn:  # a past network: temporary tables
+            past = None if query.as_of is None else await drainage_graph.build_at(conn, query.as_of)
+            body = await drainage_answer.body(conn, query, crs, hidden, past)
         return answer(body, crs, media_type="application/json")
     point = bound(read_geometry(query.point, crs, "body.point", {"Point"}))
-    await require_read(request, [network.RIVERS], "body")
+    await require_read(request, [network.river_layer().id], "body")
     hidden = await hidden_layers(request)  # sources or stations the caller may not read are left out
     async with snapshot(request) as conn:
         body = await network.trace(conn, point, query, crs, hidden)

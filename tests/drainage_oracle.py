@@ -1,5 +1,6 @@
 """A brute-force reachability oracle (networkx) for the drainage traces, read from the same graph
-tables pgRouting walks, and a way to run the async traces from sync tests."""
+tables pgRouting walks, and a way to run the async traces from sync tests. The graph holds roles
+(layers.drainage_layers); the oracle answers by layer id, as the traces do."""
 
 import asyncio
 
@@ -7,9 +8,12 @@ import networkx as nx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from layers import drainage_graph, drainage_trace
+from layers import drainage_graph, drainage_layers, drainage_trace
 
-PIPE_LAYERS = {"gravity": "pipes", "pressure": "pipes", "rivers": "rivers"}
+LON, LAT = 120.40, 31.50
+STEP = 0.001  # about 100 m between grid points
+LAYERS = ("pipes", "manholes", "pump_stations", "treatment_plants", "outfalls", "gates", "rivers",
+          "monitoring_stations", "pollution_sources")
 
 
 class Graph:
@@ -19,8 +23,9 @@ class Graph:
                 "SELECT id, layer, fid, code FROM twin.drainage_node"))}
             self.edges = conn.execute(text(
                 "SELECT id, source, target, cost, reverse_cost, layer, fid FROM twin.drainage_edge")).all()
-            self.gates = conn.execute(text("SELECT fid, node_code, river_code FROM layers.gates")).all()
-            self.river_codes = dict(conn.execute(text("SELECT fid, code FROM layers.rivers")).all())
+            tables = drainage_layers.now().layers
+            self.gates = conn.execute(text(f"SELECT fid, node_code, river_code FROM {tables['gates']}")).all()
+            self.river_codes = dict(conn.execute(text(f"SELECT fid, code FROM {tables['rivers']}")).all())
         self.g = nx.DiGraph()
         self.g.add_nodes_from(self.nodes)
         for e in self.edges:
@@ -33,10 +38,11 @@ class Graph:
             self.g.add_edge(a, b, weight=cost)
 
     def node_of(self, layer, fid) -> list[int]:
-        return [n for n, (lay, f, _) in self.nodes.items() if lay == layer and f == fid]
+        role = drainage_layers.role_of(layer)
+        return [n for n, (lay, f, _) in self.nodes.items() if lay == role and f == fid]
 
     def starts(self, layer, fid, upstream) -> list[int]:
-        if layer == "pipes":
+        if drainage_layers.role_of(layer) == "pipes":
             e = next(e for e in self.edges if e.layer in ("gravity", "pressure") and e.fid == fid)
             return [e.source, e.target] if e.reverse_cost >= 0 else [e.source if upstream else e.target]
         return self.node_of(layer, fid)
@@ -54,27 +60,27 @@ class Graph:
             if f is not None and metres <= limit:
                 found.setdefault(lay, {})[f] = metres
         for e in self.edges:
-            if e.layer not in PIPE_LAYERS:
+            if e.layer not in drainage_layers.EDGE_ROLES:
                 continue
             near, far = (e.target, e.source) if upstream else (e.source, e.target)
             ends = [dist[n] for n in (near, far) if n in dist and (n == near or e.reverse_cost >= 0)]
             if ends and (min(ends) < limit or min(ends) == 0):
-                mine = found.setdefault(PIPE_LAYERS[e.layer], {})
+                mine = found.setdefault(drainage_layers.EDGE_ROLES[e.layer], {})
                 mine[e.fid] = min(min(ends), mine.get(e.fid, float("inf")))
         codes = {self.nodes[n][2]: m for n, m in dist.items() if m <= limit and self.nodes[n][2] is not None
-                 and self.nodes[n][0] in ("manholes", "pump_stations", "treatment_plants", "outfalls")}
+                 and self.nodes[n][0] in drainage_layers.NAMED}
         reaches = {self.river_codes[f]: m for f, m in found.get("rivers", {}).items()}
         gates = {g.fid: min(m for m in (codes.get(g.node_code), reaches.get(g.river_code)) if m is not None)
                  for g in self.gates if g.node_code in codes or g.river_code in reaches}
         if gates:
             found["gates"] = gates
-        return found
+        return _by_layer(found)
 
     def lost(self, layer, fid) -> dict[str, dict[int, float]]:
         starts = self.starts(layer, fid, upstream=True)
         up = self.distances(starts, upstream=True)
         cut = self.g.copy()
-        if layer == "pipes":
+        if drainage_layers.role_of(layer) == "pipes":
             failed = [e for e in self.edges if e.layer in ("gravity", "pressure") and e.fid == fid]
             for e in failed:
                 for a, b in ((e.source, e.target), (e.target, e.source)):
@@ -104,7 +110,12 @@ class Graph:
                 if ends:
                     mine = found.setdefault("pipes", {})
                     mine[e.fid] = min(min(ends), mine.get(e.fid, float("inf")))
-        return found
+        return _by_layer(found)
+
+
+def _by_layer(found: dict[str, dict]) -> dict[str, dict]:
+    ids = drainage_layers.layer_ids()
+    return {ids[role]: features for role, features in found.items()}
 
 
 class Traces:
@@ -137,3 +148,47 @@ def same(found, expected) -> None:
     for layer, features in expected.items():
         for fid, metres in features.items():
             assert abs(found[layer][fid] - metres) <= 1e-6 * max(1.0, metres), (layer, fid)
+
+
+def node_point(i: int) -> str:
+    return f"SRID=4490;POINT({LON + STEP * (i % 7)} {LAT + STEP * (i // 7)})"
+
+
+def load_network(engine, n, pipes, outfalls, pumps, sources):
+    """A small network in place of the layers, its graph built: a river with a station, a plant P0, nodes N0…N{n-1}
+    on a grid (outfalls onto the river, pump stations, else manholes with a source beside those in `sources`),
+    and pipes (a, b, flow_type, direction) between them (a pipe from a node to itself goes to the plant)."""
+    with engine.begin() as conn:
+        for layer in LAYERS:
+            conn.execute(text(f"DELETE FROM layers.{layer}"))
+        conn.execute(text("INSERT INTO layers.rivers (code, name, geom) VALUES ('R1', '试验河', "
+                          "ST_GeomFromEWKT(:g))"),
+                     {"g": f"SRID=4490;MULTILINESTRING(({LON - 0.003} {LAT - 0.004}, {LON + 0.01} {LAT - 0.004}))"})
+        conn.execute(text("INSERT INTO layers.monitoring_stations (code, name, geom) VALUES ('S1', '断面', "
+                          "ST_GeomFromEWKT(:g))"), {"g": f"SRID=4490;POINT({LON + 0.008} {LAT - 0.004})"})
+        conn.execute(text("INSERT INTO layers.treatment_plants (code, name, geom) VALUES ('P0', '厂', "
+                          "ST_GeomFromEWKT(:g))"), {"g": f"SRID=4490;POINT({LON - 0.002} {LAT + 0.005})"})
+        for i in range(n):
+            layer = "outfalls" if i in outfalls else "pump_stations" if i in pumps else "manholes"
+            extra = {"outfalls": ("kind, river_code", "'雨水', 'R1'"), "pump_stations": ("name, kind", "'泵', '污水'"),
+                     "manholes": ("kind", "'污水'")}[layer]
+            conn.execute(text(f"INSERT INTO layers.{layer} (code, {extra[0]}, geom) VALUES (:code, {extra[1]}, "
+                              "ST_GeomFromEWKT(:g))"), {"code": f"N{i}", "g": node_point(i)})
+            if i in sources and layer == "manholes":
+                conn.execute(text("INSERT INTO layers.pollution_sources (credit_code, name, permit_class, geom) "
+                                  "VALUES (:code, '企业', '登记管理', ST_Translate(ST_GeomFromEWKT(:g), 0.0001, 0))"),
+                             {"code": f"91320214MA{i:08d}", "g": node_point(i)})
+        nodes = [f"N{i}" for i in range(n)] + ["P0"]
+        for k, (a, b, flow, direction) in enumerate(pipes):
+            target = nodes[b] if a != b else "P0"
+            conn.execute(text(
+                "INSERT INTO layers.pipes (code, kind, flow_type, from_code, to_code, direction, geom) VALUES "
+                "(:code, '污水', :flow, :a, :b, :d, ST_Multi(ST_MakeLine("
+                "(SELECT geom FROM (SELECT code, geom FROM layers.manholes UNION ALL SELECT code, geom FROM "
+                "layers.pump_stations UNION ALL SELECT code, geom FROM layers.outfalls UNION ALL SELECT code, geom "
+                "FROM layers.treatment_plants) x WHERE code = :a), "
+                "(SELECT geom FROM (SELECT code, geom FROM layers.manholes UNION ALL SELECT code, geom FROM "
+                "layers.pump_stations UNION ALL SELECT code, geom FROM layers.outfalls UNION ALL SELECT code, geom "
+                "FROM layers.treatment_plants) x WHERE code = :b))))"),
+                {"code": f"G{k}", "flow": flow, "a": nodes[a], "b": target, "d": direction})
+        drainage_graph.rebuild(conn)

@@ -134,8 +134,8 @@ def test_http_trace_from_a_pump_station(network, served):
     ({"feature": {"layer": "manholes", "where": {"code": "NOPE"}}, "direction": "upstream"}, 422, "not_one_feature"),
     ({"feature": {"layer": "manholes", "where": {"code": "x"}}, "direction": "service_area"}, 422,
      "not_a_network_layer"),
-    ({"feature": {"layer": "pipes", "where": {"code": "x"}}, "direction": "upstream",
-      "as_of": "2026-01-01T00:00:00Z"}, 422, "as_of_not_supported"),
+    ({"feature": {"layer": "pipes", "where": {"code": "x"}}, "direction": "upstream", "as_of": "2026-01-01"}, 400,
+     "invalid_parameter"),
     ({"feature": {"layer": "pipes", "where": {}}, "point": [120.4, 31.5], "direction": "upstream"}, 400,
      "invalid_parameter"),
 ])
@@ -169,3 +169,17 @@ def test_clicking_a_pump_station_in_the_viewer_highlights_its_upstream(network, 
         context.close()
     drawn = ("pipes", "rivers", "outfalls", "pump_stations", "pollution_sources")  # what drainage.js draws
     assert shown == sum(len(expected.get(layer, {})) for layer in drawn) > 1
+
+
+def test_a_catalog_without_a_layer_for_a_role_says_which():
+    from layers import catalog, drainage_layers
+
+    before = dict(catalog.catalog())
+    catalog.install({i: s for i, s in before.items() if s.network != "gates"})
+    try:
+        with pytest.raises(drainage_layers.NetworkIncomplete) as refused:
+            drainage_layers.now()
+        assert refused.value.status == 409 and "'gates'" in refused.value.detail
+    finally:
+        catalog.install(before)
+    assert drainage_layers.layer_id("stations") == "monitoring_stations"
