@@ -8,8 +8,10 @@ one server worker (uvicorn, as `twin serve` runs it). Printed:
 1. exceedance → alert: a reading over a rule's limit POSTed over SensorThings HTTP (not MQTT), timed from the
    POST to the `alert` event reaching an SSE client; p50/p95 over `--alerts` openings;
 2. fan-out: `--clients` SSE clients (one asyncio process), `--fanout` changes written by SQL 0.25 s apart, each
-   timed from its commit to its arrival at every client; p50/p95/max, and the worker's RSS before the clients
-   connected and after the last event;
+   timed from its commit to its arrival at every client; p50/p95/max, the worker's RSS before the clients
+   connected and after the last event, and the worker's CPU time per event (user + system while the events
+   went out, less its rate over the idle second before them: the heartbeats), which a loaded machine
+   inflates far less than the latencies;
 3. webhooks: `--webhook-events` changes in one statement, timed from the commit until a local receiver has
    them all; beside it the floor, reading the same events from `GET /changes`.
 """
@@ -71,6 +73,12 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS")
+
+
+def cpu_s(pid: int) -> float:
+    """The process's user + system CPU time so far, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def server_pid(port: int) -> int:
@@ -136,7 +144,7 @@ def alert_latency(base: str, url: str, token: str, rounds: int) -> list[float]:
 
 
 async def fanout(host: str, port: int, url: str, clients: int, events: int,
-                 pid: int) -> tuple[list[float], float, float, int]:
+                 pid: int) -> tuple[list[float], float, float, int, float]:
     arrivals: dict[int, list[float]] = {}
     ready = asyncio.Event()
     connected = 0
@@ -160,7 +168,10 @@ async def fanout(host: str, port: int, url: str, clients: int, events: int,
     before = rss_mb(pid)
     tasks = [asyncio.create_task(one()) for _ in range(clients)]
     await asyncio.wait_for(ready.wait(), 120)
+    idle_cpu, idle_at = cpu_s(pid), time.perf_counter()
     await asyncio.sleep(1)
+    idle_rate = (cpu_s(pid) - idle_cpu) / (time.perf_counter() - idle_at)
+    busy_cpu, busy_at = cpu_s(pid), time.perf_counter()
     committed: dict[int, float] = {}
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         for i in range(events):
@@ -172,14 +183,16 @@ async def fanout(host: str, port: int, url: str, clients: int, events: int,
             change = await (await conn.execute("SELECT max(change_id) FROM twin.change")).fetchone()
             committed[change[0]] = done
             await asyncio.sleep(0.25)
-    await asyncio.sleep(10)  # stragglers: a late arrival counts at its latency, a missing one is reported
+    await asyncio.sleep(1)
+    per_event = (cpu_s(pid) - busy_cpu - idle_rate * (time.perf_counter() - busy_at)) / events
+    await asyncio.sleep(9)  # stragglers: a late arrival counts at its latency, a missing one is reported
     after = rss_mb(pid)
     latencies = [t - committed[i] for i, times in arrivals.items() if i in committed for t in times]
     received = sum(len(arrivals.get(i, [])) for i in committed)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    return latencies, before, after, received
+    return latencies, before, after, received, per_event
 
 
 def webhook_rate(base: str, url: str, token: str, count: int) -> tuple[float, float]:
@@ -219,10 +232,12 @@ def main(clients: int = 1000, alerts: int = 30, fanout_events: int = typer.Optio
         pid = server_pid(int(port))
         print(f"1. exceedance (SensorThings HTTP POST) -> alert at an SSE client: "
               f"{summary(alert_latency(base, url, token, alerts))}", flush=True)
-        latencies, before, after, received = asyncio.run(fanout(host, int(port), url, clients, fanout_events, pid))
+        latencies, before, after, received, per_event = asyncio.run(
+            fanout(host, int(port), url, clients, fanout_events, pid))
         print(f"2. {clients} SSE clients, {fanout_events} events: {received} of {clients * fanout_events} received, "
               f"commit -> client {summary(latencies)}; worker RSS {before:.0f} MB before the clients, "
-              f"{after:.0f} MB after (+{after - before:.0f} MB)", flush=True)
+              f"{after:.0f} MB after (+{after - before:.0f} MB); worker CPU {per_event * 1000:.0f} ms per event",
+              flush=True)
         delivered, floor = webhook_rate(base, url, token, webhook_events)
         print(f"3. webhooks: {webhook_events} events delivered at {delivered:.0f} events/s to a local receiver "
               f"(floor, GET /changes of the same events: {floor:.0f} events/s)", flush=True)

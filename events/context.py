@@ -1,13 +1,13 @@
 """The upstream context of a water alert, computed when it opens and kept in the alert (`context`, JSON).
 
-For an alert at a monitoring station: the river reaches upstream of it (layers.network's trace, within
-`alert_trace_m` along the rivers), the pollution sources near those reaches, and for each source that reports
-online (a Thing whose `properties.credit_code` is the source's) its readings from `alert_context_hours` before
-the alert's first offending reading to its last, per factor, with how many were over the permit limit.
-Suspects are ranked: sources with abnormal readings first, then sources that report online, then the rest;
-within each, nearer along the rivers first. Each says why, with the travel time at `alert_flow_m_s`.
-The drainage network (layers/drainage*, pgRouting) will add outfalls and pipes: `upstream` is where its trace
-joins the river trace.
+For an alert at a monitoring station: what drains to the station by the drainage network's trace
+(layers.drainage_trace, pgRouting over rivers, outfalls, pipes and pump stations; within `alert_trace_m` along
+the network). Its suspects are the pollution sources, outfalls and pump stations reached, each with its distance
+along the network and, where it reports online (a Thing whose properties name it: `layer` and `fid`, or a
+source's `credit_code`), its readings from `alert_context_hours` before the alert's first offending reading to
+its last, per factor, with how many were over the permit limit, and the alerts its Things raised in that window.
+Suspects are ranked: those with abnormal readings or alerts first, then those reporting online, then the rest;
+within each, nearer along the network first. Each says why, with the travel time at `alert_flow_m_s`.
 
 A worker in every server process fills in alerts that have no context yet, woken by the event hub; so an
 alert opened by any path, while any server was down, gets its context. The context is computed without a lock
@@ -20,75 +20,122 @@ import logging
 from datetime import timedelta
 
 import orjson
-import shapely
 from fastapi import FastAPI
-from sqlalchemy import text
+from sqlalchemy import select, text
 
-from layers import network
-from layers.crs import parse as parse_crs
-from layers.query_bodies import Trace
-from layers.query_geometry import bound
+from layers import drainage_graph, drainage_trace
+from layers.catalog import get_layer
+from layers.tables import current
 from twin.tasks import failed_round
 
 log = logging.getLogger("events.context")
 IDLE_S = 30
+SUSPECTS = ("pollution_sources", "outfalls", "pump_stations")
+STATIONS, RIVERS = "monitoring_stations", "rivers"
 
-PENDING = text("SELECT fid, ST_AsBinary(geom) AS geom, first_at, last_at FROM layers.alerts "
-               "WHERE context IS NULL AND station_code IS NOT NULL AND geom IS NOT NULL AND state <> 'closed' "
-               "ORDER BY fid LIMIT 1")
+PENDING = text("SELECT a.fid, a.first_at, a.last_at, s.fid AS station FROM layers.alerts a "
+               "LEFT JOIN layers.monitoring_stations s ON s.code = a.station_code "
+               "WHERE a.context IS NULL AND a.station_code IS NOT NULL AND a.state <> 'closed' "
+               "ORDER BY a.fid LIMIT 1")
+# Per suspect (layer, fid, code): each Datastream of each Thing that names it, with its readings in the window
 READINGS = text(
-    "SELECT th.name AS thing, d.properties ->> 'hj212_code' AS factor, d.name AS datastream, count(o.id) AS readings, "
-    "min(o.result) AS min, max(o.result) AS max, "
+    "WITH s (layer, fid, code) AS (SELECT * FROM unnest(CAST(:layers AS text[]), CAST(:fids AS bigint[]), "
+    "                                                    CAST(:codes AS text[]))) "
+    "SELECT s.layer, s.fid, th.id AS thing_id, th.name AS thing, d.properties ->> 'hj212_code' AS factor, "
+    "d.name AS datastream, count(o.id) AS readings, min(o.result) AS min, max(o.result) AS max, "
     "(th.properties -> 'permit_limits' ->> (d.properties ->> 'hj212_code'))::float8 AS permit_limit, "
     "count(o.id) FILTER (WHERE o.result > (th.properties -> 'permit_limits' ->> (d.properties ->> 'hj212_code'))"
     "::float8) AS over_limit "
-    "FROM sensing.thing th JOIN sensing.datastream d ON d.thing_id = th.id "
+    "FROM s JOIN sensing.thing th ON th.properties @> jsonb_build_object('layer', s.layer, 'fid', s.fid) "
+    "  OR (s.layer = 'pollution_sources' AND th.properties ->> 'credit_code' = s.code) "
+    "JOIN sensing.datastream d ON d.thing_id = th.id "
     "LEFT JOIN sensing.observation o ON o.datastream_id = d.id AND o.phenomenon_time BETWEEN :start AND :end "
-    "WHERE th.properties ->> 'credit_code' = :code GROUP BY th.id, d.id ORDER BY th.name, d.name")
-CRS84 = parse_crs("CRS84", "context")
+    "GROUP BY s.layer, s.fid, th.id, d.id ORDER BY th.name, d.name")
+# Alerts of those Things overlapping the window, this one left out
+ALERTS = text("SELECT thing_id, count(*) AS alerts FROM layers.alerts WHERE thing_id = ANY(CAST(:things AS bigint[])) "
+              "AND fid <> :alert AND first_at <= :end AND coalesce(closed_at, 'infinity') >= :start "
+              "GROUP BY thing_id")
 
 
-async def upstream(conn, point, settings, hidden: frozenset[str]) -> dict | None:
-    query = Trace(point=[point.x, point.y], direction="upstream", distance=settings.alert_trace_m,
-                  geometries=False)
-    return await network.trace(conn, bound(point), query, CRS84, hidden)
+async def upstream(conn, station: int, settings) -> drainage_trace.Reach | None:
+    """What drains to the station within `alert_trace_m` along the network; None when it is not on it."""
+    try:
+        return await drainage_trace.upstream(conn, STATIONS, station, settings.alert_trace_m)
+    except drainage_trace.NotOnNetwork:
+        return None
 
 
-def _suspect(source: dict, readings: list, flow_m_s: float) -> dict:
-    props = source["properties"]
+async def _named(conn, layer: str, fids) -> dict[int, dict]:
+    """fid → {code, name} of the layer's features."""
+    spec = get_layer(layer)
+    src = current(spec)
+    rows = (await conn.execute(select(src.c.fid, src.c[spec.key[0]], src.c.name)
+                               .where(src.c.fid.in_(list(fids))))).all()
+    return {fid: {"code": code, "name": name} for fid, code, name in rows}
+
+
+def _suspect(layer: str, fid: int, named: dict, along_m: float, readings: list, alerts: int,
+             flow_m_s: float) -> dict:
     abnormal = sum(r["over_limit"] for r in readings)
-    hours = props["along_m"] / flow_m_s / 3600
-    why = [f"{abnormal} reading(s) over the permit limit in the window" if abnormal
-           else ("reports online, nothing over its limit in the window" if readings else "no online monitoring"),
-           f"{props['along_m']:.0f} m upstream along the rivers ({props['distance_m']:.0f} m from the river)",
+    hours = along_m / flow_m_s / 3600
+    watch = ([f"{abnormal} reading(s) over the permit limit in the window"] if abnormal else []) + \
+        ([f"{alerts} alert(s) of its own in the window"] if alerts else [])
+    why = ["; ".join(watch) if watch else ("reports online, nothing over its limit in the window" if readings
+                                           else "no online monitoring"),
+           f"{along_m:.0f} m upstream along the drainage network",
            f"about {hours:.1f} h of travel at {flow_m_s:g} m/s"]
-    return {"fid": source["id"], "credit_code": props["credit_code"], "name": props["name"],
-            "along_m": round(props["along_m"], 1), "distance_m": round(props["distance_m"], 1),
-            "travel_h": round(hours, 2), "abnormal_readings": abnormal, "online": bool(readings),
-            "readings": readings, "why": "; ".join(why)}
+    return {"layer": layer, "fid": fid, "code": named.get("code"), "name": named.get("name"),
+            "along_m": round(along_m, 1), "travel_h": round(hours, 2), "abnormal_readings": abnormal,
+            "alerts": alerts, "online": bool(readings), "readings": readings, "why": "; ".join(why)}
+
+
+async def _monitoring(conn, reached: list[tuple[str, int, dict]], alert, start) -> tuple[dict, dict]:
+    """Per (layer, fid): its readings in the window; per (layer, fid): its Things' alerts in the window."""
+    rows = (await conn.execute(READINGS, {
+        "layers": [layer for layer, _, _ in reached], "fids": [fid for _, fid, _ in reached],
+        "codes": [named.get("code") for _, _, named in reached], "start": start, "end": alert.last_at})).all()
+    readings: dict[tuple[str, int], list] = {}
+    things: dict[int, set[tuple[str, int]]] = {}
+    for row in rows:
+        values = dict(row._mapping)
+        key = (values.pop("layer"), values.pop("fid"))
+        things.setdefault(values.pop("thing_id"), set()).add(key)
+        readings.setdefault(key, []).append(values)
+    alerts: dict[tuple[str, int], int] = {}
+    if things:
+        for thing, count in (await conn.execute(ALERTS, {"things": list(things), "alert": alert.fid, "start": start,
+                                                         "end": alert.last_at})).all():
+            for key in things[thing]:
+                alerts[key] = alerts.get(key, 0) + count
+    return readings, alerts
 
 
 async def context_of(conn, alert, settings, hidden: frozenset[str]) -> dict:
-    point = shapely.from_wkb(bytes(alert.geom))
-    traced = await upstream(conn, point, settings, hidden)
+    traced = None if alert.station is None else await upstream(conn, alert.station, settings)
     if traced is None:
-        return {"reaches": [], "suspects": [], "note": "no river passes near the station"}
+        return {"reaches": [], "suspects": [], "note": "the station is not on the drainage network"}
     start = alert.first_at - timedelta(hours=settings.alert_context_hours)
-    suspects = []
-    for source in traced.get("pollution_sources", {}).get("features", []):
-        rows = (await conn.execute(READINGS, {"code": source["properties"]["credit_code"], "start": start,
-                                              "end": alert.last_at})).all()
-        suspects.append(_suspect(source, [dict(r._mapping) for r in rows], settings.alert_flow_m_s))
-    suspects.sort(key=lambda s: (s["abnormal_readings"] == 0, not s["online"], s["along_m"]))
+    reached = []
+    for layer in SUSPECTS:
+        found = {} if layer in hidden else traced.features.get(layer, {})
+        names = await _named(conn, layer, found) if found else {}
+        reached += [(layer, fid, names.get(fid, {})) for fid in found]
+    readings, alerts = await _monitoring(conn, reached, alert, start) if reached else ({}, {})
+    suspects = [_suspect(layer, fid, named, traced.features[layer][fid], readings.get((layer, fid), []),
+                         alerts.get((layer, fid), 0), settings.alert_flow_m_s) for layer, fid, named in reached]
+    suspects.sort(key=lambda s: (s["abnormal_readings"] + s["alerts"] == 0, not s["online"], s["along_m"],
+                                 s["layer"], s["fid"]))
     for rank, suspect in enumerate(suspects, start=1):
         suspect["rank"] = rank
-    reaches = [{"fid": r["id"], "code": r["properties"]["code"], "name": r["properties"]["name"],
-                "from_m": round(r["properties"]["from_m"], 1), "to_m": round(r["properties"]["to_m"], 1)}
-               for r in traced["reaches"]["features"]]
+    rivers = {} if RIVERS in hidden else traced.features.get(RIVERS, {})
+    names = await _named(conn, RIVERS, rivers) if rivers else {}
+    reaches = sorted(({"fid": fid, **names.get(fid, {}), "along_m": round(metres, 1)}
+                      for fid, metres in rivers.items()), key=lambda r: (r["along_m"], r["fid"]))
     return {"traced_m": settings.alert_trace_m, "window": {"from": start, "to": alert.last_at},
-            "ranking": "abnormal readings first, then sources reporting online, then distance along the rivers",
-            "reaches": reaches, "suspects": suspects,
-            "hidden": sorted(hidden & {"pollution_sources"})}
+            "trace": "drainage network upstream (pgRouting)",
+            "ranking": "abnormal readings or alerts first, then sources reporting online, then distance along "
+                       "the drainage network",
+            "reaches": reaches, "suspects": suspects, "hidden": sorted(hidden & {*SUSPECTS, RIVERS})}
 
 
 async def fill_one(app: FastAPI) -> bool:
@@ -96,8 +143,11 @@ async def fill_one(app: FastAPI) -> bool:
     hidden = app.state.access.private()  # the context is part of the alert: nothing private goes into it
     async with app.state.engine.connect() as conn:
         alert = (await conn.execute(PENDING)).first()
-        if alert is None:
-            return False
+    if alert is None:
+        return False
+    async with app.state.engine.begin() as conn:  # the graph follows the layers it is made of
+        await drainage_graph.refresh(conn)
+    async with app.state.engine.connect() as conn:
         context = await context_of(conn, alert, settings, hidden)
     async with app.state.engine.begin() as conn:
         await conn.execute(text("SELECT set_config('twin.actor', 'events.context', true)"))

@@ -1,9 +1,10 @@
 """The events room in a server process: its routes, and for the app's life the rules loaded from the spec
-files, the event hub, the webhook workers, the upstream-context worker, the silence timer and the MQTT
-publisher."""
+files, the event hub, the webhook workers, the upstream-context worker, the silence timer, the MQTT
+publisher and the hourly clearing of old observation events."""
 
 import asyncio
 import contextlib
+import logging
 import signal
 
 from fastapi import FastAPI
@@ -11,7 +12,10 @@ from fastapi import FastAPI
 from events import alerts, context, delivery, feed, mqtt, rules, silence, stream, webhooks
 from events.hub import Hub
 from twin.db import database_url
-from twin.tasks import in_background
+from twin.tasks import failed_round, in_background
+
+log = logging.getLogger("events.service")
+FORGET_EVERY_S = 3600
 
 
 def install(app: FastAPI) -> None:
@@ -35,8 +39,22 @@ async def running(app: FastAPI):
         await tasks.enter_async_context(in_background(context.work(app), "alert-context"))
         await tasks.enter_async_context(in_background(silence.work(app), "alert-silence"))
         await tasks.enter_async_context(in_background(mqtt.work(app), "events-mqtt"))
+        await tasks.enter_async_context(in_background(forgetting(app), "observation-events"))
         with closing_streams_on_stop(hub):
             yield
+
+
+async def forgetting(app: FastAPI) -> None:
+    """Every server clears the observation events past their keeping (feed.OBSERVATIONS_KEPT), once an hour."""
+    while True:
+        try:
+            async with app.state.engine.begin() as conn:
+                await feed.forget_old_observations(conn)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            failed_round(log, "clearing old observation events failed", e)
+        await asyncio.sleep(FORGET_EVERY_S)
 
 
 @contextlib.contextmanager

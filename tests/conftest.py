@@ -74,7 +74,8 @@ def server(loaded, database_url, data_dir):
     """The real app under uvicorn on a free loopback port."""
     from tests.server_support import logged_server
 
-    with logged_server(database_url, data_dir, data_dir / "server.log") as base:
+    # webhooks are delivered by test_webhooks' own server alone: the session's would take its subscriptions
+    with logged_server(database_url, data_dir, data_dir / "server.log", webhook_workers=0) as base:
         yield base
 
 

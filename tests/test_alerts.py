@@ -28,18 +28,19 @@ def keys(engine, loaded):
 
 @pytest.fixture(scope="module")
 def site(database_url, data_dir, loaded, engine, keys):
-    """A server; a station with pollution sources upstream of it, its nh3n Datastream, and a discharger's Thing
+    """A server; a station with pollution sources and outfalls or pump stations upstream of it on the drainage
+    network (the trace's answer, `traced`), its nh3n Datastream, and a discharger's Thing
     (the first of those sources) reporting COD with a permit limit of 100 mg/L."""
     with events_server(database_url, data_dir, "alerts-server") as base, \
             httpx.Client(base_url=base, timeout=30) as http:
-        station = source = None
+        station = source = traced = None
         for feature in http.get("/collections/monitoring_stations/items", params={"limit": 200}).json()["features"]:
-            traced = http.post("/query/trace", json={"point": feature["geometry"], "direction": "upstream",
-                                                     "distance": 10000, "geometries": False})
-            if traced.status_code == 200 and traced.json()["pollution_sources"]["features"]:
-                station, source = feature, traced.json()["pollution_sources"]["features"][0]
+            traced = upstream_of(http, feature["properties"]["code"])
+            if traced is not None and reached(traced, "pollution_sources") \
+                    and (reached(traced, "outfalls") or reached(traced, "pump_stations")):
+                station, source = feature, reached(traced, "pollution_sources")[0]
                 break
-        assert station is not None, "no station with pollution sources upstream in the test district"
+        assert station is not None, "no station with sources and outfalls or pumps upstream in the test district"
         with engine.connect() as conn:
             nh3n = conn.execute(text("SELECT d.id FROM sensing.datastream d JOIN sensing.thing t ON t.id = d.thing_id "
                                      "WHERE t.station_code = :code AND d.wq_field = 'nh3n'"),
@@ -60,7 +61,20 @@ def site(database_url, data_dir, loaded, engine, keys):
         made = http.post("/sta/v1.1/Datastreams", json=stream, headers=bearer(keys["ecology"]))
         assert made.status_code == 201, made.text
         cod = int(made.headers["Location"].rsplit("(", 1)[1].rstrip(")"))
-        yield {"base": base, "http": http, "station": station, "source": source, "nh3n": nh3n, "cod": cod}
+        yield {"base": base, "http": http, "station": station, "source": source, "nh3n": nh3n, "cod": cod,
+               "traced": traced}
+
+
+def upstream_of(http, station_code: str) -> dict | None:
+    """The drainage trace's own answer: what drains to the station within the alert context's 10 km."""
+    traced = http.post("/query/trace", json={"feature": {"layer": "monitoring_stations",
+                                                         "where": {"code": station_code}},
+                                             "direction": "upstream", "distance": 10000, "geometries": False})
+    return traced.json() if traced.status_code == 200 else None
+
+
+def reached(traced: dict, layer: str) -> list[dict]:
+    return traced.get(layer, {}).get("features", [])
 
 
 def post_reading(http, key, stream: int, at: datetime, value: float, quality: str | None = None):
@@ -130,11 +144,36 @@ def test_a_permit_rule_reads_the_limit_of_the_source_and_a_water_alert_names_it_
     body = json.loads(context())
     assert body["reaches"] and body["ranking"]
     top = body["suspects"][0]
-    assert top["credit_code"] == site["source"]["properties"]["credit_code"]
+    assert (top["layer"], top["code"]) == ("pollution_sources", site["source"]["properties"]["credit_code"])
     assert top["rank"] == 1 and top["abnormal_readings"] == 2 and top["online"]
-    assert "over the permit limit" in top["why"] and "upstream along the rivers" in top["why"]
+    assert "over the permit limit" in top["why"] and "upstream along the drainage network" in top["why"]
+    assert top["alerts"] == 1  # the discharger's own permit alert, in the window
     assert [s["rank"] for s in body["suspects"]] == list(range(1, len(body["suspects"]) + 1))
     assert opened.state == "open"
+    # the suspects are what the drainage trace reaches, at its distances; the rest ranked by distance
+    traced = site["traced"]
+    expected = {(layer, f["id"]): pytest.approx(f["properties"]["distance_m"], abs=0.1)
+                for layer in ("pollution_sources", "outfalls", "pump_stations") for f in reached(traced, layer)}
+    assert {(s["layer"], s["fid"]): s["along_m"] for s in body["suspects"]} == expected
+    assert {"outfalls", "pump_stations"} & {s["layer"] for s in body["suspects"]}
+    quiet = [s for s in body["suspects"] if not (s["abnormal_readings"] or s["alerts"] or s["online"])]
+    assert quiet and [s["along_m"] for s in quiet] == sorted(s["along_m"] for s in quiet)
+    assert {r["fid"] for r in body["reaches"]} == {f["id"] for f in reached(traced, "rivers")}
+
+
+def test_an_alert_at_a_station_off_the_network_gets_a_context_that_says_so(site, engine):
+    """A station no longer in its layer (or never joined to the network): no suspects, and the reason."""
+    with engine.begin() as conn:
+        fid = conn.execute(text("INSERT INTO layers.alerts (code, rule, state, station_code, first_at, last_at) "
+                                "VALUES ('TEST-OFF-NETWORK', 'test-off-network', 'open', 'XW-GONE', now(), now()) "
+                                "RETURNING fid")).scalar_one()
+    try:
+        assert wait_for(lambda: alerts_of(engine, "test-off-network")[0].context, 20), "no context"
+        body = json.loads(alerts_of(engine, "test-off-network")[0].context)
+        assert body == {"reaches": [], "suspects": [], "note": "the station is not on the drainage network"}
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM layers.alerts WHERE fid = :fid"), {"fid": fid})
 
 
 def test_acknowledging_takes_the_rule_departments_key_and_a_note(site, keys, engine):

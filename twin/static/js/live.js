@@ -1,8 +1,10 @@
-// The live map: one EventSource on /stream (alerts and water-quality readings). Open alerts are listed in
-// the sidebar and drawn over the map; clicking one flies to it and highlights its upstream reaches and ranked
-// suspects (the alert's context). A reading of the station whose panel is open redraws the panel; the
-// station's colour follows its newest class. The browser's EventSource resumes by Last-Event-ID by itself.
+// The live map: one EventSource on /stream (changes, alerts and water-quality readings). Open alerts are listed
+// in the sidebar and drawn over the map; clicking one flies to it and highlights its upstream reaches and ranked
+// suspects (the alert's context: sources, outfalls, pump stations). A reading of the station whose panel is
+// open redraws the panel; the station's colour follows its newest class. A change or an alert refreshes the
+// vector tiles it touched (refresh.js). The browser's EventSource resumes by Last-Event-ID by itself.
 import {apiUrl, getJSON} from './api.js';
+import {tileRefresher} from './refresh.js';
 import {openStation} from './stations.js';
 import {el} from './ui.js';
 
@@ -41,7 +43,7 @@ async function highlight(map, feature) {
     ? JSON.parse(feature.properties.context) : feature.properties.context;
   if (feature.geometry) map.flyTo({center: feature.geometry.coordinates, zoom: 14});
   const suspects = await Promise.all((context?.suspects ?? []).slice(0, 10).map(s =>
-    getJSON(`collections/pollution_sources/items/${s.fid}`).then(f => ({...f, properties: {rank: s.rank, why: s.why}}))
+    getJSON(`collections/${s.layer}/items/${s.fid}`).then(f => ({...f, properties: {rank: s.rank, why: s.why}}))
       .catch(() => null)));
   const reaches = await Promise.all((context?.reaches ?? []).map(r =>
     getJSON(`collections/rivers/items/${r.fid}`).catch(() => null)));
@@ -65,16 +67,13 @@ export async function setupLive(map, style, asOf) {
     map.getSource('live-alerts').setData({type: 'FeatureCollection', features});
     document.body.dataset.openAlerts = features.length;
   };
-  try {
-    for (const feature of (await getJSON('alerts')).features) open.set(feature.id, feature);
-  } catch {
-    section.hidden = true;  // the alerts layer is private to this viewer
-    return;
-  }
-  render();
-  const events = new EventSource(apiUrl('stream', {topics: 'alerts,observations'}));
+  const refresh = tileRefresher(map, style, asOf);
+  const events = new EventSource(apiUrl('stream', {topics: 'changes,alerts,observations'}));
+  events.addEventListener('change', message => refresh(JSON.parse(message.data), message.lastEventId));
   events.addEventListener('alert', message => {
     const change = JSON.parse(message.data);
+    refresh(change, message.lastEventId);
+    if (section.hidden) return;
     if (change.feature && change.feature.properties.state !== 'closed') open.set(change.fid, change.feature);
     else open.delete(change.fid);
     render();
@@ -95,5 +94,11 @@ export async function setupLive(map, style, asOf) {
         .then(body => body.features[0] && openStation(style, body.features[0].properties, null));
     }
   });
+  try {
+    for (const feature of (await getJSON('alerts')).features) open.set(feature.id, feature);
+    render();
+  } catch {
+    section.hidden = true;  // the alerts layer is private to this viewer
+  }
   return events;
 }
