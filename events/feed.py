@@ -22,7 +22,7 @@ import orjson
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from layers.catalog import get_layer
+from layers.catalog import catalog, get_layer
 from layers.changelog import change, change_columns, change_json, with_content
 from twin.access import LayerAccess
 from twin.auth import Principal
@@ -102,8 +102,9 @@ def _body(row, content) -> dict:
 
 
 async def read(conn: AsyncConnection, after: int, limit: int) -> list[Event]:
-    """Up to `limit` events after change id `after`, oldest first."""
-    rows = (await conn.execute(select(*change_columns(), *BBOX).where(change.c.change_id > after)
+    """Up to `limit` events after change id `after`, oldest first; none of archived layers (layers.registry)."""
+    rows = (await conn.execute(select(*change_columns(), *BBOX)
+                               .where(change.c.change_id > after, change.c.layer.in_(sorted(catalog())))
                                .order_by(change.c.change_id).limit(limit))).all()
     changes = [Event(row.change_id, topic_of(row.layer), row.layer, row.fid, _body(row, content))
                for row, content in await with_content(conn, rows)]

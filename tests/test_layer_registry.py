@@ -148,9 +148,13 @@ def test_archive_keeps_the_data_and_restore_brings_it_back(http_module, keys, en
     http, key = http_module, keys["gardens"]
     spec = SPEC.replace("ancient_trees", "old_wells").replace("古树名木", "古井")
     assert _register(http, key, spec).status_code == 201
+    with engine.connect() as conn:
+        before = conn.execute(text("SELECT coalesce(max(change_id), 0) FROM twin.change")).scalar()
     assert _upload(http, key, "old_wells", [({"code": "J-1"}, 120.45, 31.55)])["status"] == "succeeded"
     assert http.delete("/admin/layers/old_wells", headers=bearer(key)).json()["change"] == "archive"
     assert http.get("/collections/old_wells").status_code == 404
+    feed = http.get("/changes", params={"after": before, "limit": 10000})  # its changes leave the feed with it
+    assert feed.status_code == 200 and "old_wells" not in {c["layer"] for c in feed.json()["changes"]}
     again = _register(http, key, spec)
     assert again.status_code == 422 and "archived" in again.json()["description"]
     assert http.post("/admin/layers/old_wells/restore", headers=bearer(key)).status_code == 200
