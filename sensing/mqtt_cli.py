@@ -6,7 +6,7 @@ import threading
 import typer
 from prometheus_client import start_http_server
 
-from sensing.mqtt_service import ingest_until, publishing
+from sensing.mqtt_service import ingest_until
 from twin import broker
 from twin.console import console, fail
 from twin.settings import get_settings
@@ -28,6 +28,5 @@ def mqtt(metrics_port: int = typer.Option(0, help="serve this process's Promethe
     stopped = threading.Event()
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, lambda *_: stopped.set())
-    with publishing(settings):
-        console.print(f"ingesting from {broker.client_url(settings)}")
-        ingest_until(stopped, settings)
+    console.print(f"ingesting from {broker.client_url(settings)}")
+    ingest_until(stopped, settings, publish=True)  # only the ingest stores here: it publishes on its own connection

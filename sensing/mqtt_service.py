@@ -37,10 +37,11 @@ def publishing(settings: Settings):
         client.loop_stop()
 
 
-def ingest_until(stopped: threading.Event, settings: Settings) -> None:
-    """Ingest (in this thread) until `stopped` is set."""
+def ingest_until(stopped: threading.Event, settings: Settings, *, publish: bool = False) -> None:
+    """Ingest (in this thread) until `stopped` is set; `publish`: publishing what it stores itself (when nothing
+    else in the process publishes: see sensing.mqtt_ingest.Ingest)."""
     with member_slot(settings.data_dir / "broker") as client_id:
-        ingest = Ingest(settings, sync_engine(), client_id)
+        ingest = Ingest(settings, sync_engine(), client_id, publish=publish)
         watcher = threading.Thread(target=lambda: (stopped.wait(), ingest.stop()), daemon=True)
         watcher.start()
         log.info("MQTT ingest %s from %s", client_id, broker.client_url(settings))

@@ -9,8 +9,8 @@ first (rows of older or stranger times than any month made land in the DEFAULT p
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import NamedTuple
 
 from sqlalchemy import event, select, text
 from sqlalchemy.engine import Connection, Engine
@@ -25,8 +25,7 @@ MONTHS_AHEAD = 3  # made at start-up, so live data never waits on a new partitio
 log = logging.getLogger("sensing.store")
 
 
-@dataclass(frozen=True)
-class ObservationRow:
+class ObservationRow(NamedTuple):  # a named tuple: made at less than half a frozen dataclass's cost, per row
     datastream_id: int
     phenomenon_time: datetime
     result: float | None

@@ -1,6 +1,6 @@
 """Acknowledged means stored, over MQTT: every QoS 1 publication is stored exactly once although the ingest
 process is SIGKILLed mid-stream and restarted, and nothing the broker acknowledged is lost across a restart of
-the broker while no ingest runs."""
+the broker while no ingest runs, and a running ingest connects again after one."""
 
 import signal
 import threading
@@ -76,3 +76,20 @@ def test_a_broker_restart_loses_nothing_it_acknowledged(broker, keys, streams, e
     with ingest_process(data_dir, "mqtt-ingest-after.log"):
         assert wait_for(lambda: stored(engine, stream)[0] == m, timeout=30), stored(engine, stream)
     assert stored(engine, stream) == (m, m, sum(range(first, first + m)))
+
+
+def test_a_running_ingest_connects_again_after_the_broker_restarts(broker, keys, streams, engine, data_dir):
+    stream, moment = streams["ecology"], START + timedelta(days=45)  # outside the month the other tests count
+    with ingest_process(data_dir, "mqtt-ingest-reconnects.log") as (process, metrics):
+        broker.down()
+        with engine.begin() as conn:
+            broker.up(conn)
+        with device(broker, keys["ecology"]) as sender:
+
+            def stored_again() -> bool:  # published until one is stored: the ingest is back
+                body = orjson.dumps({"phenomenonTime": moment.isoformat(), "result": 2})
+                assert not sender.acked(sender.publish(topic(stream), body)).is_failure
+                return wait_for(lambda: probe_stored(engine, stream, moment), timeout=1)
+            assert wait_for(stored_again, timeout=30), \
+                (data_dir / "mqtt-ingest-reconnects.log").read_text(errors="replace")[-3000:]
+        assert process.poll() is None

@@ -1,6 +1,6 @@
 """MQTT ingest on the real stack: a device's publication readable over /sta/v1.1, subscribers given the stored
-observations of every path, bad payloads refused and counted, and a flood from one client not keeping
-another's readings out."""
+observations of every path, bad payloads refused and counted, and a flood from one client held to its
+Datastream's rate limit without keeping another's readings out."""
 
 import threading
 from datetime import datetime, timedelta, timezone
@@ -16,11 +16,12 @@ from tests.broker_support import (broker, counter, device, ingest_process, keys,
 from tests.sta_support import bearer
 
 START = datetime(2026, 3, 1, tzinfo=timezone.utc)
+FLOOD_BURST = 100  # the module's ingest: a Datastream takes 10 messages a second in bursts of up to 100
 
 
 @pytest.fixture(scope="module")
 def ingest(broker, data_dir):
-    with ingest_process(data_dir) as (process, metrics):
+    with ingest_process(data_dir, mqtt_stream_rate="10", mqtt_stream_burst=str(FLOOD_BURST)) as (process, metrics):
         yield metrics
 
 
@@ -99,8 +100,10 @@ def test_a_bad_payload_is_refused_counted_and_never_stored(broker, keys, streams
         assert answer.json()["value"] == []
 
 
-def test_a_flood_from_one_client_does_not_keep_anothers_readings_out(broker, keys, streams, ingest, http, engine):
+def test_a_flood_from_one_client_is_held_to_its_rate_and_does_not_keep_anothers_readings_out(
+        broker, keys, streams, ingest, http, engine):
     flood, quiet = 5000, 30
+    refused = counter(ingest, "refused.rate")
     with device(broker, keys["ecology"]) as flooder, device(broker, keys["admin"]) as other:
 
         def flooding():
@@ -121,6 +124,10 @@ def test_a_flood_from_one_client_does_not_keep_anothers_readings_out(broker, key
         return answer.json()["@iot.count"]
     assert wait_for(lambda: count(streams["ecology"], 100, 100 + quiet) == quiet, timeout=30)
     assert wait_for(lambda: count(streams["ecology_count"], 1000, 1000 + flood) > 0)
+    assert wait_for(lambda: counter(ingest, "refused.rate") - refused > flood // 2)
+    flooded = count(streams["ecology_count"], 1000, 1000 + flood)
+    assert flooded + counter(ingest, "refused.rate") - refused <= flood
+    assert flooded < flood // 2, f"{flooded} of the flood's {flood} stored: the limit did not hold"
 
 
 def test_a_key_receives_changes_of_public_layers_on_the_managed_broker(broker, keys, http, engine, loaded):

@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     mqtt_group: str = "twin-ingest"
     mqtt_batch: int = 500  # messages committed together at most ...
     mqtt_batch_ms: int = 50  # ... or after this long
+    mqtt_stream_rate: float = 100  # messages a second one Datastream takes over MQTT ...
+    mqtt_stream_burst: int = 5000  # ... in bursts of up to this many (sensing.mqtt_limit)
     # Events (docs/alerts.md): SSE clients get a comment line this often; one that falls stream_queue events behind
     # is dropped (it resumes by Last-Event-ID). Webhooks: workers per process, events per POST, the first retry
     # after webhook_backoff_s doubling up to webhook_backoff_max_s, paused after failing for webhook_retry_s.
