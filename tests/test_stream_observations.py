@@ -12,7 +12,7 @@ from sqlalchemy import text
 from tests.events_support import SseClient, bearer, events_server
 from tests.server_support import free_port
 from tests.sta_support import keys
-from tests.test_hj212_ingest import CHINA, observed_property, packet, send
+from tests.test_hj212_ingest import CHINA, factor_stream, packet, send
 from tests.tile_support import wait_for
 
 MN = "88888880000077"
@@ -31,15 +31,7 @@ def plant(database_url, data_dir, loaded, engine):
         assert made.status_code == 201, made.text
         thing_id = int(made.headers["Location"].rsplit("(", 1)[1].rstrip(")"))
         for code, name in FACTORS:
-            body = {"name": f"{name} 总排口", "description": name,
-                    "observationType": "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement",
-                    "unitOfMeasurement": {"name": "mg/L", "symbol": "mg/L", "definition": "http://unitsofmeasure.org"},
-                    "properties": {"hj212_code": code}, "Thing": {"@iot.id": thing_id},
-                    "Sensor": {"name": f"在线分析仪 {MN} {code}", "description": name, "encodingType": "text/html",
-                               "metadata": ""},
-                    "ObservedProperty": observed_property(http, code, name)}
-            made = http.post("/sta/v1.1/Datastreams", json=body, headers=bearer(key))
-            assert made.status_code == 201, made.text
+            factor_stream(http, key, thing_id, MN, code, name)
         yield {"base": base, "port": port, "thing": thing_id}
 
 
