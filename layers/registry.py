@@ -1,8 +1,8 @@
 """Layers at run time: register a layer by its spec, change it by versions, archive and restore it.
 
 Every step is one transaction: the catalog row (`twin.layer`), the version with the DDL it ran
-(`twin.layer_version`, `layers.ddl`), the DDL itself and the layer's default style (layers.default_style), so a failure leaves nothing half made, and the
-database alone says what every layer is (a backup carries it). A committed step is announced on
+(`twin.layer_version`, `layers.ddl`), the DDL itself and the layer's default style (layers.default_style), so a
+failure leaves nothing half made, and the database alone says what every layer is (a backup carries it). A committed step is announced on
 `twin_layers`; every server process reloads its catalog from it (layers.following).
 
 The layers that ship with the project are registered the same way by `ship`, run by `twin db upgrade`
