@@ -5,6 +5,9 @@ from pathlib import Path
 
 import typer
 
+from layers import registry
+from layers.catalog import catalog
+from twin.access import switch_statement
 from twin.console import JSON_OPTION, cli_actor, console, fail, listing
 from twin.db import sync_engine
 
@@ -14,18 +17,12 @@ ALLOW_LOSS = typer.Option(False, "--allow-loss", help="take a change that could 
 
 
 def _catalog():
-    from layers import registry
-
     with sync_engine().connect() as conn:
         registry.refresh(conn)
-    from layers.catalog import catalog
-
     return catalog()
 
 
 def _step(run) -> None:
-    from layers import registry
-
     try:
         with sync_engine().begin() as conn:
             step = run(conn)
@@ -38,8 +35,6 @@ def _step(run) -> None:
 
 
 def _spec(path: Path):
-    from layers import registry
-
     try:
         body = path.read_bytes()
     except OSError as e:
@@ -61,8 +56,6 @@ def layers_list(as_json: bool = JSON_OPTION):
 @app.command("add")
 def add(spec: Path = typer.Argument(..., help="the layer's spec, TOML or .json")):
     """Register a layer: its table, history, triggers and indexes, its place in every API and the map."""
-    from layers import registry
-
     parsed = _spec(spec)
     _step(lambda conn: registry.register(conn, parsed, cli_actor(None)))
 
@@ -70,8 +63,6 @@ def add(spec: Path = typer.Argument(..., help="the layer's spec, TOML or .json")
 @app.command("change")
 def change(spec: Path = typer.Argument(..., help="the layer's new spec, TOML or .json"), allow_loss: bool = ALLOW_LOSS):
     """Change a layer's spec, as a new version."""
-    from layers import registry
-
     parsed = _spec(spec)
     _step(lambda conn: registry.change(conn, parsed, cli_actor(None), allow_loss))
 
@@ -79,16 +70,12 @@ def change(spec: Path = typer.Argument(..., help="the layer's new spec, TOML or 
 @app.command("archive")
 def archive(name: str = typer.Argument(..., help="the layer")):
     """Take a layer off the map; its data, history and change log are kept, to be restored."""
-    from layers import registry
-
     _step(lambda conn: registry.archive(conn, name, cli_actor(None)))
 
 
 @app.command("restore")
 def restore(name: str = typer.Argument(..., help="the archived layer")):
     """Put an archived layer back on the map."""
-    from layers import registry
-
     _step(lambda conn: registry.restore(conn, name, cli_actor(None)))
 
 
@@ -96,16 +83,12 @@ def restore(name: str = typer.Argument(..., help="the archived layer")):
 def revert(name: str = typer.Argument(..., help="the layer"), version: int = typer.Argument(..., min=1),
            allow_loss: bool = ALLOW_LOSS):
     """Take a layer back to the spec of an earlier version, as a new version."""
-    from layers import registry
-
     _step(lambda conn: registry.revert(conn, name, version, cli_actor(None), allow_loss))
 
 
 @app.command("versions")
 def versions(name: str = typer.Argument(..., help="the layer"), as_json: bool = JSON_OPTION):
     """Every version of a layer's spec: what changed, who, when, and the DDL it ran."""
-    from layers import registry
-
     with sync_engine().connect() as conn:
         found = registry.versions(conn, name)
     if not found:
@@ -119,8 +102,6 @@ def layers_private(name: str = typer.Argument(..., help="the layer"),
                    private: bool = typer.Option(..., "--on/--off", help="private (reads need a key) or public")):
     """Make a layer private (read only with an admin key or a key of its department or listing it) or public
     again; running servers follow at once."""
-    from twin.access import switch_statement
-
     if name not in _catalog():
         fail(f"unknown layer {name} (see: twin layers list)")
     with sync_engine().begin() as conn:

@@ -149,24 +149,20 @@ def test_http_trace_refuses_with_reasons(served, body, status, code):
 
 def test_clicking_a_pump_station_in_the_viewer_highlights_its_upstream(network, served, tmp_path_factory):
     pytest.importorskip("playwright.sync_api")
-    from tests.test_viewer import CHROMIUM, FLAGS, IDLE, Page, playwright
+    from tests.test_viewer import IDLE, Page, chromium
 
     _, engine, graph, _ = network
     with engine.connect() as conn:
         fid, lng, lat = conn.execute(text("SELECT fid, ST_X(geom), ST_Y(geom) FROM layers.pump_stations "
                                           "ORDER BY fid LIMIT 1")).one()
     expected = graph.reach("pump_stations", fid, upstream=True)
-    with playwright.sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium")), executable_path=CHROMIUM, headless=True, args=FLAGS,
-            viewport={"width": 1024, "height": 700}, locale="zh-CN")
+    with chromium(tmp_path_factory.mktemp("chromium"), viewport={"width": 1024, "height": 700}) as context:
         viewer = Page(context, served)
         viewer.open(f"map=16/{lat}/{lng}&layers=pump_stations")
         viewer.page.evaluate(IDLE)
         viewer.click_lnglat(lng, lat)
         viewer.page.wait_for_function("document.body.dataset.drainageTrace !== undefined", timeout=15_000)
         shown = int(viewer.page.evaluate("document.body.dataset.drainageTrace"))
-        context.close()
     drawn = ("pipes", "rivers", "outfalls", "pump_stations", "pollution_sources")  # what drainage.js draws
     assert shown == sum(len(expected.get(layer, {})) for layer in drawn) > 1
 

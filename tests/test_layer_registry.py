@@ -203,6 +203,15 @@ def test_who_may_register(http_module, keys):
     assert big.status_code == 413
     assert _register(http, keys["admin"], "[1, 2]", "application/json").json()["where"] == "body"
     assert http.delete("/admin/layers/city_components", headers=bearer(keys["gardens"])).status_code == 422
+    admin = bearer(keys["admin"]) | {"content-type": "application/toml"}
+    other = http.put("/admin/layers/city_components", content=SPEC.encode(), headers=admin)
+    assert other.status_code == 422 and other.json()["where"] == "id"  # the spec names another layer
+    assert http.put("/admin/layers/no_such_layer", content=SPEC.replace("ancient_trees", "no_such_layer").encode(),
+                    headers=admin).json()["code"] == "unknown_layer"
+    assert http.post("/admin/layers/city_components/revert", params={"version": 99},
+                     headers=admin).json()["code"] == "unknown_version"
+    assert http.post("/admin/layers/city_components/restore", headers=admin).status_code == 404  # not archived
+    assert http.get("/admin/layers/no_such_layer/versions", headers=admin).status_code == 404
 
 
 def test_registration_is_atomic(http_module, keys, engine):

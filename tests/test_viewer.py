@@ -6,6 +6,7 @@ import datetime
 import json
 import re
 import statistics
+from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import pyproj
@@ -37,14 +38,25 @@ RENDERED = """() => {
 }"""
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
+@contextmanager
+def chromium(directory, device: str | None = None, **options):
+    """Debian's chromium, headless, in Chinese, with a profile in `directory`: as a desktop (1366×768), or as
+    the playwright `device` (its viewport and screen given in `options`), until the block ends."""
     with playwright.sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium")), executable_path=CHROMIUM, headless=True, args=FLAGS,
-            viewport={"width": 1366, "height": 768}, locale="zh-CN")
+        if device is None:
+            options = {"viewport": {"width": 1366, "height": 768}} | options
+        else:
+            options = {k: v for k, v in p.devices[device].items() if k != "default_browser_type"} | options
+        context = p.chromium.launch_persistent_context(str(directory), executable_path=CHROMIUM, headless=True,
+                                                       args=FLAGS, locale="zh-CN", **options)
         yield context
         context.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    with chromium(tmp_path_factory.mktemp("chromium")) as context:
+        yield context
 
 
 class Page:

@@ -8,7 +8,7 @@ import morecantile
 import pytest
 from sqlalchemy import text
 
-from tests.test_viewer import CHROMIUM, FLAGS, Page, playwright
+from tests.test_viewer import Page, chromium
 
 VIEW = "map=14/31.535/120.40&layers=city_components"
 TILE = re.compile(r"/WebMercatorQuad/(\d+)/(\d+)/(\d+)")
@@ -17,12 +17,8 @@ GRID = morecantile.tms.get("WebMercatorQuad")
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    with playwright.sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-live")), executable_path=CHROMIUM, headless=True, args=FLAGS,
-            viewport={"width": 1366, "height": 768}, locale="zh-CN")
+    with chromium(tmp_path_factory.mktemp("chromium-live")) as context:
         yield context
-        context.close()
 
 
 @pytest.fixture

@@ -5,22 +5,19 @@ station's popup and chart stay on screen and legible."""
 import pytest
 from PIL import Image, ImageStat
 
-from tests.test_viewer import CHROMIUM, FLAGS, Page, _station, playwright
+from tests.test_viewer import Page, _station, chromium
 
 WIDTH, HEIGHT = 390, 844
 
 
 @pytest.fixture(scope="module")
 def phone_browser(tmp_path_factory):
-    with playwright.sync_playwright() as p:
-        iphone = {k: v for k, v in p.devices["iPhone 13"].items() if k != "default_browser_type"}
-        iphone |= {"viewport": {"width": WIDTH, "height": HEIGHT}, "screen": {"width": WIDTH, "height": HEIGHT}}
-        assert iphone["is_mobile"] and iphone["has_touch"] and iphone["device_scale_factor"] == 3
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-phone")), executable_path=CHROMIUM, headless=True, args=FLAGS,
-            locale="zh-CN", **iphone)
+    size = {"width": WIDTH, "height": HEIGHT}
+    with chromium(tmp_path_factory.mktemp("chromium-phone"), "iPhone 13", viewport=size, screen=size) as context:
+        probe = context.new_page()  # a phone's pixels, touch and width, as the iPhone 13 has them
+        assert probe.evaluate("[devicePixelRatio, navigator.maxTouchPoints > 0, screen.width]") == [3, True, WIDTH]
+        probe.close()
         yield context
-        context.close()
 
 
 @pytest.fixture
