@@ -255,12 +255,16 @@ def test_drawn_polygon_counts_what_is_inside(viewer, engine):
 
 
 def test_the_time_slider_shows_the_past_and_what_changed_since(viewer, engine):
-    yesterday = (datetime.date.today() - datetime.timedelta(days=1)).isoformat()
-    viewer.open(f"map=13/31.535/120.40&layers=roads,monitoring_stations&t={yesterday}")
-    # The district was loaded today: yesterday's map has none of it, and all of it is new since.
+    # The day before the district was loaded (in the local time the browser shares), not "yesterday" by
+    # the clock: a run that crosses midnight loaded it yesterday.
+    with engine.connect() as conn:
+        loaded = conn.execute(text("SELECT min(changed_at) FROM twin.change WHERE layer IN ('roads', 'monitoring_stations')")).scalar()
+    before = (loaded.astimezone().date() - datetime.timedelta(days=1)).isoformat()
+    viewer.open(f"map=13/31.535/120.40&layers=roads,monitoring_stations&t={before}")
+    # That day's map has none of the district, and all of it is new since.
     assert viewer.rendered() == {}
     assert any("as_of=" in url for url in viewer.urls if "/tiles/onemap/" in url)
-    assert viewer.page.locator("#time-label").inner_text() == f"{yesterday} 时"
+    assert viewer.page.locator("#time-label").inner_text() == f"{before} 时"
     with engine.connect() as conn:
         counts = {layer: conn.execute(text(f"SELECT count(*) FROM layers.{layer}")).scalar()
                   for layer in ("roads", "monitoring_stations")}
