@@ -8,6 +8,8 @@ source's `credit_code`), its readings from `alert_context_hours` before the aler
 its last, per factor, with how many were over the permit limit, and the alerts its Things raised in that window.
 Suspects are ranked: those with abnormal readings or alerts first, then those reporting online, then the rest;
 within each, nearer along the network first. Each says why, with the travel time at `alert_flow_m_s`.
+The layers are found by the network roles their specs declare (stations, sources, outfalls, pump stations,
+rivers: layers.catalog), never by name.
 
 A worker in every server process fills in alerts that have no context yet, woken by the event hub; so an
 alert opened by any path, while any server was down, gets its context. The context is computed without a lock
@@ -24,19 +26,26 @@ from fastapi import FastAPI
 from sqlalchemy import select, text
 
 from layers import drainage_graph, drainage_trace
-from layers.catalog import get_layer
+from layers.catalog import SCHEMA, get_layer
+from layers.drainage_layers import layer_id, quoted, spec
 from layers.tables import current
 from twin.tasks import failed_round
 
 log = logging.getLogger("events.context")
 IDLE_S = 30
-SUSPECTS = ("pollution_sources", "outfalls", "pump_stations")
-STATIONS, RIVERS = "monitoring_stations", "rivers"
+STATIONS, SOURCES, RIVERS = "stations", "sources", "rivers"  # network roles (layers.catalog)
+SUSPECTS = (SOURCES, "outfalls", "pump_stations")
 
-PENDING = text("SELECT a.fid, a.first_at, a.last_at, s.fid AS station FROM layers.alerts a "
-               "LEFT JOIN layers.monitoring_stations s ON s.code = a.station_code "
-               "WHERE a.context IS NULL AND a.station_code IS NOT NULL AND a.state <> 'closed' "
-               "ORDER BY a.fid LIMIT 1")
+
+def pending():
+    """The first alert at a station that has no context yet, with the station's fid (None: not in its layer)."""
+    stations = spec(STATIONS)
+    return text("SELECT a.fid, a.first_at, a.last_at, s.fid AS station FROM layers.alerts a "
+                f"LEFT JOIN {quoted(SCHEMA, stations.id)} s ON s.{quoted(stations.key[0])} = a.station_code "
+                "WHERE a.context IS NULL AND a.station_code IS NOT NULL AND a.state <> 'closed' "
+                "ORDER BY a.fid LIMIT 1")
+
+
 # Per suspect (layer, fid, code): each Datastream of each Thing that names it, with its readings in the window
 READINGS = text(
     "WITH s (layer, fid, code) AS (SELECT * FROM unnest(CAST(:layers AS text[]), CAST(:fids AS bigint[]), "
@@ -47,7 +56,7 @@ READINGS = text(
     "count(o.id) FILTER (WHERE o.result > (th.properties -> 'permit_limits' ->> (d.properties ->> 'hj212_code'))"
     "::float8) AS over_limit "
     "FROM s JOIN sensing.thing th ON th.properties @> jsonb_build_object('layer', s.layer, 'fid', s.fid) "
-    "  OR (s.layer = 'pollution_sources' AND th.properties ->> 'credit_code' = s.code) "
+    "  OR (s.layer = :sources AND th.properties ->> 'credit_code' = s.code) "
     "JOIN sensing.datastream d ON d.thing_id = th.id "
     "LEFT JOIN sensing.observation o ON o.datastream_id = d.id AND o.phenomenon_time BETWEEN :start AND :end "
     "GROUP BY s.layer, s.fid, th.id, d.id ORDER BY th.name, d.name")
@@ -60,7 +69,7 @@ ALERTS = text("SELECT thing_id, count(*) AS alerts FROM layers.alerts WHERE thin
 async def upstream(conn, station: int, settings) -> drainage_trace.Reach | None:
     """What drains to the station within `alert_trace_m` along the network; None when it is not on it."""
     try:
-        return await drainage_trace.upstream(conn, STATIONS, station, settings.alert_trace_m)
+        return await drainage_trace.upstream(conn, layer_id(STATIONS), station, settings.alert_trace_m)
     except drainage_trace.NotOnNetwork:
         return None
 
@@ -93,7 +102,8 @@ async def _monitoring(conn, reached: list[tuple[str, int, dict]], alert, start) 
     """Per (layer, fid): its readings in the window; per (layer, fid): its Things' alerts in the window."""
     rows = (await conn.execute(READINGS, {
         "layers": [layer for layer, _, _ in reached], "fids": [fid for _, fid, _ in reached],
-        "codes": [named.get("code") for _, _, named in reached], "start": start, "end": alert.last_at})).all()
+        "codes": [named.get("code") for _, _, named in reached], "sources": layer_id(SOURCES), "start": start,
+        "end": alert.last_at})).all()
     readings: dict[tuple[str, int], list] = {}
     things: dict[int, set[tuple[str, int]]] = {}
     for row in rows:
@@ -116,7 +126,8 @@ async def context_of(conn, alert, settings, hidden: frozenset[str]) -> dict:
         return {"reaches": [], "suspects": [], "note": "the station is not on the drainage network"}
     start = alert.first_at - timedelta(hours=settings.alert_context_hours)
     reached = []
-    for layer in SUSPECTS:
+    suspect_layers = [layer_id(role) for role in SUSPECTS]
+    for layer in suspect_layers:
         found = {} if layer in hidden else traced.features.get(layer, {})
         names = await _named(conn, layer, found) if found else {}
         reached += [(layer, fid, names.get(fid, {})) for fid in found]
@@ -127,22 +138,23 @@ async def context_of(conn, alert, settings, hidden: frozenset[str]) -> dict:
                                  s["layer"], s["fid"]))
     for rank, suspect in enumerate(suspects, start=1):
         suspect["rank"] = rank
-    rivers = {} if RIVERS in hidden else traced.features.get(RIVERS, {})
-    names = await _named(conn, RIVERS, rivers) if rivers else {}
+    river_layer = layer_id(RIVERS)
+    rivers = {} if river_layer in hidden else traced.features.get(river_layer, {})
+    names = await _named(conn, river_layer, rivers) if rivers else {}
     reaches = sorted(({"fid": fid, **names.get(fid, {}), "along_m": round(metres, 1)}
                       for fid, metres in rivers.items()), key=lambda r: (r["along_m"], r["fid"]))
     return {"traced_m": settings.alert_trace_m, "window": {"from": start, "to": alert.last_at},
             "trace": "drainage network upstream (pgRouting)",
             "ranking": "abnormal readings or alerts first, then sources reporting online, then distance along "
                        "the drainage network",
-            "reaches": reaches, "suspects": suspects, "hidden": sorted(hidden & {*SUSPECTS, RIVERS})}
+            "reaches": reaches, "suspects": suspects, "hidden": sorted(hidden & {*suspect_layers, river_layer})}
 
 
 async def fill_one(app: FastAPI) -> bool:
     settings = app.state.settings
     hidden = app.state.access.private()  # the context is part of the alert: nothing private goes into it
     async with app.state.engine.connect() as conn:
-        alert = (await conn.execute(PENDING)).first()
+        alert = (await conn.execute(pending())).first()
     if alert is None:
         return False
     async with app.state.engine.begin() as conn:  # the graph follows the layers it is made of

@@ -2,13 +2,15 @@
 
 It LISTENs on `twin_change` (every writing statement notifies at commit, migration 0003) and on each notice
 reads the change log forward from the last id it handed out, once for all its listeners. So any server serves
-any client: a listener's position is a change id, never something this process remembers. A listener has a
-bounded queue; one that falls `queue_size` events behind (a client that does not read) is dropped, its queue
-let go, and it resumes from its last id when it comes back. The webhook and MQTT workers wait on `woken`.
+any client: a listener's position is a change id, never something this process remembers. Listeners that asked
+for the same thing with the same key are one group, asked once per event whether they want it; the event's
+frame is encoded once. A listener holds the frames handed to it until its stream writes them; one that falls
+`queue_size` events behind (a client that does not read) is dropped, what it held let go, and it resumes from
+its last id when it comes back. One clock, not a timer per stream, marks a heartbeat due each `heartbeat_s` on
+the listeners handed nothing since its last tick. The webhook and MQTT workers wait on `woken`.
 """
 
 import asyncio
-import contextlib
 import logging
 
 import psycopg
@@ -25,10 +27,42 @@ QUIET_S = 30  # the log is read again this often even without a notice (a notice
 
 
 class Listener:
-    def __init__(self, interest: Interest, queue_size: int):
-        self.interest = interest
-        self.queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue(queue_size)
+    """One stream's place at the hub: the frames handed to it and not written yet, in the order of their ids."""
+    __slots__ = ("interest", "limit", "frames", "quiet", "beat", "dropped", "waiter")
+
+    def __init__(self, interest: Interest, limit: int):
+        self.interest, self.limit = interest, limit
+        self.frames: list[tuple[int, bytes]] = []
+        self.quiet = True  # nothing handed since the clock's last tick
+        self.beat = False  # a heartbeat is due
         self.dropped = False
+        self.waiter: asyncio.Future | None = None  # its stream's, while it waits
+
+    def hand(self, event_id: int, text: bytes) -> bool:
+        """False when `limit` frames are waiting already: a client that does not read."""
+        if len(self.frames) >= self.limit:
+            return False
+        self.frames.append((event_id, text))
+        self.quiet = False
+        self.wake()
+        return True
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def next(self) -> tuple[list[tuple[int, bytes]], bool]:
+        """The frames handed since the last call and whether a heartbeat is due, once there is either (or the
+        listener was dropped)."""
+        while not (self.frames or self.beat or self.dropped):
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        frames, beat = self.frames, self.beat
+        self.frames, self.beat = [], False
+        return frames, beat
 
 
 NAMES = {"changes": b"change", "alerts": b"alert", "observations": b"observation"}  # the SSE event type, by topic
@@ -42,7 +76,7 @@ def frame(event: Event) -> bytes:
 class Hub:
     def __init__(self, engine, access: LayerAccess, url: str, queue_size: int):
         self.engine, self.access, self.url, self.queue_size = engine, access, url, queue_size
-        self.listeners: set[Listener] = set()
+        self.listeners: dict[Interest, set[Listener]] = {}  # by what they asked for and who they are
         self.position = 0  # the last change id handed out
         self.closing = False
         self.woken = asyncio.Condition()
@@ -51,37 +85,52 @@ class Hub:
         """The server is stopping: every stream ends now (its client resumes elsewhere by id), so the server's
         graceful shutdown, which waits for open responses, is not held up by streams that never end."""
         self.closing = True
-        for listener in list(self.listeners):
-            listener.dropped = True
-            self.forget(listener)
-            with contextlib.suppress(asyncio.QueueFull):
-                listener.queue.put_nowait((0, b""))  # wakes its stream
+        for group in list(self.listeners.values()):
+            for listener in list(group):
+                self._drop(listener)
 
     def listen(self, interest: Interest) -> Listener:
         listener = Listener(interest, self.queue_size)
-        self.listeners.add(listener)
+        self.listeners.setdefault(interest, set()).add(listener)
         metrics.stream_clients.inc()
         return listener
 
     def forget(self, listener: Listener) -> None:
-        if listener in self.listeners:
-            self.listeners.discard(listener)
+        group = self.listeners.get(listener.interest)
+        if group is not None and listener in group:
+            group.discard(listener)
+            if not group:
+                del self.listeners[listener.interest]
             metrics.stream_clients.dec()
+
+    def _drop(self, listener: Listener) -> None:
+        """Its stream ends at its next turn; what it held is let go."""
+        listener.dropped = True
+        listener.frames = []
+        self.forget(listener)
+        listener.wake()
 
     def _offer(self, event: Event) -> None:
         text = None
-        for listener in list(self.listeners):
-            if not listener.interest.wants(event, self.access):
+        for interest, group in list(self.listeners.items()):
+            if not interest.wants(event, self.access):
                 continue
             text = text or frame(event)
-            try:
-                listener.queue.put_nowait((event.id, text))
-            except asyncio.QueueFull:
-                listener.dropped = True
-                self.forget(listener)
-                while not listener.queue.empty():  # what it held is let go; its stream ends at its next turn
-                    listener.queue.get_nowait()
+            behind = [listener for listener in group if not listener.hand(event.id, text)]
+            for listener in behind:
+                self._drop(listener)
                 metrics.stream_dropped.inc()
+
+    async def beating(self, heartbeat_s: float) -> None:
+        """Each `heartbeat_s`, a heartbeat due on every listener handed nothing since the last time."""
+        while True:
+            await asyncio.sleep(heartbeat_s)
+            for group in self.listeners.values():
+                for listener in group:
+                    if listener.quiet:
+                        listener.beat = True
+                        listener.wake()
+                    listener.quiet = True
 
     async def catch_up(self) -> None:
         while True:

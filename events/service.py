@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from events import alerts, context, delivery, feed, mqtt, rules, silence, stream, webhooks
 from events.hub import Hub
+from events.stream_front import StreamFront
 from twin.db import database_url
 from twin.tasks import failed_round, in_background
 
@@ -21,6 +22,12 @@ FORGET_EVERY_S = 3600
 def install(app: FastAPI) -> None:
     for router in (stream.router, alerts.router, webhooks.router):
         app.include_router(router)
+
+
+def in_front(served, app: FastAPI) -> StreamFront:
+    """`served` (the app, or what already wraps it) behind the front that opens event streams before the app's
+    middleware (events.stream_front)."""
+    return StreamFront(served, app)
 
 
 @contextlib.asynccontextmanager
@@ -34,6 +41,7 @@ async def running(app: FastAPI):
         hub.position = await feed.last_id(conn)
     async with contextlib.AsyncExitStack() as tasks:
         await tasks.enter_async_context(in_background(hub.run(), "event-hub"))
+        await tasks.enter_async_context(in_background(hub.beating(settings.stream_heartbeat_s), "event-heartbeat"))
         for number in range(settings.webhook_workers):
             await tasks.enter_async_context(in_background(delivery.work(app, number), f"webhooks-{number}"))
         await tasks.enter_async_context(in_background(context.work(app), "alert-context"))

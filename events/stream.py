@@ -4,10 +4,9 @@ A client gets the stored events after its last id (the `Last-Event-ID` header it
 reconnecting, or `?after=`), then the live ones from the process's hub, skipping any it already had: nothing
 lost, nothing repeated, on this server or any other. An event of a layer the client may not read never goes
 out. A comment line every `stream_heartbeat_s` keeps proxies from closing an idle stream. A client that does
-not read is dropped by the hub (events.hub) and resumes from its last id.
+not read is dropped by the hub (events.hub) and resumes from its last id. Most streams are answered in front
+of the app's middleware (events.stream_front); this route answers the rest, and documents the endpoint.
 """
-
-import asyncio
 
 from fastapi import APIRouter, Query, Request
 from starlette.responses import StreamingResponse
@@ -78,7 +77,6 @@ async def stream(request: Request,
                        headers={"Retry-After": "1"})
     listener = hub.listen(wanted)  # before the stored events are read: nothing committed meanwhile is missed
     engine, access = request.app.state.engine, request.app.state.access
-    heartbeat = request.app.state.settings.stream_heartbeat_s
 
     async def frames():
         nonlocal cursor
@@ -95,18 +93,13 @@ async def stream(request: Request,
                     break
                 cursor = events[-1].id
             while not listener.dropped:
-                try:
-                    async with asyncio.timeout(heartbeat):  # no task per wait, as wait_for would make
-                        queued = [await listener.queue.get()]
-                except TimeoutError:
-                    yield b": heartbeat\n\n"
-                    continue
-                while not listener.queue.empty():  # what else is waiting goes out in the same write
-                    queued.append(listener.queue.get_nowait())
-                fresh = [text for event_id, text in queued if event_id > cursor]
-                if fresh:
-                    cursor = max(event_id for event_id, _ in queued)
+                handed, beat = await listener.next()
+                fresh = [text for event_id, text in handed if event_id > cursor]
+                if fresh:  # all that waited goes out in one write
+                    cursor = handed[-1][0]
                     yield b"".join(fresh)
+                elif beat:
+                    yield b": heartbeat\n\n"
         finally:
             hub.forget(listener)
 

@@ -123,10 +123,26 @@ def test_a_private_layer_reaches_only_those_who_may_read_it(base, engine, keys):
     ({"topics": "changes,gossip"}, {}, "query.topics"),
     ({"layers": "no_such_layer"}, {}, "query.layers"),
     ({}, {"Last-Event-ID": "yesterday"}, "header.Last-Event-ID"),
+    ({"after": "-1"}, {}, "query.after"),  # left to the route (events.stream_front), whose validation says so
+    ({"after": str(2 ** 63)}, {}, "query.after"),
 ])
 def test_bad_stream_requests_say_what_and_where(base, params, headers, where):
-    answer = httpx.get(f"{base}/stream", params=params, headers=headers)
-    assert answer.status_code == 400 and answer.json()["where"] == where
+    answer = httpx.get(f"{base}/stream", params=params, headers={"Origin": "https://dashboard.example"} | headers)
+    found = answer.json()["where"]
+    assert answer.status_code == 400 and (found if isinstance(found, str) else found[0]["where"]) == where
+    assert answer.headers["access-control-allow-origin"] == "*"  # errors too, in front of the app or behind it
+
+
+def test_a_stream_for_another_origin_carries_the_cors_headers_and_resumes_from_after(base, engine):
+    start = last_change(engine)
+    touch(engine, 2)
+    client = SseClient(base, {"layers": LAYER, "after": start}, {"Origin": "https://dashboard.example"})
+    assert wait_for(lambda: len(client.events) >= 2, 10)
+    client.close()
+    assert client.ids() == logged_ids(base, start)[:2]
+    with httpx.stream("GET", f"{base}/stream", headers={"Origin": "https://dashboard.example"}) as answer:
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/event-stream")
+        assert answer.headers["access-control-allow-origin"] == "*" and answer.headers["cache-control"] == "no-cache"
 
 
 def dropped(base: str) -> float:

@@ -1,6 +1,6 @@
 """The live viewer in a real browser: a change on the event stream makes MapLibre ask again for the vector tiles
 under the change, and for no others; a change off screen asks for none until the view comes back to it, when
-the tiles MapLibre kept from before the change are asked again."""
+the tiles MapLibre kept from before the change are asked again. The stream carries the layers shown only."""
 
 import re
 
@@ -106,3 +106,30 @@ def test_tiles_kept_off_screen_are_refreshed_when_the_view_comes_back_to_a_chang
         assert asked and asked <= under, asked - under
     finally:
         write(engine, "DELETE FROM layers.city_components WHERE code = 'LIVE-3'")
+
+
+def streamed_layers(viewer: Page) -> set[str]:
+    return set(viewer.page.evaluate("document.body.dataset.streamLayers").split(","))
+
+
+def test_the_stream_carries_the_layers_shown_and_a_layer_shown_again_gets_what_it_missed(viewer, engine):
+    layers = streamed_layers(viewer)
+    assert "city_components" in layers and layers - {"city_components"} <= {"alerts", "water_quality"}
+    opened = [url for url in viewer.urls if "/stream?" in url]
+    assert "layers=" in opened[-1]
+    insert = ("INSERT INTO layers.city_components (code, status, geom) "
+              "VALUES (:code, '完好', ST_SetSRID(ST_MakePoint(120.40, 31.535), 4490))")
+    toggle = viewer.page.locator('input[data-layer="city_components"]')
+    try:
+        shown = write(engine, insert, code="LIVE-4")
+        viewer.page.wait_for_function(f"Number(document.body.dataset.lastChange) >= {shown}", timeout=15_000)
+        toggle.uncheck()
+        viewer.page.wait_for_function("!document.body.dataset.streamLayers.split(',').includes('city_components')")
+        hidden = write(engine, insert, code="LIVE-5")
+        viewer.page.wait_for_timeout(1500)  # time for an event that would come
+        assert int(viewer.page.evaluate("document.body.dataset.lastChange")) == shown
+        toggle.check()  # the stream opens again after the last event id: the hidden layer's change comes now
+        viewer.page.wait_for_function(f"Number(document.body.dataset.lastChange) >= {hidden}", timeout=15_000)
+        assert "city_components" in streamed_layers(viewer)
+    finally:
+        write(engine, "DELETE FROM layers.city_components WHERE code IN ('LIVE-4', 'LIVE-5')")

@@ -31,13 +31,13 @@ def install(app: FastAPI) -> None:
     raster.install(app)
 
 
-def in_front(app: FastAPI) -> TileFastPath:
-    """The ASGI app to serve: `app` behind the tile fast path, which answers public tiles before any of the
-    framework's own layers (its error, telemetry and body-limit middleware), the app's middleware or its
-    router run. Call last."""
+def in_front(served, app: FastAPI) -> TileFastPath:
+    """The ASGI app to serve: `served` (the app, or what already wraps it) behind the tile fast path, which
+    answers public tiles before any of the framework's own layers (its error, telemetry and body-limit
+    middleware), the app's middleware or its router run. Call last."""
     app.state.public_tiles = PublicTiles(app.state.access, app.state.settings.cors_origins,
                                          app.state.tile_provider, app.state.settings)
-    return TileFastPath(app, app.state.public_tiles)
+    return TileFastPath(served, app.state.public_tiles)
 
 
 @contextlib.asynccontextmanager

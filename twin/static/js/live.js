@@ -3,10 +3,17 @@
 // suspects (the alert's context: sources, outfalls, pump stations). A reading of the station whose panel is
 // open redraws the panel; the station's colour follows its newest class. A change or an alert refreshes the
 // vector tiles it touched (refresh.js). The browser's EventSource resumes by Last-Event-ID by itself.
-import {apiUrl, getJSON} from './api.js';
+// Only what the map shows comes down the stream (`layers=`): the changes of the layers shown, the alerts and the
+// readings; so a bulk load of a hidden layer sends nothing while it stays hidden. Showing or hiding a layer opens
+// the stream again after the last event id, so a layer shown again gets the changes it missed (their tiles are
+// refreshed) and the others lose none.
+import {apiUrl, collections, getJSON} from './api.js';
 import {tileRefresher} from './refresh.js';
-import {openStation} from './stations.js';
+import {READINGS, openStation} from './stations.js';
 import {el} from './ui.js';
+
+const TOPICS = 'changes,alerts,observations';
+const ALERTS = 'alerts';  // the alerts layer, whose changes are the alert events
 
 const SEVERITY = {critical: '严重', warning: '警告', info: '提示'};
 const COLOURS = {critical: '#d50000', warning: '#ff6d00', info: '#2962ff'};
@@ -52,7 +59,8 @@ async function highlight(map, feature) {
   document.body.dataset.suspects = suspects.filter(Boolean).length;
 }
 
-export async function setupLive(map, style, asOf) {
+// `shown()`: the vector layers on the map now. Returns `follow`, to call when a layer is shown or hidden.
+export async function setupLive(map, style, asOf, shown) {
   const section = el('section', {id: 'alerts', class: 'alerts'}, el('h2', {}, '预警'));
   const list = el('ul', {id: 'alerts-body', class: 'alerts-body'});
   section.append(list);
@@ -68,17 +76,16 @@ export async function setupLive(map, style, asOf) {
     document.body.dataset.openAlerts = features.length;
   };
   const refresh = tileRefresher(map, style, asOf);
-  const events = new EventSource(apiUrl('stream', {topics: 'changes,alerts,observations'}));
-  events.addEventListener('change', message => refresh(JSON.parse(message.data), message.lastEventId));
-  events.addEventListener('alert', message => {
+  const handlers = {change: message => refresh(JSON.parse(message.data), message.lastEventId)};
+  handlers.alert = message => {
     const change = JSON.parse(message.data);
     refresh(change, message.lastEventId);
     if (section.hidden) return;
     if (change.feature && change.feature.properties.state !== 'closed') open.set(change.fid, change.feature);
     else open.delete(change.fid);
     render();
-  });
-  events.addEventListener('observation', message => {
+  };
+  handlers.observation = message => {
     const reading = JSON.parse(message.data).feature?.properties;
     if (!reading) return;
     document.body.dataset.lastReading = message.lastEventId;
@@ -93,12 +100,36 @@ export async function setupLive(map, style, asOf) {
       getJSON('collections/monitoring_stations/items', {filter: `code = ${code}`, 'filter-lang': 'cql2-text', limit: 1})
         .then(body => body.features[0] && openStation(style, body.features[0].properties, null));
     }
-  });
+  };
+  const known = await collections();
+  let events = null;
+  let lastId = null;
+  let followed = null;
+  const opened = layers => {  // an empty list would ask for every layer
+    if (!layers.length) return null;
+    const source = new EventSource(apiUrl('stream', {topics: TOPICS, layers: layers.join(), after: lastId}));
+    for (const [name, handle] of Object.entries(handlers)) {
+      source.addEventListener(name, message => {
+        lastId = message.lastEventId;
+        handle(message);
+      });
+    }
+    return source;
+  };
+  const follow = () => {
+    const layers = [...new Set([...shown(), ALERTS, READINGS])].filter(id => known.has(id)).sort();
+    if (layers.join() === followed?.join()) return;
+    events?.close();
+    followed = layers;
+    document.body.dataset.streamLayers = layers.join();
+    events = opened(layers);
+  };
+  follow();
   try {
     for (const feature of (await getJSON('alerts')).features) open.set(feature.id, feature);
     render();
   } catch {
     section.hidden = true;  // the alerts layer is private to this viewer
   }
-  return events;
+  return follow;
 }

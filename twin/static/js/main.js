@@ -61,8 +61,10 @@ async function start() {
     const vectorVisible = () => [...visible].filter(id => titles.get(id)?.kind !== 'raster');
     const measure = setupMeasure(map, {titles, visibleLayers: vectorVisible, asOf});
     const refreshChanges = () => showChanges(map, asOf(), vectorVisible(), titles);
+    let followLive = () => {};
     buildTree(document.getElementById('layer-tree'), map, style, titles, visible, () => {
       save();
+      followLive();
       if (day) refreshChanges();
     });
     setupSearch(map, titles, searchFields(style), asOf);
@@ -87,7 +89,8 @@ async function start() {
     });
     stations();
     setupCases(map);  // the case panel (cases.js)
-    setupLive(map, style, asOf);  // open alerts and readings as they arrive (live.js)
+    setupLive(map, style, asOf, vectorVisible)  // open alerts and readings as they arrive (live.js)
+      .then(follow => { followLive = follow; });
     if (day) refreshChanges();
     save();
     document.body.classList.add('ready');

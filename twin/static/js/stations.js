@@ -7,7 +7,7 @@ import {display, el, openPanel} from './ui.js';
 import {lineChart} from './chart.js';
 
 const STATIONS = 'monitoring_stations';
-const READINGS = 'water_quality';
+export const READINGS = 'water_quality';
 export const CLASS_NAMES = {1: 'Ⅰ类', 2: 'Ⅱ类', 3: 'Ⅲ类', 4: 'Ⅳ类', 5: 'Ⅴ类', 6: '劣Ⅴ类'};
 const PARAMETERS = [['do', '溶解氧', 'mg/L'], ['codmn', '高锰酸盐指数', 'mg/L'], ['nh3n', '氨氮', 'mg/L'],
   ['tp', '总磷', 'mg/L'], ['tn', '总氮', 'mg/L'], ['ph', 'pH', ''], ['water_temp', '水温', '℃']];
