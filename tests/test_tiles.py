@@ -1,6 +1,7 @@
 """Vector tiles over HTTP against the loaded district: contents checked against SQL and independent
 tile math, metadata (tile matrix sets, tilesets, TileJSON), errors, ETag/304, clustering, GDAL."""
 
+import random
 from collections import Counter
 from datetime import datetime, timezone
 
@@ -13,6 +14,7 @@ from sqlalchemy import text
 from layers.catalog import catalog, get_layer
 from tests.tile_support import (EXTENT, MERCATOR, TO_MERCATOR, buffered, decode, in_mercator_box,
                                 mercator_tile, points, tile_url)
+from tiles.tms import GRID, address
 
 MVT = "application/vnd.mapbox-vector-tile"
 
@@ -299,3 +301,14 @@ def test_polygons_smaller_than_a_pixel_are_left_out(http, engine):
     finally:
         with engine.begin() as conn:
             conn.execute(text("DELETE FROM layers.grids WHERE code = 'TEST-TINY'"))
+
+
+def test_tile_bounds_are_morecantiles_to_the_bit():
+    rng = random.Random(7)
+    for name, grid in GRID.items():
+        for z in range(grid.minzoom, grid.maxzoom + 1):
+            matrix = grid.matrix(z)
+            for x, y in {(0, 0), (matrix.matrixWidth - 1, matrix.matrixHeight - 1),
+                         *((rng.randrange(matrix.matrixWidth), rng.randrange(matrix.matrixHeight))
+                           for _ in range(20))}:
+                assert address(name, z, x, y).bounds == tuple(grid.xy_bounds(morecantile.Tile(x, y, z)))

@@ -24,6 +24,13 @@ GRID = {"WebMercatorQuad": morecantile.tms.get("WebMercatorQuad"),
         "WorldCRS84Quad": morecantile.tms.get("WorldCRS84Quad"),
         "CGCS2000Quad": CGCS2000_QUAD}
 GRIDS = TileMatrixSets(GRID)  # for titiler's factories
+# Each grid's tile matrices by zoom, and where each zoom's tile 0/0 begins (its upper left corner, as morecantile
+# places it): `TileMatrixSet.matrix(z)`, which `xy_bounds` also calls, costs more than the rest of placing a
+# tile (docs/benchmarks.md, Tiles). Every matrix served is a regular one from the top left.
+MATRICES = {name: {int(m.id): m for m in grid.tileMatrices} for name, grid in GRID.items()}
+assert all(m.cornerOfOrigin == "topLeft" and m.variableMatrixWidths is None
+           for matrices in MATRICES.values() for m in matrices.values())
+ORIGINS = {name: {z: grid.xy_bounds(Tile(0, 0, z))[::3] for z in MATRICES[name]} for name, grid in GRID.items()}
 # The PostGIS SRID of each grid's CRS (CRS84 is lon/lat WGS84, which PostGIS orders as 4326 does).
 SRIDS = {"WebMercatorQuad": 3857, "WorldCRS84Quad": 4326, "CGCS2000Quad": 4490}
 EXTENT = 4096  # MVT units across a tile
@@ -55,8 +62,12 @@ class TileAddress:
 
     @cached_property
     def bounds(self) -> tuple[float, float, float, float]:
-        """(xmin, ymin, xmax, ymax) in the grid's CRS, easting/longitude first as PostGIS wants."""
-        return tuple(self.grid.xy_bounds(Tile(self.x, self.y, self.z)))
+        """(xmin, ymin, xmax, ymax) in the grid's CRS, easting/longitude first as PostGIS wants: morecantile's
+        `xy_bounds`, to the bit."""
+        m, (left, top) = MATRICES[self.tms][self.z], ORIGINS[self.tms][self.z]
+        x, y, cell = self.x, self.y, m.cellSize  # multiplied in morecantile's order, so the floats are the same
+        return (left + x * cell * m.tileWidth, top - (y + 1) * cell * m.tileHeight,
+                left + (x + 1) * cell * m.tileWidth, top - y * cell * m.tileHeight)
 
     @cached_property
     def lonlat_bounds(self) -> tuple[float, float, float, float]:
@@ -74,10 +85,10 @@ def _lonlat(x: float, y: float) -> tuple[float, float]:
 def address(tms: str, z: int, x: int, y: int) -> TileAddress:
     """The tile named by a request, or a 404 (unknown grid) / 400 (no such tile in it)."""
     grid = grid_or_404(tms)
-    if not grid.minzoom <= z <= grid.maxzoom:
+    matrix = MATRICES[tms].get(z)
+    if matrix is None:
         raise ApiError(400, "tile_out_of_range", f"Zoom {z} is outside {tms}'s {grid.minzoom}..{grid.maxzoom}.",
                        where="path.z")
-    matrix = grid.matrix(z)
     for name, value, size in (("x", x, matrix.matrixWidth), ("y", y, matrix.matrixHeight)):
         if not 0 <= value < size:
             raise ApiError(400, "tile_out_of_range", f"Tile {name}={value} is outside 0..{size - 1} at zoom {z} "
