@@ -6,8 +6,8 @@ any client: a listener's position is a change id, never something this process r
 for the same thing with the same key are one group, asked once per event whether they want it; the event's
 frame is encoded once. A listener holds the frames handed to it until its stream writes them; one that falls
 `queue_size` events behind (a client that does not read) is dropped, what it held let go, and it resumes from
-its last id when it comes back. One clock, not a timer per stream, marks a heartbeat due each `heartbeat_s` on
-the listeners handed nothing since its last tick. The webhook and MQTT workers wait on `woken`.
+its last id when it comes back. One clock, not a timer per stream, marks a heartbeat due on the listeners handed
+nothing since its last tick. The webhook and MQTT workers wait on `woken`.
 """
 
 import asyncio
@@ -122,9 +122,10 @@ class Hub:
                 metrics.stream_dropped.inc()
 
     async def beating(self, heartbeat_s: float) -> None:
-        """Each `heartbeat_s`, a heartbeat due on every listener handed nothing since the last time."""
+        """A heartbeat due on every listener handed nothing for half of `heartbeat_s`, so no stream is silent for
+        longer than `heartbeat_s` (what a proxy's idle timeout must exceed)."""
         while True:
-            await asyncio.sleep(heartbeat_s)
+            await asyncio.sleep(heartbeat_s / 2)
             for group in self.listeners.values():
                 for listener in group:
                     if listener.quiet:

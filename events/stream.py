@@ -3,7 +3,7 @@
 A client gets the stored events after its last id (the `Last-Event-ID` header its EventSource sends on
 reconnecting, or `?after=`), then the live ones from the process's hub, skipping any it already had: nothing
 lost, nothing repeated, on this server or any other. An event of a layer the client may not read never goes
-out. A comment line every `stream_heartbeat_s` keeps proxies from closing an idle stream. A client that does
+out. A comment line whenever a stream was silent for half of `stream_heartbeat_s` keeps proxies from closing it. A client that does
 not read is dropped by the hub (events.hub) and resumes from its last id. Most streams are answered in front
 of the app's middleware (events.stream_front); this route answers the rest, and documents the endpoint.
 """
