@@ -9,12 +9,13 @@ server's, with the same connect options and session settings:
 
 - home-made: the `Connections` tiles/render.py had before issue 18 (a semaphore and a list of idle
   connections, no reset), copied here so the comparison outlives it;
-- asyncpg: `asyncpg.create_pool(min_size=0, max_size=pool_size, reset=<nothing>)`, acquire with the
-  server's pool timeout, as tiles/render.py now uses it. Its default reset (`Connection.reset()`) is
+- asyncpg: `asyncpg.create_pool(min_size=0, max_size=pool_size, reset=<nothing>)`, acquired without a
+  timeout, as tiles/render.py does while a connection is free (with one, asyncpg runs the acquire in a task). Its default reset (`Connection.reset()`) is
   one more round trip per miss; none is needed, as a tile changes nothing in the session.
 
 Rounds take turns (which pool goes first alternates), after one unmeasured pass of each; a tile's figure
-is its median over the rounds. Then the same for `SELECT 1`, which isolates the pool's own cost.
+is its median over the rounds. Then the same for `SELECT 1`, which isolates the pool's own cost. Beside the
+times, this process's CPU per item: on a busy machine the latencies wander, the CPU much less.
 """
 
 import asyncio
@@ -110,12 +111,14 @@ async def main(tiles: int, rounds: int, trivial: int) -> None:
 
     async def pool_miss(plan, params) -> float:
         started = time.perf_counter()
-        conn = await pool.acquire(timeout=settings.pool_timeout_s)
+        conn = await pool.acquire()  # as the renderer acquires while a connection is free: no timeout task
         await run(conn, plan, params)
         await pool.release(conn)
         return time.perf_counter() - started
 
-    async def passes(items: list, rounds: int) -> dict[str, list[float]]:
+    cpu = {}  # (label, contestant) → this process's CPU seconds per item, over every round
+
+    async def passes(label: str, items: list, rounds: int) -> dict[str, list[float]]:
         contestants = {"home-made": home_miss, "asyncpg pool": pool_miss}
         for miss in contestants.values():  # warm: connections open, statements prepared
             for item in items:
@@ -123,14 +126,16 @@ async def main(tiles: int, rounds: int, trivial: int) -> None:
         times = {name: [[] for _ in items] for name in contestants}
         for r in range(rounds):
             for name in (list(contestants) if r % 2 == 0 else list(reversed(contestants))):
+                started = time.process_time()
                 for i, item in enumerate(items):
                     times[name][i].append(await contestants[name](*item))
+                cpu[label, name] = cpu.get((label, name), 0) + (time.process_time() - started) / len(items) / rounds
         return {name: [statistics.median(per) for per in per_item] for name, per_item in times.items()}
 
     print(f"load average at the start: {' / '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
-    tile_times = await passes(work, rounds)
-    trivial_times = await passes([(TilePlan("SELECT 1", (), {}, True), [])] * trivial, rounds)
+    tile_times = await passes("tile", work, rounds)
+    trivial_times = await passes("SELECT 1", [(TilePlan("SELECT 1", (), {}, True), [])] * trivial, rounds)
     ended = time.strftime("%H:%M:%S", time.gmtime())
     print(f"{started}–{ended} UTC, load average at the end: {' / '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"{len(work)} tiles, {rounds} rounds; {trivial} × SELECT 1, {rounds} rounds; pool size {settings.pool_size}")
@@ -143,7 +148,9 @@ async def main(tiles: int, rounds: int, trivial: int) -> None:
     for label, times in (("tile", tile_times), ("SELECT 1", trivial_times)):
         differences = [b - a for a, b in zip(times["home-made"], times["asyncpg pool"])]
         print(f"{label}: asyncpg pool minus home-made, per item: median {_ms(differences, .5):+.3f} ms, "
-              f"mean {statistics.fmean(differences) * 1000:+.3f} ms")
+              f"mean {statistics.fmean(differences) * 1000:+.3f} ms; this process's CPU per item (the pool and the "
+              f"driver): home-made {cpu[label, 'home-made'] * 1e6:.0f} µs, asyncpg pool "
+              f"{cpu[label, 'asyncpg pool'] * 1e6:.0f} µs")
     home.close()
     await pool.close()
 
