@@ -1,8 +1,9 @@
 """The observation store at scale: a year of 1,000 datastreams at 5 minutes (105 million observations).
 
-    nice .venv/bin/python -m bench.observation_store [--datastreams 1000] [--days 365] [--runs 15]
+    nice .venv/bin/python -m bench.observation_store [--datastreams 1000] [--days 365] [--runs 15] [--keep] [--reuse]
 
-A throwaway cluster in $TMPDIR/twin-bench-store (deleted afterwards), migrated to head. The observations are
+A throwaway cluster in $TMPDIR/twin-bench-store (deleted afterwards unless --keep; --reuse times the store a
+--keep run left, without building it again), migrated to head. The observations are
 generated in SQL (generate_series, in arrival order: time, then datastream) straight into each month's
 partition table, which is then attached (its indexes built as the migration defines them); the hourly and
 daily aggregates and the latest observations are then computed in bulk from the stored rows, as the
@@ -109,6 +110,12 @@ def build(url: str, streams: int, days: int) -> int:
         return first_id - 1
 
 
+def stored(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT last_value FROM pg_sequences WHERE schemaname || '.' || sequencename = "
+                            "pg_get_serial_sequence('sensing.observation', 'id')").fetchone()[0] - 1
+
+
 def sizes(url: str, observations: int) -> dict[str, float]:
     with psycopg.connect(url) as conn:
         heap, indexes = conn.execute(
@@ -180,7 +187,8 @@ def over_http(base: str, stream: int, end: datetime, runs: int) -> tuple[float, 
 
 def main(datastreams: int = typer.Option(1000), days: int = typer.Option(365),
          runs: int = typer.Option(15, help="runs of each query"),
-         keep: bool = typer.Option(False, help="keep the cluster (to look at it); delete it yourself")):
+         keep: bool = typer.Option(False, help="keep the cluster (to look at it); delete it yourself"),
+         reuse: bool = typer.Option(False, help="time the store a --keep run left (same --datastreams and --days)")):
     BENCH_DIR.mkdir(exist_ok=True)
     BENCH_DIR.chmod(0o755)  # the postgres OS user enters it
     cluster = Cluster(BENCH_DIR / "db")
@@ -191,12 +199,15 @@ def main(datastreams: int = typer.Option(1000), days: int = typer.Option(365),
                 conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
         cluster.down()
         cluster.up()
-        url = empty_database(cluster.url(), "store")
+        url = cluster.url().rsplit("/", 1)[0] + "/store" if reuse else empty_database(cluster.url(), "store")
         migrate(url=url)
-        began = time.monotonic()
-        observations = build(url, datastreams, days)
-        print(f"built {observations:,} observations ({datastreams:,} datastreams, {days} days at 5 minutes) "
-              f"with their aggregates in {time.monotonic() - began:.0f} s", flush=True)
+        if reuse:
+            observations = stored(url)
+        else:
+            began = time.monotonic()
+            observations = build(url, datastreams, days)
+            print(f"built {observations:,} observations ({datastreams:,} datastreams, {days} days at 5 minutes) "
+                  f"with their aggregates in {time.monotonic() - began:.0f} s", flush=True)
         end = START + timedelta(days=days)
         stream = datastreams // 2
         figures = floors(url, stream, end, runs)

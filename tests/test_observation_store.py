@@ -112,3 +112,30 @@ def test_a_bulk_insert_into_a_new_partition_is_analyzed(engine, stream):
         store.insert_rows(conn, rows)
         assert conn.execute(text("SELECT reltuples FROM pg_class WHERE oid = 'sensing.observation_2002_06'::regclass")
                             ).scalar() == 200
+
+
+@pytest.mark.parametrize("moment", [datetime(1, 1, 1, 0, 0, 0, 5, tzinfo=UTC),
+                                    datetime(1600, 7, 1, 7, 59, 59, 999999, tzinfo=timezone(timedelta(hours=8))),
+                                    datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+                                    datetime(2026, 3, 29, 1, 30, 0, 123457, tzinfo=timezone(timedelta(hours=-5)))])
+def test_every_time_is_stored_to_the_microsecond_and_each_row_gets_its_id(engine, stream, moment):
+    rows = [store.ObservationRow(stream, moment, 1.0, "N", moment - timedelta(microseconds=3),
+                                 moment + timedelta(days=1)),
+            store.ObservationRow(stream, moment + timedelta(seconds=1), 2.0),
+            store.ObservationRow(stream, moment, 3.0, "A")]  # the same key again: the last write wins, the same id
+    with engine.begin() as conn:
+        ids = store.insert_rows(conn, rows)
+        stored = {r.id: r for r in conn.execute(text(
+            "SELECT id, phenomenon_time, phenomenon_time_end, result_time, result, result_quality "
+            "FROM sensing.observation WHERE id = ANY(:ids)"), {"ids": ids})}
+        conn.rollback()
+    assert ids[0] == ids[2] != ids[1]
+    assert (stored[ids[0]].phenomenon_time, stored[ids[0]].result, stored[ids[0]].result_quality) == (moment, 3.0, "A")
+    assert stored[ids[0]].result_time is None and stored[ids[0]].phenomenon_time_end is None
+    assert stored[ids[1]].phenomenon_time == moment + timedelta(seconds=1)
+    with engine.begin() as conn:
+        ids = store.insert_rows(conn, rows[:1])
+        row = conn.execute(text("SELECT phenomenon_time, phenomenon_time_end, result_time FROM sensing.observation "
+                                "WHERE id = :id"), {"id": ids[0]}).one()
+        conn.rollback()
+    assert tuple(row) == (moment, moment + timedelta(days=1), moment - timedelta(microseconds=3))

@@ -123,6 +123,10 @@ def test_query_options(http, source):
     within = get(http, "Locations", **{"$filter": "st_within(location, geography'POLYGON((0 0, 1 0, 1 1, 0 1, 0 0))')"})
     assert within["value"] == []
     assert get(http, f"Things({thing_id})/name") == {"name": "某化工有限公司"}
+    named = get(http, f"Datastreams({stream})/Observations", **{"$top": "2", "$select": "result,Datastream",
+                                                                "$expand": "Datastream($select=name)"})
+    assert [set(o) for o in named["value"]] == [{"result", "Datastream", "Datastream@iot.navigationLink"}] * 2
+    assert [set(o["Datastream"]) for o in named["value"]] == [{"name"}] * 2
 
 
 @pytest.mark.parametrize("params, where", [

@@ -1,5 +1,6 @@
 """Checking SensorThings request bodies: types, times, geometries and results, each refusal saying where."""
 
+import math
 from datetime import datetime, timedelta, timezone
 
 import orjson
@@ -74,7 +75,9 @@ def instant(value, where: str) -> datetime:
     return moment
 
 
-def phenomenon_time(value, where: str) -> tuple[datetime, datetime | None]:
+def phenomenon_time(value, where: str, now: datetime | None = None) -> tuple[datetime, datetime | None]:
+    """(start, end or None) of `value` (the clock's time if None), no more than a day after `now` (the clock's time
+    unless given: a request of 10,000 observations reads it once)."""
     if value is None:
         return datetime.now(timezone.utc), None
     if isinstance(value, str) and "/" in value:
@@ -83,7 +86,7 @@ def phenomenon_time(value, where: str) -> tuple[datetime, datetime | None]:
             raise bad(where, "the interval ends before it starts")
     else:
         start, end = instant(value, where), None
-    if (end or start) > datetime.now(timezone.utc) + FUTURE:
+    if (end or start) > (now or datetime.now(timezone.utc)) + FUTURE:
         raise bad(where, f"{value} is more than a day in the future")
     return start, end
 
@@ -95,7 +98,7 @@ def result(value, observation_type: str, where: str) -> float:
                   f"not {type(value).__name__ if value is not None else 'null'}")
     if kind == "integer" and value != int(value):
         raise bad(where, "must be a whole number for an OM_CountObservation Datastream")
-    if value != value or value in (float("inf"), float("-inf")):
+    if isinstance(value, float) and not math.isfinite(value):  # an int is finite
         raise bad(where, "must be a finite number")
     return float(value)
 

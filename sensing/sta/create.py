@@ -4,6 +4,8 @@ A key creates Things, Locations, Sensors, ObservedProperties and FeaturesOfInter
 and Datastreams, Observations and HistoricalLocations only under Things of its department (403 otherwise).
 """
 
+from datetime import datetime, timezone
+
 import orjson
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
@@ -211,7 +213,7 @@ def default_feature(conn, p: Principal, stream) -> int | None:
 
 
 def observation_row(conn, p: Principal, body, where: str, datastream_id: int | None = None,
-                    streams: dict | None = None) -> store.ObservationRow:
+                    streams: dict | None = None, now: datetime | None = None) -> store.ObservationRow:
     body = b.obj(body, where)
     if datastream_id is None:
         if "Datastream" not in body:
@@ -226,7 +228,7 @@ def observation_row(conn, p: Principal, body, where: str, datastream_id: int | N
     if "result" not in body:
         raise b.bad(f"{where}.result", "is required")
     value = b.result(body["result"], stream["observation_type"], f"{where}.result")
-    start, end = b.phenomenon_time(body.get("phenomenonTime"), f"{where}.phenomenonTime")
+    start, end = b.phenomenon_time(body.get("phenomenonTime"), f"{where}.phenomenonTime", now)
     result_time = b.instant(body["resultTime"], f"{where}.resultTime") if body.get("resultTime") else None
     quality = body.get("resultQuality")
     if quality is not None and (not isinstance(quality, str) or len(quality) > 64):
@@ -270,7 +272,7 @@ def data_array_rows(conn, p: Principal, body: list) -> list[store.ObservationRow
     streams = {row["id"]: row for row in conn.execute(select(t.datastream).where(
         t.datastream.c.id.in_({stream for _, _, stream, values in items if values}))).mappings()}
     features: dict[int, int | None] = {}
-    rows = []
+    rows, now = [], datetime.now(timezone.utc)
     for where, components, stream, values in items:
         if values and stream in streams:  # one missing is refused by observation_row at the first row
             check_department(p, streams[stream]["department"], f"Datastream {stream}")
@@ -286,7 +288,7 @@ def data_array_rows(conn, p: Principal, body: list) -> list[store.ObservationRow
             entry = dict(zip(components, value))
             if "FeatureOfInterest/id" in entry:
                 entry["FeatureOfInterest"] = {"@iot.id": entry.pop("FeatureOfInterest/id")}
-            rows.append(observation_row(conn, p, entry, f"{where}.dataArray[{j}]", stream, streams))
+            rows.append(observation_row(conn, p, entry, f"{where}.dataArray[{j}]", stream, streams, now))
     return rows
 
 

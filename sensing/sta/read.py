@@ -1,14 +1,14 @@
 """GET on any resource path, with the query options."""
 
+from datetime import datetime
 from urllib.parse import urlencode
 
-import orjson
 from fastapi import APIRouter, Request, Response
 from sqlalchemy import select
 
 from sensing.sta import options as query_options
 from sensing.sta.paths import Resolved, resolve
-from sensing.sta.query import Reader, run
+from sensing.sta.query import Reader, dump, iso, run
 from sensing.sta.root import PREFIX, sta_base
 from twin.access import hidden_layers
 from twin.errors import ApiError
@@ -17,7 +17,7 @@ router = APIRouter(tags=["sensorthings"])
 
 
 def _json(body, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+    return Response(dump(body), status_code=status, media_type="application/json")
 
 
 async def _exists(reader: Reader, resolved: Resolved) -> bool:
@@ -44,7 +44,8 @@ async def read(request: Request, path: str):
             if resolved.property:
                 value = entity.get(resolved.property)
                 if resolved.value:
-                    return Response("" if value is None else str(value), media_type="text/plain")
+                    text = iso(value) if isinstance(value, datetime) else "" if value is None else str(value)
+                    return Response(text, media_type="text/plain")
                 return _json({resolved.property: value})
             return _json(entity)
         if resolved.parent is not None and not await _exists(reader, resolved.parent):

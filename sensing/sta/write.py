@@ -16,7 +16,7 @@ from sensing.sta import create
 from sensing.sta.entities import ENTITIES, Entity
 from sensing.sta.options import Options
 from sensing.sta.paths import SEGMENT
-from sensing.sta.query import Reader
+from sensing.sta.query import Reader, dump
 from sensing.sta.root import PREFIX, sta_base
 from twin.access import hidden_layers
 from twin.auth import Principal, authenticate
@@ -58,7 +58,7 @@ async def _created(request: Request, entity: Entity, key: int, status: int = 201
         found, _, _ = await reader.collection(Options(entity, top=1), lambda s: [s.c.id == key], key)
     body = found[0] if found else {"@iot.id": key}
     headers = {"Location": f"{sta_base(request)}/{entity.plural}({key})"}
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+    return Response(dump(body), status_code=status, media_type="application/json", headers=headers)
 
 
 @router.post(PREFIX + "/CreateObservations", status_code=201)
