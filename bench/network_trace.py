@@ -11,6 +11,11 @@ service areas of pump stations and pipes; downstream from manholes.
     nice .venv/bin/python -m bench.network_trace [--pipes 1000000] [--keep]
     nice .venv/bin/python -m bench.network_trace --reuse --keep   # again on a kept cluster (graph refreshed)
     nice .venv/bin/python -m bench.network_trace --pipes 50000 --as-of   # also `as_of` (a graph of the past)
+    nice .venv/bin/python -m bench.network_trace --reuse --keep --no-traces --as-of   # `as_of` alone
+    nice .venv/bin/python -m bench.network_trace --reuse --no-traces --as-of --turned 20000   # a large change
+
+`--as-of` commits its changes to the cluster (five features a run; --turned more): measure on a kept
+cluster first, and build it again after a run with --turned.
 """
 
 import asyncio
@@ -153,39 +158,72 @@ async def measure(url: str, log) -> None:
     print("\n".join(rows))
 
 
-async def measure_as_of(url: str, log) -> None:
-    """A trace `as_of` a moment before a change: one pipe deleted, in a transaction rolled back afterwards, so
-    the graph of the past is built in temporary tables (layers.drainage_graph.build_at); then upstream traces
-    from the first river stations on it."""
+# A few changes after the moment: a pipe deleted, one turned round, one added, a manhole renamed (its pipes
+# join nothing), a pollution source moved (the river's links are made again).
+CHANGES = ("DELETE FROM {pipes} WHERE fid = (SELECT min(fid) FROM {pipes})",
+           "UPDATE {pipes} SET direction = '反向' WHERE fid = (SELECT min(fid) + 1 FROM {pipes})",
+           "INSERT INTO {pipes} (code, kind, flow_type, from_code, to_code, geom) SELECT 'bench-' || code, kind, "
+           "flow_type, to_code, from_code, geom FROM {pipes} WHERE fid = (SELECT max(fid) FROM {pipes})",
+           "UPDATE {manholes} SET code = 'bench-' || code WHERE fid = (SELECT min(fid) + 500000 FROM {manholes})",
+           "UPDATE {sources} SET geom = ST_Translate(geom, 0.001, 0) WHERE fid = (SELECT min(fid) FROM {sources})")
+
+
+async def measure_as_of(url: str, log, turned: int = 0) -> None:
+    """Traces `as_of` a moment before a few changes (CHANGES, committed with the graph now rebuilt after them,
+    as a server does, and vacuumed: a kept cluster keeps them, five features of a million a run): the graph
+    then built by undoing the changes from the graph now (layers.drainage_graph.build_at) and, beside it,
+    built whole from the layers then (rebuild_at); then the same traces on each. `turned`: that many more
+    pipes turned round (a change of a large part of the network)."""
     from layers import drainage_graph, drainage_layers, drainage_trace
 
     engine = create_async_engine(url.replace("postgresql://", "postgresql+psycopg://"))
-    pipes = drainage_layers.now().layers["pipes"]
-    async with engine.connect() as conn:
-        await conn.execute(text("SET jit = off"))
+    tables, layer = drainage_layers.now().layers, drainage_layers.layer_id
+    async with engine.begin() as conn:
         moment = (await conn.execute(text("SELECT now() - interval '1 second'"))).scalar()
-        await conn.execute(text(f"DELETE FROM {pipes} WHERE fid = (SELECT min(fid) FROM {pipes})"))
+    async with engine.begin() as conn:
+        for change in CHANGES:
+            await conn.execute(text(change.format(**tables)))
+        if turned:
+            await conn.execute(text(f"UPDATE {tables['pipes']} SET direction = '反向' WHERE fid IN "
+                                    f"(SELECT fid FROM {tables['pipes']} ORDER BY fid DESC LIMIT :n)"), {"n": turned})
         started = time.perf_counter()
-        past = await drainage_graph.build_at(conn, moment)
-        log(f"as_of: the graph of the past built in {time.perf_counter() - started:.1f} s")
-        stations = (await conn.execute(text(f"SELECT fid FROM {drainage_layers.now().layers['stations']} "
-                                            "ORDER BY fid LIMIT 5"))).scalars().all()
-        for fid in stations:
+        await drainage_graph.refresh(conn)
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(text("VACUUM ANALYZE twin.drainage_node, twin.drainage_edge, twin.drainage_component_edge"))
+    log(f"as_of: {len(CHANGES)} changes and {turned:,} pipes turned round, the graph now rebuilt after them and "
+        f"vacuumed in {time.perf_counter() - started:.0f} s")
+    async with engine.connect() as conn:
+        starts = [(kind, role, fid) for kind, role in (
+            ("upstream", "stations"), ("upstream", "pump_stations"), ("service_area", "pump_stations"),
+            ("downstream", "manholes")) for fid in (await conn.execute(text(
+                f"SELECT fid FROM {tables[role]} ORDER BY fid LIMIT 5"))).scalars()]
+        for label, build in (("undone from the graph now", drainage_graph.build_at),
+                             ("built whole", drainage_graph.rebuild_at)):
+            await conn.rollback()  # each graph then in a transaction of its own, as the server's
+            await conn.execute(text("SET LOCAL jit = off"))
+            await conn.execute(text("SET LOCAL statement_timeout = 0"))
             started = time.perf_counter()
-            try:
-                reach = await drainage_trace.upstream(conn, drainage_layers.layer_id("stations"), fid, network=past)
-            except drainage_trace.NotOnNetwork:
-                continue
-            log(f"as_of: upstream from river station {fid} in {(time.perf_counter() - started) * 1000:.0f} ms, "
-                f"{sum(len(v) for v in reach.features.values())} features")
-        await conn.rollback()
+            past = await build(conn, moment)
+            log(f"as_of: the graph then {label}: {time.perf_counter() - started:.2f} s")
+            for kind, role, fid in starts:
+                started = time.perf_counter()
+                try:
+                    reach = await getattr(drainage_trace, kind)(conn, layer(role), fid, network=past)
+                except drainage_trace.NotOnNetwork:
+                    continue
+                log(f"as_of ({label}): {kind} from {role} {fid}: {(time.perf_counter() - started) * 1000:.0f} ms, "
+                    f"{sum(len(v) for v in reach.features.values())} features")
+            await conn.rollback()
     await engine.dispose()
 
 
 def main(pipes: int = typer.Option(1_000_000, help="pipes in the generated network"),
          keep: bool = typer.Option(False, help="keep the cluster and files (re-run with --reuse)"),
          reuse: bool = typer.Option(False, help="measure on the cluster a --keep run left"),
-         as_of: bool = typer.Option(False, help="also a trace as of a moment before a change (a graph build)")):
+         as_of: bool = typer.Option(False, help="also traces as of a moment before a few changes"),
+         traces: bool = typer.Option(True, help="the traces on the network now (--no-traces: --as-of alone)"),
+         turned: int = typer.Option(0, help="with --as-of: this many more pipes turned round after the moment")):
     from twin.cluster import Cluster
 
     log = lambda line: print(line, flush=True)  # noqa: E731
@@ -196,9 +234,10 @@ def main(pipes: int = typer.Option(1_000_000, help="pipes in the generated netwo
     else:
         url = build(pipes, log)
     try:
-        asyncio.run(measure(url, log))
+        if traces:
+            asyncio.run(measure(url, log))
         if as_of:
-            asyncio.run(measure_as_of(url, log))
+            asyncio.run(measure_as_of(url, log, turned))
     finally:
         if not keep:
             Cluster(BENCH_DIR / "db").destroy()

@@ -1,7 +1,8 @@
 """The layers the drainage graph is made of, found by the `network` role their specs declare
 (layers.catalog), never by name; and where a graph build and a trace read them and the graph: the
-layers and `twin.drainage_*` now, or, for a moment in the past, copies of the layers as they were then
-and a graph of their own, in temporary tables that live as long as the transaction.
+layers and `twin.drainage_*` now, or, for a moment in the past, the layers as they were then (views over
+the layers and their changes, layers.drainage_past, or whole copies, `at`) and a graph of their own, in
+temporary views and tables that live as long as the transaction.
 
 The graph tables hold roles, not layer ids (`drainage_node.layer` 'stations', 'sources', …; edges
 'gravity', 'pressure', 'rivers' and the links), so renaming a layer changes no graph; answers speak
@@ -88,14 +89,15 @@ def now() -> Network:
                    quoted("twin", "drainage_edge"), quoted("twin", "drainage_component_edge"))
 
 
-async def unchanged_since(conn: AsyncConnection, moment: datetime) -> bool:
-    """Whether every network layer is now as it was at `moment` (no version written or superseded since)."""
-    checks = []
+async def changed_since(conn: AsyncConnection, moment: datetime) -> dict[str, int]:
+    """Per role whose layer has changed since `moment`, how many versions were written or superseded since."""
+    counts = []
     for role in ROLES:
         layer = spec(role).id
-        checks.append(f"coalesce((SELECT max(updated_at) FROM {quoted(SCHEMA, layer)}) <= :moment, true) AND NOT "
-                      f"EXISTS (SELECT FROM {quoted('history', layer)} WHERE valid && tstzrange(:moment, NULL, '()'))")
-    return (await conn.execute(text("SELECT " + " AND ".join(checks)), {"moment": moment})).scalar()
+        counts.append(f"(SELECT count(*) FROM {quoted(SCHEMA, layer)} WHERE updated_at > :moment) + (SELECT count(*) "
+                      f"FROM {quoted('history', layer)} WHERE valid && tstzrange(:moment, NULL, '()'))")
+    changed = (await conn.execute(text("SELECT " + ", ".join(counts)), {"moment": moment})).one()
+    return {role: n for role, n in zip(ROLES, changed) if n}
 
 
 async def at(conn: AsyncConnection, moment: datetime) -> Network:

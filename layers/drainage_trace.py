@@ -190,14 +190,16 @@ async def downstream(conn: AsyncConnection, layer: str, fid: int, distance: floa
     reach = await _trace(conn, net, starts, False, distance)
     if reach.outlet is None:
         return reach
+    # the path's edges read by an array of their ids: pgRouting's row estimate can make a join to the edges
+    # a scan of them all (a graph of the past, layers.drainage_past, is views over the graph now)
     steps = (await conn.execute(text(
-        f"WITH parts AS ({_parts(net, STARTS_PARAM)}) "
-        "SELECT e.layer, e.fid, d.agg_cost + d.cost FROM pgr_dijkstra("
+        f"WITH parts AS ({_parts(net, STARTS_PARAM)}), path AS MATERIALIZED (SELECT * FROM pgr_dijkstra("
         "  format(:edge_sql || ' WHERE component = ANY(%L::bigint[])', (SELECT array_agg(component) FROM parts)), "
-        f"  {STARTS_PARAM}, CAST(:outlet AS bigint)) d JOIN {net.edge} e ON e.id = d.edge "
-        "ORDER BY d.path_seq"), {"part_sql": _edges_sql(False, net.part_edge), "unbounded": UNBOUNDED,
-                                 "edge_sql": _edges_sql(False, net.edge), "starts": starts,
-                                 "outlet": reach.outlet[3]})).all()
+        f"  {STARTS_PARAM}, CAST(:outlet AS bigint))) "
+        f"SELECT e.layer, e.fid, d.agg_cost + d.cost FROM path d JOIN {net.edge} e ON e.id = d.edge "
+        "WHERE e.id = ANY(ARRAY(SELECT edge FROM path)) ORDER BY d.path_seq"), {
+            "part_sql": _edges_sql(False, net.part_edge), "unbounded": UNBOUNDED,
+            "edge_sql": _edges_sql(False, net.edge), "starts": starts, "outlet": reach.outlet[3]})).all()
     # a link (outfall or source to the river, source to its manhole) is a step of no layer: named by its kind
     reach.path = [(reach.layers[EDGE_ROLES[kind]] if kind in EDGE_ROLES else kind, fid, metres)
                   for kind, fid, metres in steps]
