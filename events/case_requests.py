@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from events.feed import ALERTS
+from events.feed import ALERTS, last_id
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ OPENED = text(
 
 async def opened_after(conn: AsyncConnection, after: int, limit: int) -> tuple[list[CaseRequest], int]:
     """The alerts opened after change id `after` whose rule asks for a case, and the change id read up to."""
-    upto = (await conn.execute(text("SELECT coalesce(max(change_id), 0) FROM twin.change"))).scalar_one()
+    upto = await last_id(conn)  # the log's end, readings' events included: the hub's position is the same
     rows = (await conn.execute(OPENED, {"layer": ALERTS, "after": after, "upto": upto, "limit": limit})).all()
     position = rows[-1].change_id if len(rows) == limit else max(upto, after)
     return [CaseRequest(r.fid, r.code, r.rule, r.case_class, r.station, r.parameter, r.worst_value, r.limit_value,

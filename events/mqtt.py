@@ -62,8 +62,8 @@ async def work(app: FastAPI) -> None:
     if client is None:
         return  # no broker configured
     async with app.state.engine.begin() as conn:
-        await conn.execute(text("INSERT INTO events.publisher SELECT :name, coalesce(max(change_id), 0) "
-                                "FROM twin.change ON CONFLICT DO NOTHING"), {"name": NAME})
+        await conn.execute(text("INSERT INTO events.publisher VALUES (:name, :start) ON CONFLICT DO NOTHING"),
+                           {"name": NAME, "start": await feed.last_id(conn)})
     try:
         while True:
             try:

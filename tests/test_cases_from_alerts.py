@@ -2,12 +2,16 @@
 and the alert one case (source 告警, at the station, routed by the responsibility table, linked back to the
 alert); a restart, with two server processes, opens no second case."""
 
+import asyncio
 from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from events.case_requests import opened_after
+from events.feed import last_id
 from tests.case_support import key
 from tests.events_support import bearer, events_server
 from tests.tile_support import wait_for
@@ -95,3 +99,29 @@ def test_an_exceedance_opens_one_case_that_a_restart_does_not_repeat(database_ur
     assert len(cases_of(engine, "test-case-nh3n-again")) == 1
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM cases.alert_case WHERE problem IS NOT NULL")).scalar() == 0
+
+
+def test_the_follower_reads_to_the_end_of_the_log_readings_included(database_url, engine, server):
+    # A reading's event id comes from the change log's sequence, so it passes every change id: a follower that read
+    # only to the last change id never reached the hub's position and looped without waiting.
+    at = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=5)
+    with engine.begin() as conn:  # a reading that is no water-quality row (the server made the radiation ones)
+        stream = conn.execute(text("SELECT min(id) FROM sensing.datastream WHERE wq_field IS NULL")).scalar()
+        conn.execute(text("SELECT sensing.ensure_partitions(:t, :t)"), {"t": at})
+        conn.execute(text("INSERT INTO sensing.observation (datastream_id, phenomenon_time, result) "
+                          "VALUES (:s, :t, 0.4)"), {"s": stream, "t": at})
+
+    async def read() -> tuple[int, int]:
+        async_engine = create_async_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
+        try:
+            async with async_engine.connect() as conn:
+                _, position = await opened_after(conn, 0, 10_000)
+                return position, await last_id(conn)
+        finally:
+            await async_engine.dispose()
+
+    position, end = asyncio.run(read())
+    with engine.connect() as conn:
+        changes = conn.execute(text("SELECT max(change_id) FROM twin.change")).scalar()
+    assert end > changes  # the reading's event is the log's last
+    assert position == end
