@@ -8,9 +8,10 @@ Thing (Location and FeatureOfInterest as the online sources have) and `--streams
 real server (one uvicorn worker, as `twin serve` runs it).
 
 - Ingest: `--requests` CreateObservations bodies of streams × rows observations each (new times, so every row
-  is an insert), posted one after another with a department key: observations/s end to end. Beside it, where
-  the time goes, measured in-process on the same kind of bodies with the server's own functions: JSON parsing,
-  checking the rows into ObservationRows (sensing.sta.create.data_array_rows), and storing
+  is an insert), posted one after another with a department key: observations/s end to end, and the server's
+  and PostgreSQL's CPU per 10,000 observations (from /proc, the steadier figure on a loaded machine). Beside
+  it, where the time goes, measured in-process on the same kind of bodies with the server's own functions: JSON
+  parsing, checking the rows into ObservationRows (sensing.sta.create.data_array_rows), and storing
   (sensing.store.insert_rows: the upsert and the aggregate triggers). Floors: the store's upsert statement
   alone from psycopg, and COPY into sensing.observation (the same triggers fire), on the same number of rows.
 - The first page of /sta/v1.1/Observations (100, no filter) with the district's water-quality readings loaded
@@ -32,6 +33,7 @@ import psycopg
 import typer
 from sqlalchemy import create_engine, select
 
+from bench.events import cpu_s
 from bench.tile_peers import KEEP_ALIVE, process
 from tests.etl_support import empty_database
 from twin.cli import uvicorn_argv
@@ -73,15 +75,35 @@ def body(streams: list[int], rows: int, first: datetime) -> bytes:
                                         for i in range(rows)]} for s in streams])
 
 
-def http_ingest(base: str, key: str, streams: list[int], rows: int, requests: int, first: datetime) -> float:
+def http_ingest(base: str, key: str, streams: list[int], rows: int, requests: int, first: datetime,
+                server: int, cluster: Cluster) -> tuple[float, float, float]:
+    """Observations/s, and the server's and PostgreSQL's CPU seconds per 10,000 observations (steadier than the
+    rate on a loaded machine: one client's requests are serial, so the rate is bounded by their sum)."""
     bodies = [body(streams, rows, first + timedelta(minutes=rows * n)) for n in range(requests)]
     with httpx.Client(base_url=base, timeout=300) as http:
-        began = time.perf_counter()
+        began, server_cpu, database_cpu = time.perf_counter(), cpu_s(server), postgres_cpu_s(cluster)
         for content in bodies:
             response = http.post("/sta/v1.1/CreateObservations", content=content,
                                  headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
             assert response.status_code == 201, response.text[:300]
-        return len(streams) * rows * requests / (time.perf_counter() - began)
+        size = len(streams) * rows * requests
+        return (size / (time.perf_counter() - began), (cpu_s(server) - server_cpu) * 10_000 / size,
+                (postgres_cpu_s(cluster) - database_cpu) * 10_000 / size)
+
+
+def postgres_cpu_s(cluster: Cluster) -> float:
+    """CPU seconds of the cluster's postmaster, its backends and the backends that have ended."""
+    master = int((cluster.pgdata / "postmaster.pid").read_text().split()[0])
+    fields = Path(f"/proc/{master}/stat").read_text().rsplit(")", 1)[1].split()
+    total = sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == master:
+                total += cpu_s(int(stat.parent.name))
+        except (OSError, ValueError):  # a process gone meanwhile
+            pass
+    return total
 
 
 def phases(url: str, key: str, streams: list[int], rows: int, requests: int, first: datetime) -> dict[str, float]:
@@ -200,20 +222,21 @@ def main(requests: int = typer.Option(30), streams: int = typer.Option(100), row
         base = f"http://127.0.0.1:{port}"
         size = streams * rows * requests
         with process(uvicorn_argv("127.0.0.1", port) + KEEP_ALIVE, f"{base}/sta/v1.1", dict(os.environ),
-                     BENCH_DIR / "server.log"):
-            rate = http_ingest(base, key, ids, rows, requests, START)
+                     BENCH_DIR / "server.log") as server:
+            rate = http_ingest(base, key, ids, rows, requests, START, server.pid, cluster)
             spent = phases(url, key, ids, rows, requests, START + timedelta(days=30))
             floor = floors(url, ids, rows, requests, START + timedelta(days=60), feature)
             alerts(url, "sensing.observation", "DISABLE")
-            quiet = http_ingest(base, key, ids, rows, requests, START + timedelta(days=90))
+            quiet = http_ingest(base, key, ids, rows, requests, START + timedelta(days=90), server.pid, cluster)
             alerts(url, "sensing.observation", "ENABLE")
             print(f"\nHTTP dataArray ingest: {requests} requests of {streams} × {rows} observations ({size:,} in all)\n")
-            print("| path | observations/s |")
-            print("| --- | ---: |")
-            print(f"| POST /sta/v1.1/CreateObservations, one client | {rate:,.0f} |")
-            print(f"| the same, the alert trigger on sensing.observation disabled | {quiet:,.0f} |")
+            print("| path | observations/s | CPU s per 10,000: server | PostgreSQL |")
+            print("| --- | ---: | ---: | ---: |")
+            print("| POST /sta/v1.1/CreateObservations, one client | {:,.0f} | {:.3f} | {:.3f} |".format(*rate))
+            print("| the same, the alert trigger on sensing.observation disabled | {:,.0f} | {:.3f} | {:.3f} |"
+                  .format(*quiet))
             for name, value in floor.items():
-                print(f"| {name} | {value:,.0f} |")
+                print(f"| {name} | {value:,.0f} | | |")
             print("\nwhere the time goes, in-process, seconds per 10,000 observations: "
                   + ", ".join(f"{name} {s:.3f}" for name, s in spent.items()), flush=True)
             if not page:

@@ -47,15 +47,8 @@ def prepare_months(conn: Connection, now: datetime | None = None) -> int:
     return ensure_partitions(conn, now, now + timedelta(days=31 * MONTHS_AHEAD))
 
 
-def _latest_rows(rows: Iterable[ObservationRow]) -> dict[tuple[int, datetime], ObservationRow]:
-    """The last row of each (datastream, phenomenonTime) key, in the order the keys first came."""
-    keyed = {}
-    for row in rows:
-        keyed[(row.datastream_id, row.phenomenon_time)] = row
-    return keyed
-
-
-TIMES = ("phenomenon_time", "phenomenon_time_end", "result_time")
+OPTIONAL_TIMES = ("phenomenon_time_end", "result_time")
+TIMES = ("phenomenon_time",) + OPTIONAL_TIMES
 NUMBERS = ("datastream_id", "result", "feature_of_interest_id")
 # Times go as microseconds since the epoch (formatting datetimes as text was 70% of making the parameters), the
 # whole seconds and the rest added apart: each float8 an interval is multiplied by is exact, whatever the year.
@@ -63,7 +56,8 @@ EPOCH, MICROSECOND = datetime(1970, 1, 1, tzinfo=timezone.utc), timedelta(micros
 INSTANT = ("timestamptz 'epoch' + ({0} / 1000000) * interval '1 second' + ({0} % 1000000) * interval '1 microsecond' "
            "AS {0}")
 # The ids come back in the rows' order (their positions through the insert): reading each stored row's key back
-# and finding it in Python was a fifth of a 10,000-row batch's time.
+# and finding it in Python was a fifth of a 10,000-row batch's time. They come as one text, split here: 10,000
+# result rows through the driver and SQLAlchemy cost more than the split.
 UPSERT = text(
     "WITH input AS (SELECT datastream_id, " + ", ".join(INSTANT.format(c) for c in TIMES) + ", result, "
     "result_quality, feature_of_interest_id, position "
@@ -83,7 +77,8 @@ UPSERT = text(
     "result_time = excluded.result_time, result = excluded.result, result_quality = excluded.result_quality, "
     "feature_of_interest_id = excluded.feature_of_interest_id "
     "RETURNING o.id, o.datastream_id, o.phenomenon_time) "
-    "SELECT stored.id FROM input JOIN stored USING (datastream_id, phenomenon_time) ORDER BY input.position")
+    "SELECT string_agg(CAST(stored.id AS text), ',' ORDER BY input.position) "
+    "FROM input JOIN stored USING (datastream_id, phenomenon_time)")
 
 
 def water_quality_streams(conn: Connection, ids: Iterable[int]) -> dict[int, tuple[str, str]]:
@@ -101,9 +96,9 @@ def insert_rows(conn: Connection, rows: Iterable[ObservationRow], actor: str = "
     if not rows:
         return []
     streams = water_quality_streams(conn, (r.datastream_id for r in rows))
-    ids: dict[tuple[int, datetime], int] = {}
+    ids: dict[tuple, int] = {}  # (station, field, time) of a reading's value, (datastream, microseconds) of a row
     readings: dict[tuple[str, datetime], tuple[dict, str | None]] = {}
-    for row in rows:
+    for row in rows if streams else ():
         if row.datastream_id in streams:
             station, field = streams[row.datastream_id]
             values, quality = readings.get((station, row.phenomenon_time), ({}, None))
@@ -113,27 +108,47 @@ def insert_rows(conn: Connection, rows: Iterable[ObservationRow], actor: str = "
         fid = wq.write_reading(conn, actor, station, moment, values, quality)
         for field in values:
             ids[(station, field, moment)] = -(fid * wq.STRIDE + wq.position_of(field))
-    keyed = _latest_rows(r for r in rows if r.datastream_id not in streams)
-    returned = []
-    if keyed:
-        stored = list(keyed.values())
-        times = [r.phenomenon_time for r in stored]
-        ensure_partitions(conn, min(times), max(times))
-        # the numbers and times go as one comma-joined text per column (None as ''), which PostgreSQL splits and
-        # casts in C: adapting Python lists to array parameters was a third of the call; free text stays a list
-        columns = dict(zip(ObservationRow._fields, zip(*stored)))
-        arrays = {c: ",".join(["" if v is None else str(v) for v in columns[c]]) for c in NUMBERS} | {
-            c: ",".join(["" if v is None else str((v - EPOCH) // MICROSECOND) for v in columns[c]]) for c in TIMES} | {
-            "result_quality": list(columns["result_quality"])}
-        returned = conn.execute(UPSERT, arrays).scalars().all()
-        analyze_bulk(conn, len(stored), min(times), max(times))
+    plain = [r for r in rows if r.datastream_id not in streams] if streams else rows
+    keys, returned = upsert(conn, plain) if plain else ([], [])
     if len(returned) == len(rows):  # every row stored, no key repeated: the ids are in the rows' order
         out = returned
     else:
-        out = _ids_in_order(rows, streams, ids | dict(zip(keyed, returned, strict=True)))
+        out = _ids_in_order(rows, streams, ids | dict(zip(keys, returned, strict=True)))
     if _stored_listeners:
         conn.info.setdefault(_PENDING, []).append((rows, out))
     return out
+
+
+def upsert(conn: Connection, rows: list[ObservationRow]) -> tuple[list[tuple[int, int]], list[int]]:
+    """One upsert of `rows` (a repeated (datastream, phenomenonTime) key: its last row, at the key's first place);
+    returns the stored keys (datastream id, microseconds since the epoch) and their ids, in that order."""
+    columns = dict(zip(ObservationRow._fields, zip(*rows)))
+    starts = [(v - EPOCH) // MICROSECOND for v in columns["phenomenon_time"]]
+    keys = list(zip(columns["datastream_id"], starts))
+    if len(set(keys)) < len(keys):
+        latest = dict(zip(keys, rows))
+        keys, rows = list(latest), list(latest.values())
+        columns = dict(zip(ObservationRow._fields, zip(*rows)))
+        starts = [start for _, start in keys]
+    first, last = EPOCH + min(starts) * MICROSECOND, EPOCH + max(starts) * MICROSECOND
+    ensure_partitions(conn, first, last)
+    # the numbers and times go as one comma-joined text per column (None as ''), which PostgreSQL splits and
+    # casts in C: adapting Python lists to array parameters was a third of the call; free text stays a list
+    arrays = {c: _joined(columns[c]) for c in NUMBERS} | {c: _joined(_micros(columns[c])) for c in OPTIONAL_TIMES} | {
+        "phenomenon_time": ",".join(map(str, starts)), "result_quality": list(columns["result_quality"])}
+    ids_text = conn.execute(UPSERT, arrays).scalar()
+    analyze_bulk(conn, len(rows), first, last)
+    return keys, list(map(int, ids_text.split(",")))
+
+
+def _joined(values) -> str:
+    if None in values:
+        return ",".join(["" if v is None else str(v) for v in values])
+    return ",".join(map(str, values))
+
+
+def _micros(times) -> list[int | None]:
+    return [None if v is None else (v - EPOCH) // MICROSECOND for v in times]
 
 
 def _ids_in_order(rows: list[ObservationRow], streams: dict[int, tuple[str, str]], ids: dict) -> list[int]:
@@ -143,7 +158,7 @@ def _ids_in_order(rows: list[ObservationRow], streams: dict[int, tuple[str, str]
             station, field = streams[row.datastream_id]
             out.append(ids[(station, field, row.phenomenon_time)])
         else:
-            out.append(ids[(row.datastream_id, row.phenomenon_time)])
+            out.append(ids[(row.datastream_id, (row.phenomenon_time - EPOCH) // MICROSECOND)])
     return out
 
 

@@ -139,3 +139,21 @@ def test_every_time_is_stored_to_the_microsecond_and_each_row_gets_its_id(engine
                                 "WHERE id = :id"), {"id": ids[0]}).one()
         conn.rollback()
     assert tuple(row) == (moment, moment + timedelta(days=1), moment - timedelta(microseconds=3))
+
+
+def test_a_batch_of_readings_and_rows_gets_ids_in_order_and_one_key_per_instant(engine, stream):
+    moment = datetime(2003, 2, 1, 8, tzinfo=UTC)
+    with engine.connect() as conn:
+        reading = conn.execute(text("SELECT id FROM sensing.datastream WHERE wq_field = 'ph' LIMIT 1")).scalar()
+    rows = [store.ObservationRow(stream, moment, 1.0),
+            store.ObservationRow(reading, moment, 7.5, "N"),
+            store.ObservationRow(stream, moment + timedelta(minutes=1), 2.0),
+            # the first row's instant written in another offset: the same key, the last write wins
+            store.ObservationRow(stream, moment.astimezone(timezone(timedelta(hours=8))), 3.0)]
+    with engine.begin() as conn:
+        ids = store.insert_rows(conn, rows)
+        stored = dict(conn.execute(text("SELECT id, result FROM sensing.observation WHERE id = ANY(:ids)"),
+                                   {"ids": ids}).all())
+        conn.rollback()
+    assert ids[0] == ids[3] > 0 and ids[2] > 0 and ids[1] < 0  # a reading's id is its layer row's, negative
+    assert stored == {ids[0]: 3.0, ids[2]: 2.0}

@@ -188,3 +188,54 @@ def test_a_department_may_write_only_its_own_things(http, source, key):
                       headers=urban).json()["name"] == "路灯 2"
     assert http.delete(f"/sta/v1.1/Things({own.json()['@iot.id']})", headers=urban).status_code == 204
     assert http.get(f"/sta/v1.1/Things({own.json()['@iot.id']})").status_code == 404
+
+
+@pytest.mark.parametrize("bad, where, reason", [
+    (["2021-03-01T10:00:00+08:00", "high"], "result", "must be a number for a Datastream of type OM_Measurement, "
+                                                      "not str"),
+    (["2021-03-01T10:00:00+08:00", False], "result", "must be a number for a Datastream of type OM_Measurement, "
+                                                     "not bool"),
+    (["2021-03-01T25:00:00+08:00", 1.0], "phenomenonTime", "'2021-03-01T25:00:00+08:00' is not an ISO 8601 time"),
+    (["2021-03-01T10:00:00", 1.0], "phenomenonTime", "'2021-03-01T10:00:00' has no time zone (add Z or +08:00)"),
+    ([(datetime.now(timezone.utc) + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ"), 1.0], "phenomenonTime",
+     "is more than a day in the future"),
+    (["2021-03-01T10:00:00Z/2021-03-01T09:00:00Z", 1.0], "phenomenonTime", "the interval ends before it starts"),
+    (["2021-03-01T10:00:00Z", 1.0, "extra"], "", "must be an array of 2 values"),
+])
+def test_a_bad_entry_amid_good_ones_is_refused_where_it_is(http, source, key, bad, where, reason):
+    _, streams = source
+    good = [[f"2021-03-01T0{m}:00:00Z", m + 0.5] for m in range(5)]
+    response = http.post("/sta/v1.1/CreateObservations", headers=bearer(key["ecology"]), json=[
+        {"Datastream": {"@iot.id": streams["w01018"]}, "components": ["phenomenonTime", "result"], "dataArray": good},
+        {"Datastream": {"@iot.id": streams["w21003"]}, "components": ["phenomenonTime", "result"],
+         "dataArray": good[:2] + [bad] + good[2:]}])
+    assert response.status_code == 400, response.text
+    assert response.json()["where"] == "body[1].dataArray[2]" + (f".{where}" if where else "")
+    assert response.json()["description"].endswith(reason)
+
+
+def test_data_array_values_are_stored_as_sent(http, engine, source, key):
+    _, streams = source
+    components = ["phenomenonTime", "result", "resultQuality", "resultTime"]
+    sent = [["2021-04-01T08:00:00+08:00", 3, "N", None],
+            ["2021-04-01T00:00:01.250001Z", -2.5, None, "2021-04-01T00:05:00-05:00"]]
+    interval = [["2021-04-01T01:00:00Z/2021-04-01T02:00:00Z", 7.25, "T", None]]  # its item is read row by row
+    response = http.post("/sta/v1.1/CreateObservations", headers=bearer(key["ecology"]), json=[
+        {"Datastream": {"@iot.id": streams["w21003"]}, "components": components, "dataArray": sent},
+        {"Datastream": {"@iot.id": streams["w21003"]}, "components": components, "dataArray": interval}])
+    assert response.status_code == 201, response.text
+    ids = [int(link.rsplit("(", 1)[1].rstrip(")")) for link in response.json()]
+    with engine.connect() as conn:
+        stored = {r.id: r for r in conn.execute(text(
+            "SELECT id, datastream_id, phenomenon_time, phenomenon_time_end, result, result_quality, result_time, "
+            "feature_of_interest_id FROM sensing.observation WHERE id = ANY(:ids)"), {"ids": ids})}
+    rows = [stored[i] for i in ids]
+    utc = lambda text: datetime.fromisoformat(text).astimezone(timezone.utc)  # noqa: E731
+    assert [r.phenomenon_time for r in rows] == [utc("2021-04-01T00:00:00+00:00"),
+                                                 utc("2021-04-01T00:00:01.250001+00:00"),
+                                                 utc("2021-04-01T01:00:00+00:00")]
+    assert [r.phenomenon_time_end for r in rows] == [None, None, utc("2021-04-01T02:00:00+00:00")]
+    assert [(r.result, r.result_quality) for r in rows] == [(3.0, "N"), (-2.5, None), (7.25, "T")]
+    assert [r.result_time for r in rows] == [None, utc("2021-04-01T05:05:00+00:00"), None]
+    assert {r.datastream_id for r in rows} == {streams["w21003"]}
+    assert all(r.feature_of_interest_id is not None for r in rows)  # the Thing's Location's

@@ -10,6 +10,7 @@ from twin.errors import ApiError
 
 MAX_BODY = 64 << 20  # bytes of one request body (a dataArray of about half a million observations)
 FUTURE = timedelta(days=1)  # a phenomenonTime later than this from now is refused
+LONGEST_QUALITY = 64  # characters of a resultQuality (a station or device status)
 OBSERVATION_TYPES = {  # results are stored as numbers: these types only
     "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement": "number",
     "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_CountObservation": "integer",
