@@ -4,6 +4,7 @@ import hashlib
 import hmac
 import json
 import threading
+import time
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -30,6 +31,7 @@ class SseClient:
     def __init__(self, base: str, params: dict | None = None, headers: dict | None = None):
         self.events: list[tuple[int, str, dict]] = []
         self.heartbeats = 0
+        self.heard: list[float] = []  # when each heartbeat or event arrived (time.monotonic)
         self.status: int | None = None
         self.ended = threading.Event()
         self._stop = threading.Event()
@@ -47,9 +49,11 @@ class SseClient:
                         return
                     if line.startswith(":"):
                         self.heartbeats += 1
+                        self.heard.append(time.monotonic())
                     elif line == "":
                         if "data" in fields:
                             self.events.append((int(fields["id"]), fields["event"], json.loads(fields["data"])))
+                            self.heard.append(time.monotonic())
                         fields = {}
                     else:
                         name, _, value = line.partition(":")

@@ -4,6 +4,7 @@ dropped and resumes."""
 
 import re
 import socket
+import time
 import uuid
 
 import httpx
@@ -144,6 +145,24 @@ def test_a_stream_for_another_origin_carries_the_cors_headers_and_resumes_from_a
         assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/event-stream")
         assert answer.headers["access-control-allow-origin"] == "*" and answer.headers["cache-control"] == "no-cache"
 
+
+
+def test_no_stream_is_silent_longer_than_the_heartbeat(base, engine):
+    # QUICK's heartbeat is 1 s. An event just after the heartbeat clock's tick used to leave its stream silent
+    # for up to two periods; now the clock ticks every half period. 0.5 s of slack for a loaded machine.
+    client = SseClient(base, {"layers": LAYER, "topics": "changes"})
+    try:
+        assert following(client)
+        for _ in range(3):
+            touch(engine, 1)
+            time.sleep(0.7)
+        assert wait_for(lambda: len(client.events) >= 3, 10)
+        settled = len(client.heard)
+        assert wait_for(lambda: len(client.heard) >= settled + 3, 10)
+        heard = client.heard[:]
+    finally:
+        client.close()
+    assert max(b - a for a, b in zip(heard, heard[1:])) <= 1.5
 
 def dropped(base: str) -> float:
     found = re.search(r"^twin_stream_dropped_total (\S+)$", httpx.get(f"{base}/metrics").text, re.M)

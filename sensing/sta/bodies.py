@@ -64,11 +64,16 @@ def json_object(body: dict, name: str, where: str) -> dict | None:
     return value
 
 
+def parse_time(value: str) -> datetime:
+    """An ISO 8601 time as this API reads one (ValueError if it is none); its zone is the caller's to check."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
 def instant(value, where: str) -> datetime:
     if not isinstance(value, str):
         raise bad(where, "must be an ISO 8601 time, e.g. 2024-05-01T08:00:00+08:00")
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        moment = parse_time(value)
     except ValueError:
         raise bad(where, f"{value[:40]!r} is not an ISO 8601 time") from None
     if moment.tzinfo is None:

@@ -41,7 +41,7 @@ def item_rows(stream, components: list, values: list, now: datetime) -> list[Obs
 def instants(column: Sequence) -> list[datetime] | None:
     """Each value read as bodies.instant reads one, or None if any is not a time with a zone."""
     try:
-        moments = [datetime.fromisoformat(value.replace("Z", "+00:00")) for value in column]
+        moments = [b.parse_time(value) for value in column]
     except (AttributeError, TypeError, ValueError):  # AttributeError: not a string
         return None
     if any(moment.tzinfo is None for moment in moments):
