@@ -20,11 +20,40 @@ log = logging.getLogger("twin.deadline")
 
 
 class _Watch:
-    """One request's clock: when it last received input, whether it started its response, its 503 if it had one."""
-    __slots__ = ("input", "started", "answer")
+    """One request's clock: when it last received input, whether it started its response, its 503 if it had
+    one. Its timer is cancelled when the request ends, which drops the timer's hold on the watch: a request
+    leaves no reference cycle for the garbage collector (a closure that re-armed itself by name did)."""
+    __slots__ = ("deadline", "scope", "receive", "send", "loop", "task", "input", "started", "answer", "timer")
 
-    def __init__(self, now: float):
-        self.input, self.started, self.answer = now, False, None
+    def __init__(self, deadline: "RequestDeadline", scope, receive, send):
+        self.deadline, self.scope, self.receive, self.send = deadline, scope, receive, send
+        self.loop, self.task = asyncio.get_running_loop(), asyncio.current_task()
+        self.input, self.started, self.answer = self.loop.time(), False, None
+        self.timer = self.loop.call_later(deadline.seconds, self.due)
+
+    async def receiving(self):
+        message = await self.receive()
+        self.input = self.loop.time()
+        return message
+
+    async def sending(self, message):
+        if self.answer is not None:  # the client has had its 503
+            raise asyncio.CancelledError
+        self.started = True
+        await self.send(message)
+
+    def due(self) -> None:
+        if self.started:  # a response already started is never cut
+            return
+        left = self.input + self.deadline.seconds - self.loop.time()
+        if left > 0:
+            self.timer = self.loop.call_later(left, self.due)
+            return
+        scope = self.scope
+        log.warning("503 request_timeout for %s %s: no answer within %.0f s", scope["method"], scope["path"],
+                    self.deadline.seconds)
+        self.answer = self.loop.create_task(self.deadline.timed_out(scope, self.receive, self.send))
+        self.task.cancel()
 
 
 class RequestDeadline:
@@ -39,48 +68,21 @@ class RequestDeadline:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        loop, task = asyncio.get_running_loop(), asyncio.current_task()
-        watch = _Watch(loop.time())
-
-        async def receiving():
-            message = await receive()
-            watch.input = loop.time()
-            return message
-
-        async def sending(message):
-            if watch.answer is not None:  # the client has had its 503
-                raise asyncio.CancelledError
-            watch.started = True
-            await send(message)
-
-        def due():
-            nonlocal timer
-            if watch.started:  # a response already started is never cut
-                return
-            left = watch.input + self.seconds - loop.time()
-            if left > 0:
-                timer = loop.call_later(left, due)
-                return
-            log.warning("503 request_timeout for %s %s: no answer within %.0f s", scope["method"], scope["path"],
-                        self.seconds)
-            watch.answer = loop.create_task(self._timed_out(scope, receive, send))
-            task.cancel()
-
-        timer = loop.call_later(self.seconds, due)
+        watch = _Watch(self, scope, receive, send)
         try:
-            await self.app(scope, receiving, sending)
+            await self.app(scope, watch.receiving, watch.sending)
         except BaseException as e:
             if watch.answer is None:
                 raise
             if not isinstance(e, asyncio.CancelledError):
                 log.info("request abandoned at its deadline ended with %s", type(e).__name__)
         finally:
-            timer.cancel()
+            watch.timer.cancel()
         if watch.answer is not None:
-            task.uncancel()  # the cancellation was this deadline's own, and is over
+            watch.task.uncancel()  # the cancellation was this deadline's own, and is over
             await watch.answer
 
-    async def _timed_out(self, scope, receive, send) -> None:
+    async def timed_out(self, scope, receive, send) -> None:
         response = JSONResponse(
             {"code": "request_timeout", "description": f"The request did not finish within {self.seconds:.0f} s "
              "(the database is not answering); retry shortly."},
