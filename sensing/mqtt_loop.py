@@ -2,9 +2,9 @@
 loops (`socket`, `loop_read`, `loop_write`, `loop_misc`, `reconnect`), instead of a thread per client.
 
 The MQTT ingest uses it so that one thread receives, stores, acknowledges and publishes: with paho's threads
-beside it, each send of one thread waited for another to let go of the interpreter (140 µs a publish under
-load, most of the ingest's time), and every queued packet also wrote a wake-up byte to paho's internal socket
-pair. Here a publish or an acknowledgement made outside a callback is written at once.
+beside it, each send of one thread waited for another to let go of the interpreter (most of the ingest's time
+under load, docs/benchmarks.md, MQTT ingest), and every queued packet also wrote a wake-up byte to paho's
+internal socket pair. Here a publish or an acknowledgement made outside a callback is written at once.
 """
 
 import logging

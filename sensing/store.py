@@ -50,7 +50,7 @@ def prepare_months(conn: Connection, now: datetime | None = None) -> int:
 OPTIONAL_TIMES = ("phenomenon_time_end", "result_time")
 TIMES = ("phenomenon_time",) + OPTIONAL_TIMES
 NUMBERS = ("datastream_id", "result", "feature_of_interest_id")
-# Times go as microseconds since the epoch (formatting datetimes as text was 70% of making the parameters), the
+# Times go as microseconds since the epoch (formatting datetimes as text was most of making the parameters), the
 # whole seconds and the rest added apart: each float8 an interval is multiplied by is exact, whatever the year.
 EPOCH, MICROSECOND = datetime(1970, 1, 1, tzinfo=timezone.utc), timedelta(microseconds=1)
 INSTANT = ("timestamptz 'epoch' + ({0} / 1000000) * interval '1 second' + ({0} % 1000000) * interval '1 microsecond' "

@@ -1,5 +1,5 @@
 """A dataArray item checked column by column: one pass per component over all its entries, without a dict or the
-`where` texts of every entry (3.4 µs an observation row by row, most of the server's CPU in a bulk ingest).
+`where` texts of every entry, which row by row were most of the server's CPU in a bulk ingest (docs/benchmarks.md).
 
 It accepts exactly what create.observation_row accepts row by row and makes the same rows. Whatever it is not
 sure of (any refusal, an interval, a row without a time, a water-quality Datastream, a FeatureOfInterest/id

@@ -61,8 +61,8 @@ def collector_paused():
     """Python's cyclic garbage collector held off over a page's rows, from reading them to rendering them (no
     await in between, so nothing else runs meanwhile). Each row is a tracked object (SQLAlchemy's row); alive
     together, the 10,000 of a page were scanned by collection after collection and moved up the generations into
-    the full collections (in the server, 40-50 ms a page on average before start-up's objects were frozen,
-    twin.app). Freed before the collector runs again, they are never scanned."""
+    the full collections (most of a page's time before start-up's objects were frozen, twin.app;
+    docs/benchmarks.md). Freed before the collector runs again, they are never scanned."""
     enabled = gc.isenabled()
     gc.disable()
     try:
