@@ -101,13 +101,17 @@ def _body(row, content) -> dict:
     return change_json(row, content) | {"bbox": bbox}
 
 
-async def read(conn: AsyncConnection, after: int, limit: int) -> list[Event]:
-    """Up to `limit` events after change id `after`, oldest first; none of archived layers (layers.registry)."""
+async def read(conn: AsyncConnection, after: int, limit: int, *, readings: bool = True) -> list[Event]:
+    """Up to `limit` events after event id `after`, oldest first; none of archived layers (layers.registry).
+    `readings=False` leaves out the readings of Datastreams (events.observation_event), whose ids then pass
+    unseen: only the change log's events come, a series layer's `observations` among them."""
     rows = (await conn.execute(select(*change_columns(), *BBOX)
                                .where(change.c.change_id > after, change.c.layer.in_(sorted(catalog())))
                                .order_by(change.c.change_id).limit(limit))).all()
     changes = [Event(row.change_id, topic_of(row.layer), row.layer, row.fid, _body(row, content))
                for row, content in await with_content(conn, rows)]
+    if not readings:
+        return changes
     return sorted(changes + await _observations(conn, after, limit), key=lambda e: e.id)[:limit]
 
 

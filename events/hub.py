@@ -2,7 +2,9 @@
 
 It LISTENs on `twin_change` (every writing statement notifies at commit, migration 0003) and on each notice
 reads the change log forward from the last id it handed out, once for all its listeners. So any server serves
-any client: a listener's position is a change id, never something this process remembers. Listeners that asked
+any client: a listener's position is a change id, never something this process remembers. The readings of
+Datastreams (`observations` events of events.observation_event, one per stored reading) are read only while a
+listener wants the `observations` topic; else their ids are passed over unread. Listeners that asked
 for the same thing with the same key are one group, asked once per event whether they want it; the event's
 frame is encoded once. A listener holds the frames handed to it until its stream writes them; one that falls
 `queue_size` events behind (a client that does not read) is dropped, what it held let go, and it resumes from
@@ -77,7 +79,7 @@ class Hub:
     def __init__(self, engine, access: LayerAccess, url: str, queue_size: int):
         self.engine, self.access, self.url, self.queue_size = engine, access, url, queue_size
         self.listeners: dict[Interest, set[Listener]] = {}  # by what they asked for and who they are
-        self.position = 0  # the last change id handed out
+        self.position = 0  # the last event id handed out or passed over
         self.closing = False
         self.woken = asyncio.Condition()
 
@@ -133,26 +135,35 @@ class Hub:
                         listener.wake()
                     listener.quiet = True
 
+    def _wants_readings(self) -> bool:
+        return any("observations" in interest.topics for interest in self.listeners)
+
     async def catch_up(self) -> None:
         while True:
             async with self.engine.connect() as conn:
+                readings = self._wants_readings()
+                # Taken before the changes are read, so all up to it are among them: the position then passes
+                # the readings not read too, as the webhooks (due while behind it) and new streams expect.
+                last = None if readings else await feed.last_id(conn)
                 if not self.listeners:  # nobody to hand them to (a bulk load's million changes are not read)
-                    last = await feed.last_id(conn)
-                    if not self.listeners:  # still none (one that came meanwhile started at the old position)
-                        if last > self.position:
-                            self.position = last
-                            async with self.woken:
-                                self.woken.notify_all()
-                        return
-                events = await feed.read(conn, self.position, PAGE)
+                    await self._moved(last)
+                    return
+                events = await feed.read(conn, self.position, PAGE, readings=readings)
+            if not readings and self._wants_readings():
+                continue  # a listener of readings came meanwhile, at the old position: read again with them
             for event in events:
                 self._offer(event)
-            if events:
-                self.position = events[-1].id
-                async with self.woken:
-                    self.woken.notify_all()
+            position = events[-1].id if events else self.position
             if len(events) < PAGE:
+                await self._moved(max(position, last or 0))
                 return
+            await self._moved(position)
+
+    async def _moved(self, position: int) -> None:
+        if position > self.position:
+            self.position = position
+            async with self.woken:
+                self.woken.notify_all()
 
     async def run(self) -> None:
         """Follow the log from `position` (set before the first listener comes)."""

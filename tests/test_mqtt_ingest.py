@@ -1,15 +1,19 @@
 """MQTT ingest on the real stack: a device's publication readable over /sta/v1.1, subscribers given the stored
-observations of every path, bad payloads refused and counted, and a flood from one client held to its
-Datastream's rate limit without keeping another's readings out."""
+observations of every path, bad payloads refused and counted, a flood from one client held to its
+Datastream's rate limit without keeping another's readings out, and a reading published once (on its
+SensorThings topic, not again on the events' `twin/v1/observations`)."""
 
 import threading
 from datetime import datetime, timedelta, timezone
 
 import httpx
 import orjson
+import pandas as pd
 import pytest
 from sqlalchemy import text
 
+from etl.run import run_file
+from events.mqtt import PAYLOAD_MAX
 from sensing.mqtt import STORED
 from tests.broker_support import (broker, counter, device, ingest_process, keys, mqtt_server,  # noqa: F401
                                   streams, wait_for)
@@ -17,6 +21,12 @@ from tests.sta_support import bearer
 
 START = datetime(2026, 3, 1, tzinfo=timezone.utc)
 FLOOD_BURST = 100  # the module's ingest: a Datastream takes 10 messages a second in bursts of up to 100
+
+
+@pytest.fixture(scope="module", autouse=True)
+def district(loaded):
+    """The district loaded before the module's server starts, so that the load's changes are no backlog for its
+    events publisher to work through while a test waits for one change."""
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +151,65 @@ def test_a_key_receives_changes_of_public_layers_on_the_managed_broker(broker, k
         assert edited.status_code == 200, edited.text
         message = wait_for(lambda: [m for m in reader.received if m.topic == f"twin/v1/changes/city_components/{fid}"])
     assert orjson.loads(message[0].payload)["fid"] == fid
+
+
+def test_a_reading_is_published_once_on_its_datastream_topic_and_a_water_quality_row_on_the_events_topic(
+        broker, keys, streams, http, engine, loaded, tmp_path):
+    """A reading stored over /sta/v1.1 goes out on `v1.1/Datastreams(id)/Observations` only, never again on
+    `twin/v1/observations/#`; a water-quality row loaded from a file, a change of the change log with no
+    SensorThings publication, still goes out there. The events publisher keeps the log's order, so once the
+    file's row (stored after the reading) has come, the reading would have come before it."""
+    with engine.connect() as conn:
+        station = conn.execute(text("SELECT code FROM layers.monitoring_stations ORDER BY code LIMIT 1")).scalar_one()
+    path = tmp_path / "readings.csv"
+    pd.DataFrame([(station, "2001-01-05 08:00", 7.0, 0.2)], columns=["站点编码", "监测时间", "溶解氧", "氨氮"]
+                 ).to_csv(path, index=False)
+    with device(broker, keys["ecology"]) as reader:
+        for wanted in (topic(streams["ecology"]), "twin/v1/observations/#"):
+            assert not reader.subscribe(wanted)[0].is_failure
+        made = http.post(f"/sta/v1.1/Datastreams({streams['ecology']})/Observations", headers=bearer(keys["ecology"]),
+                         json={"phenomenonTime": stamp(20), "result": 5.5})
+        assert made.status_code == 201, made.text
+        try:
+            assert run_file(engine, "water_quality", path).status == "succeeded"
+
+            def of_file():
+                return [m for m in reader.received if m.topic.startswith("twin/v1/observations/water_quality/")
+                        and (orjson.loads(m.payload)["feature"] or {}).get("properties", {}).get("station_code")
+                        == station]
+            [row] = wait_for(of_file, timeout=30)
+        finally:
+            with engine.begin() as conn:
+                conn.execute(text("DELETE FROM layers.water_quality WHERE station_code = :s "
+                                  "AND observed_at < '2001-01-06'"), {"s": station})
+
+        def on_stream():
+            return [orjson.loads(m.payload)["@iot.id"] for m in reader.received if m.topic == topic(streams["ecology"])
+                    and orjson.loads(m.payload)["phenomenonTime"] == stamp(20)]
+        assert wait_for(on_stream) == [made.json()["@iot.id"]]
+    assert orjson.loads(row.payload)["operation"] == "insert"
+    events = [orjson.loads(m.payload) for m in reader.received if m.topic.startswith("twin/v1/observations/")]
+    assert not [e for e in events if e.get("operation") == "observation"], "a reading went out on twin/v1 again"
+
+
+def test_a_change_too_big_for_one_broker_packet_goes_without_its_feature_and_publishing_goes_on(
+        broker, keys, http, engine):
+    """A district's boundary makes its change's event bigger than the broker takes in one packet: sent as it is,
+    the broker would drop the publisher's connection and the batch be retried for ever, nothing after it sent."""
+    with engine.connect() as conn:
+        fid, size = conn.execute(text("SELECT fid, length(ST_AsGeoJSON(geom)) FROM layers.districts "
+                                      "ORDER BY 2 DESC LIMIT 1")).one()
+    assert size > PAYLOAD_MAX
+    url, admin = f"/collections/districts/items/{fid}", bearer(keys["admin"])
+    level = http.get(url).json()["properties"]["level"]
+    with device(broker, keys["ecology"]) as reader:
+        assert not reader.subscribe(f"twin/v1/changes/districts/{fid}")[0].is_failure
+        for value in ("测试", level):
+            edited = http.patch(url, json={"properties": {"level": value}},
+                                headers=admin | {"If-Match": http.get(url).headers["ETag"]})
+            assert edited.status_code == 200, edited.text
+        assert wait_for(lambda: len(reader.received) >= 2, timeout=30), "the events publisher is stuck"
+    events = [orjson.loads(m.payload) for m in reader.received]
+    assert [(e["fid"], e["operation"], e["feature"], e["feature_omitted"]) for e in events] == \
+        [(fid, "update", None, True)] * 2
+    assert [e["changed"]["level"] for e in events] == [{"from": level, "to": "测试"}, {"from": "测试", "to": level}]

@@ -133,3 +133,24 @@ def test_an_observation_holds_the_change_logs_writer_lock_so_ids_follow_commit_o
         writer.join(10)
         with engine.begin() as conn:
             conn.execute(text("DELETE FROM layers.city_components WHERE code = 'OBS-ORDER'"))
+
+
+def test_readings_stored_while_only_changes_are_followed_reach_a_client_of_readings(plant, engine):
+    """While no client wants `observations`, the hub reads the change log only and passes over the readings'
+    ids (events/hub.py): a client of readings coming later from an id before them still gets them from the
+    feed, then the next ones live, while the client of changes gets none."""
+    changes = SseClient(plant["base"], {"topics": "changes"})
+    assert following(changes)
+    start = last_event(engine)
+    when = datetime.now(CHINA).replace(microsecond=0) - timedelta(minutes=15)
+    send(plant["port"], reading(when, 20.0, 2.0, "20261206120000106"), answers=1)
+    readings = SseClient(plant["base"], {"topics": "observations"}, {"Last-Event-ID": str(start)})
+    assert wait_for(lambda: len(of_thing(readings, plant["thing"])) >= 2, 10)
+    assert following(readings)
+    send(plant["port"], reading(when + timedelta(minutes=1), 21.0, 2.5, "20261206120000107"), answers=1)
+    assert wait_for(lambda: len(of_thing(readings, plant["thing"])) >= 4, 10)
+    readings.close()
+    changes.close()
+    assert sorted(e[2]["observation"]["result"] for e in of_thing(readings, plant["thing"])) == [2.0, 2.5, 20.0, 21.0]
+    assert readings.ids() == sorted(set(readings.ids())) and readings.ids()[0] > start
+    assert not [e for e in changes.events if e[1] == "observation"]

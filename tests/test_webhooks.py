@@ -4,8 +4,9 @@ other departments' subscriptions stay private."""
 
 import httpx
 import pytest
+from sqlalchemy import text
 
-from tests.events_support import Receiver, bearer, events_server
+from tests.events_support import Receiver, SseClient, bearer, events_server
 from tests.test_stream import LAYER, last_change, logged_ids, touch
 from tests.tile_support import wait_for
 from twin.auth import create_key
@@ -100,6 +101,33 @@ def test_a_subscription_failing_too_long_is_paused_and_its_owner_resumes_it(base
         assert wait_for(lambda: receiver.event_ids() == expected, 10)
     finally:
         receiver.close()
+
+
+def test_a_subscription_to_readings_is_served_while_the_stream_follows_changes_only(base, engine, keys):
+    """With only a client of changes on the stream the hub reads no reading (events/hub.py), yet its position
+    passes them: a subscription to `observations` is due at once, not at the next change."""
+    with engine.connect() as conn:
+        stream = conn.execute(text("SELECT id FROM sensing.datastream WHERE properties ? 'hj212_code' "
+                                   "ORDER BY id LIMIT 1")).scalar_one()
+    follower, receiver = SseClient(base, {"topics": "changes"}), Receiver()
+    hook = None
+    try:
+        assert wait_for(lambda: follower.heartbeats > 0, 10)
+        hook = subscribe(base, keys["admin"], receiver.url, topics=["observations"], layers=None)
+        receiver.secret = hook["secret"]
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO sensing.observation (datastream_id, phenomenon_time, result) "
+                              "VALUES (:stream, now() - interval '5 minutes', 12.5)"), {"stream": stream})
+        assert wait_for(lambda: receiver.deliveries, 10), "the reading waited for a change"
+        [event] = [e for delivery in receiver.deliveries for e in delivery["events"]]
+        assert (event["topic"], event["datastream"]["@iot.id"], event["observation"]["result"]) == \
+            ("observations", stream, 12.5)
+        assert not [e for e in follower.events if e[1] == "observation"]
+    finally:
+        follower.close()
+        receiver.close()
+        if hook is not None:
+            httpx.delete(f"{base}/webhooks/{hook['id']}", headers=bearer(keys["admin"]))
 
 
 def test_a_key_that_may_not_read_a_private_layer_gets_none_of_it(base, engine, keys):
