@@ -15,7 +15,8 @@ Measured:
   (`INSERT … SELECT unnest(…) ON CONFLICT … DO UPDATE`, the store's own statement, triggers included);
 - CPU per 1,000 observations stored, by part (publishers, broker, ingest, server, PostgreSQL; psutil), which the
   other work on a shared machine changes far less than the rates; and the load average at the start and end.
-`--backlog`: the ingest alone (see `drain`). `--profile`: the ingest processes under cProfile.
+`--backlog`: the ingest alone (see `drain`), then beside it the floor of paho and the broker (bench.mqtt_floor).
+`--profile`: the ingest processes under cProfile.
 """
 
 import math
@@ -36,6 +37,8 @@ import httpx
 import orjson
 import psycopg
 import typer
+
+from bench import mqtt_floor
 
 BENCH_DIR = Path(tempfile.gettempdir()) / "twin-bench-mqtt"
 REPO = Path(__file__).resolve().parent.parent
@@ -219,7 +222,9 @@ def drain(url: str, port: int, key: str, ids: list[int], rate: int, seconds: int
     """The ingest's own capacity, the publishers out of the way: the messages of `seconds` at `rate` published
     while no ingest runs (its persistent session keeps them at the broker: at most its max_queued_messages,
     200,000), then one ingest started; prints the observations/s from its first stored row to the last, and
-    the CPU per observation meanwhile."""
+    the CPU per observation meanwhile; then the same backlog delivered to a bare subscriber (bench.mqtt_floor)."""
+    from twin.settings import get_settings
+
     first_ingest = start_ingest(0)
     subscribed = START + timedelta(days=25)  # its persistent session holds the Datastreams' messages once this is in
     with psycopg.connect(url, autocommit=True) as conn, device(port, key, "bench-subscribed") as client:
@@ -230,6 +235,7 @@ def drain(url: str, port: int, key: str, ids: list[int], rate: int, seconds: int
             time.sleep(0.5)
     first_ingest.terminate()
     first_ingest.wait(timeout=30)
+    mqtt_floor.subscribe(get_settings())  # the bare subscriber's session keeps the same backlog
     counts = [multiprocessing.Value("l", 0) for _ in range(publishers)]
     senders = [multiprocessing.Process(target=publish, args=(port, key, ids[i::publishers], rate / publishers,
                                                              seconds, i, counts[i])) for i in range(publishers)]
@@ -261,6 +267,7 @@ def drain(url: str, port: int, key: str, ids: list[int], rate: int, seconds: int
         f"{name} {(last_cpu[name] - first_cpu[name]) * 1e6 / (last - first):,.0f}" for name in last_cpu
         if name in ("ingest", "broker", "PostgreSQL"))
         + f"; all together {sum(last_cpu.values()) - sum(first_cpu.values()):,.1f} CPU s")
+    print(mqtt_floor.drain(backlog, broker_pid))
 
 
 def main(rate: int = typer.Option(20_000, help="messages per second, all publishers together"),

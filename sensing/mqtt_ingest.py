@@ -52,8 +52,8 @@ TOPICS = 100_000  # Datastream ids remembered by topic; the map is cleared when 
 
 
 class Ingest:
-    """`publish`: publish what it stores itself, on its own connection (`twin ingest mqtt`); a server publishes
-    every path's observations through sensing.mqtt.publishing instead."""
+    """`publish`: publish what it stores itself, on the connection it receives on (`twin ingest mqtt`); a server
+    publishes every path's observations through sensing.mqtt.publishing instead."""
 
     def __init__(self, settings: Settings, engine: Engine, client_id: str, *, publish: bool = False):
         self.settings, self.engine, self.client_id = settings, engine, client_id
@@ -95,11 +95,7 @@ class Ingest:
         mqtt.on_connect = connected
         mqtt.on_message = received
         connect(mqtt, self.settings, wait=False, loop=False)
-        clients = [mqtt]
-        if self.base is not None:  # MQTT 5, for the user property of its publications
-            clients.append(client(self.settings, f"{self.client_id}-out"))
-            connect(clients[-1], self.settings, wait=False, loop=False)
-        self.loop = Loop(clients, self.stopping)
+        self.loop = Loop([mqtt], self.stopping)
         try:
             while not self.stopping.is_set():
                 batch = self._take()
@@ -107,13 +103,12 @@ class Ingest:
                 if batch:
                     rows, ids = self._store(batch)
                     if self.base is not None and rows:
-                        publish_stored(clients[-1], self.base, rows, ids)
+                        publish_stored(mqtt, self.base, rows, ids)
                     for message in batch:
                         if message.qos:
                             mqtt.ack(message.mid, message.qos)
         finally:
-            for each in clients:
-                each.disconnect()
+            mqtt.disconnect()
 
     def _take(self) -> list[paho.MQTTMessage]:
         """The next batch: TWIN_MQTT_BATCH messages, or those that came within TWIN_MQTT_BATCH_MS of the first."""
