@@ -29,4 +29,4 @@ def mqtt(metrics_port: int = typer.Option(0, help="serve this process's Promethe
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, lambda *_: stopped.set())
     console.print(f"ingesting from {broker.client_url(settings)}")
-    ingest_until(stopped, settings, publish=True)  # only the ingest stores here: it publishes on its own connection
+    ingest_until(stopped, settings, publish=True)  # only the ingest stores here: it publishes what it stored
