@@ -16,7 +16,7 @@ from layers import drainage_graph, drainage_layers, drainage_trace
 from layers.drainage_graph import rebuild
 from layers.drainage_layers import ID_BITS, JUNCTION
 from tests.drainage_oracle import Graph, load_network, same
-from tests.etl_support import drop_database, engine_for, private_database, serve
+from tests.etl_support import database_fixture, drop_database, engine_for, private_database, serve
 
 # N3 a pump station (a force main G3 to the plant), N6 an outfall; sources beside N0 and N1
 PIPES = [(0, 1, "重力", None), (1, 3, "重力", None), (2, 3, "重力", None), (3, 3, "压力", None),
@@ -130,13 +130,11 @@ CHANGES = {
 }
 
 
-@pytest.fixture(scope="module")
-def scratch(database_url):
-    url = private_database(database_url, "twin_drainage_undo")
-    engine = engine_for(url)
-    yield url, engine
-    engine.dispose()
-    drop_database(database_url, "twin_drainage_undo")
+scratch = database_fixture("twin_drainage_undo")
+
+
+def _url(engine) -> str:
+    return engine.url.render_as_string(hide_password=False)
 
 
 def _changed(engine, changes, graph_now: bool = True):
@@ -197,7 +195,7 @@ async def _now(conn, moment):
 
 @pytest.mark.parametrize("changes", CHANGES.values(), ids=CHANGES)
 def test_the_graph_then_is_the_graph_now_with_the_changes_undone(scratch, changes):
-    url, engine = scratch
+    engine, url = scratch, _url(scratch)
     before, moment = _changed(engine, changes)
     starts = _starts(before)
     kind, nodes, edges, traces = _then(url, moment, drainage_graph.build_at, starts)
@@ -211,7 +209,7 @@ def test_the_graph_then_is_the_graph_now_with_the_changes_undone(scratch, change
 
 @pytest.mark.parametrize("why", ["the graph is older than the layers", "more versions changed than UNDO_MAX"])
 def test_the_graph_then_is_built_whole_when_it_cannot_be_undone(scratch, monkeypatch, why):
-    url, engine = scratch
+    engine, url = scratch, _url(scratch)
     older = why == "the graph is older than the layers"
     before, moment = _changed(engine, CHANGES["pipes deleted, turned round and added"], graph_now=not older)
     if not older:
